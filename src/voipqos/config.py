@@ -83,6 +83,12 @@ def _listen(v: str) -> str:
     raise ValueError("unix:/PATH, 127.0.0.1:PORT, [::1]:PORT, or empty to disable")
 
 
+def _path(v: str) -> str:
+    if not re.fullmatch(r"/[^\s]*", v):
+        raise ValueError("an absolute path")
+    return v.rstrip("/") or "/"
+
+
 def _port(v: str) -> int:
     return _int(1, 65535)(v)
 
@@ -180,7 +186,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("conntrack_acct", _bool, "1",
            "Turn net.netfilter.nf_conntrack_acct on if it is off (new flows only).",
            "advanced", "bool"),
-    Option("rpc_listen", _listen, "unix:/var/run/voipqos.sock",
+    Option("run_dir", _path, "/var/run/voipqos",
+           "Directory for the pid lock and the local endpoint's login secret.", "advanced",
+           "directory"),
+    Option("rpc_listen", _listen, "unix:/var/run/voipqos/rpc.sock",
            "Local /ubus JSON-RPC endpoint for the CLI off OpenWrt (loopback or unix socket).",
            "advanced", "string"),
     Option("log_level", _choice("debug", "info", "warning", "error"), "info",
@@ -217,6 +226,7 @@ class Config:
     trust_ef: bool
     voice_ports: tuple[PortRange, ...]
     conntrack_acct: bool
+    run_dir: str
     rpc_listen: str
     log_level: str
 
