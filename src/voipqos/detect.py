@@ -193,9 +193,9 @@ def classify(e: Entry, prev: Entry | None, dt: float | None, cfg: DetectConfig,
     side = lan_side(e, sides)
     o = e.orig
     ports = (o.sport, o.dport)
-    if any(p in cfg.sip_ports for p in ports):
-        return Flow(e, SIGNALLING, (f"SIP port {ports[1] if ports[1] in cfg.sip_ports else ports[0]}"
-                                   f"/{e.proto}",), lan_side=side)
+    sip = [p for p in reversed(ports) if p in cfg.sip_ports]
+    if sip:
+        return Flow(e, SIGNALLING, (f"SIP port {sip[0]}/{e.proto}",), lan_side=side)
     if e.proto != "udp":
         return Flow(e, OTHER, ("not UDP",), lan_side=side)
     excluded = [p for p in ports if _in_ranges(p, cfg.exclude_ports)]
