@@ -1,0 +1,181 @@
+"""Detector: table tests over plain snapshots, plus properties (rates never negative)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from voipqos.conntrack import Entry, Snapshot, Tuple
+from voipqos.detect import MEDIA, OTHER, SIGNALLING, DetectConfig, Sides, detect
+
+CFG = DetectConfig()
+LAN, FAR, WAN_ADDR, FAR2 = "192.168.1.20", "203.0.113.9", "198.51.100.1", "203.0.113.50"
+# a router with NAT: its WAN address is known, its LAN is 192.168.1.0/24
+ROUTER = Sides(frozenset({WAN_ADDR}), (ipaddress.ip_network("192.168.1.0/24"),))
+
+
+def entry(src=LAN, dst=FAR, sport=40000, dport=20000, pkts=(0, 0), size=(200, 200),
+          proto="udp", nat=True, flags=frozenset({"ASSURED"}), counters=True) -> Entry:
+    """An entry whose orig direction is src->dst; with nat, the reply goes to the WAN
+    address (source NAT, as the router's egress sees it)."""
+    reply_dst = WAN_ADDR if nat else src
+    op, rp = pkts
+    return Entry(4, proto, Tuple(src, dst, sport, dport), Tuple(dst, reply_dst, dport, sport),
+                 op if counters else None, op * size[0] if counters else None,
+                 rp if counters else None, rp * size[1] if counters else None,
+                 120, flags)
+
+
+def snap(*entries: Entry, at: float = 0.0) -> Snapshot:
+    return Snapshot({e.key: e for e in entries}, taken_at=at)
+
+
+def step(before: list[Entry], after: list[Entry], dt: float = 1.0, cfg=CFG, sides=ROUTER):
+    return detect(snap(*before), snap(*after, at=dt), cfg, sides)
+
+
+def one(det):
+    assert len(det.flows) == 1
+    return det.flows[0]
+
+
+def test_voice_flow_is_media_and_one_call():
+    det = step([entry(pkts=(100, 100))], [entry(pkts=(150, 150))])
+    f = one(det)
+    assert f.verdict == MEDIA and f.lan_side == "orig"
+    assert f.out.pps == 50 and f.out.mean_size == 200
+    [call] = det.calls
+    assert (call.lan_host, call.far_host, call.lan_known) == (LAN, FAR, True)
+    # the classifier gets both directions: orig (pre-NAT) and reply (post-NAT)
+    assert (17, LAN, FAR, 40000, 20000) in call.tuples
+    assert (17, FAR, WAN_ADDR, 20000, 40000) in call.tuples
+
+
+def test_inbound_first_rtp_far_end_owns_the_entry():
+    # the far end sent first to our WAN address (port forward / DNAT to the LAN host)
+    e = Entry(4, "udp", Tuple(FAR, WAN_ADDR, 20000, 40000), Tuple(LAN, FAR, 40000, 20000),
+              0, 0, 0, 0, 120)
+    e2 = Entry(4, "udp", e.orig, e.reply, 50, 50 * 180, 50, 50 * 200, 120)
+    det = step([e], [e2])
+    f = one(det)
+    assert f.verdict == MEDIA and f.lan_side == "reply"
+    assert det.calls[0].lan_host == LAN and det.calls[0].far_host == FAR
+    assert f.out.mean_size == 200  # out = the LAN host's direction = reply counters
+
+
+def test_no_nat_lan_known_from_router_networks():
+    det = step([entry(nat=False, src=FAR, dst=LAN)],
+               [entry(nat=False, src=FAR, dst=LAN, pkts=(50, 50))])
+    assert one(det).lan_side == "reply"
+    assert det.calls[0].lan_host == LAN
+
+
+def test_offline_snapshot_without_sides_still_separates_calls():
+    a = [entry(nat=False), entry(nat=False, src="10.0.0.5", dst=FAR2, sport=5004)]
+    b = [entry(nat=False, pkts=(50, 50)),
+         entry(nat=False, src="10.0.0.5", dst=FAR2, sport=5004, pkts=(50, 50))]
+    det = step(a, b, sides=Sides())
+    assert len(det.calls) == 2
+    assert not any(c.lan_known for c in det.calls)
+
+
+def test_rtcp_and_video_join_the_call():
+    rtp = entry(pkts=(50, 50))
+    rtcp = entry(sport=40001, dport=20001, pkts=(1, 1), size=(100, 100))
+    video = entry(sport=40002, dport=20002, pkts=(300, 300), size=(1100, 1100))
+    det = step([], [rtp, rtcp, video])
+    assert [f.verdict for f in det.flows] == [MEDIA, MEDIA, MEDIA]
+    [call] = det.calls
+    assert len(call.flows) == 3
+    assert call.out.pps == 351
+
+
+def test_webrtc_without_sip_is_found_and_sip_is_a_hint():
+    det = step([], [entry(pkts=(50, 50))])
+    assert det.calls[0].sip is False
+    sip = entry(sport=5060, dport=5060, pkts=(1, 1), size=(600, 600))
+    det = step([], [entry(pkts=(50, 50)), sip])
+    assert {f.verdict for f in det.flows} == {MEDIA, SIGNALLING}
+    assert det.calls[0].sip is True
+
+
+def test_sip_over_tcp_is_signalling():
+    det = step([], [entry(proto="tcp", dport=5061, pkts=(3, 3))])
+    assert one(det).verdict == SIGNALLING
+    assert one(det).reasons == ("SIP port 5061/tcp",)
+
+
+def test_flood_bulk_dns_ntp_are_not_calls():
+    cases = {
+        "flood": entry(pkts=(5000, 5000), size=(100, 100)),
+        "bulk video": entry(pkts=(800, 10), size=(1300, 80)),
+        "dns": entry(dport=53, pkts=(50, 50), size=(80, 200)),
+        "ntp": entry(dport=123, pkts=(50, 50), size=(76, 76)),
+        "one way": entry(pkts=(50, 0)),
+    }
+    for name, e in cases.items():
+        det = step([], [e])
+        assert one(det).verdict == OTHER, name
+        assert det.calls == (), name
+    assert "above 130" in step([], [cases["flood"]]).flows[0].reasons[0]
+    assert step([], [cases["dns"]]).flows[0].reasons == ("port 53 excluded",)
+
+
+def test_one_direction_allowed_when_configured():
+    cfg = DetectConfig(both_directions=False)
+    assert one(step([], [entry(pkts=(50, 0))], cfg=cfg)).verdict == MEDIA
+
+
+def test_ended_call_with_lingering_entry_is_not_active():
+    e = entry(pkts=(5000, 5000))
+    det = step([e], [e])  # counters stopped growing
+    assert one(det).verdict == OTHER
+    assert "below" in one(det).reasons[0]
+
+
+def test_rtp_ports_restrict_media():
+    cfg = DetectConfig(rtp_ports=((10000, 10100),))
+    assert one(step([], [entry(pkts=(50, 50))], cfg=cfg)).verdict == OTHER
+    assert one(step([], [entry(dport=10050, pkts=(50, 50))], cfg=cfg)).verdict == MEDIA
+
+
+def test_first_snapshot_and_missing_counters_give_reasons():
+    det = detect(None, snap(entry(pkts=(50, 50))), CFG, ROUTER)
+    assert one(det).reasons == ("no rate yet (first snapshot)",)
+    det = step([], [entry(counters=False)])
+    assert "nf_conntrack_acct" in one(det).reasons[0]
+
+
+def test_replaced_entry_counts_from_zero():
+    det = step([entry(pkts=(900, 900))], [entry(pkts=(50, 50))])
+    f = one(det)
+    assert f.out.pps == 50 and f.verdict == MEDIA
+
+
+def test_offloaded_flow_is_flagged():
+    det = step([], [entry(pkts=(50, 50), flags=frozenset({"ASSURED", "OFFLOAD"}))])
+    assert "offloaded" in one(det).reasons[-1]
+
+
+def test_ipv6_call():
+    a, b = "fd77::2", "2001:db8:77::2"
+    e = Entry(6, "udp", Tuple(a, b, 4000, 5000), Tuple(b, a, 5000, 4000), 50, 50 * 220,
+              50, 50 * 220, 120)
+    det = detect(snap(), snap(e, at=1.0), CFG,
+                 Sides(lan_nets=(ipaddress.ip_network("fd77::/64"),)))
+    assert det.calls[0].lan_host == a
+
+
+counts = st.integers(min_value=0, max_value=2**40)
+
+
+@given(st.tuples(counts, counts, counts, counts), st.tuples(counts, counts, counts, counts),
+       st.floats(min_value=0.01, max_value=60))
+def test_rates_never_negative(before, after, dt):
+    mk = lambda c: Entry(4, "udp", Tuple(LAN, FAR, 1, 2), Tuple(FAR, WAN_ADDR, 2, 1),  # noqa: E731
+                         c[0], c[1], c[2], c[3], 30)
+    det = step([mk(before)], [mk(after)], dt=dt)
+    f = one(det)
+    assert f.out.pps >= 0 and f.inb.pps >= 0 and f.out.bps >= 0 and f.inb.bps >= 0
