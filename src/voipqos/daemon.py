@@ -31,15 +31,29 @@ from .profile import Profile, ProfileError
 log = logging.getLogger("voipqos")
 
 ProfileFactory = Callable[[Config, str], Profile]
-Reader = Callable[[Config, float], conntrack.Snapshot]
 
 APPLY_RETRY = 10.0  # seconds between attempts when applying the profile failed
 SIDES_REFRESH = 30.0  # seconds between re-reads of the router's addresses
 METRICS_REFRESH = 5.0
 
 
-def read_proc(cfg: Config, now: float) -> conntrack.Snapshot:
-    return conntrack.read_proc(sip_ports=cfg.sip_ports, taken_at=now)
+class System:
+    """The daemon's reads and writes of the OS, in one place so tests can script them."""
+
+    def snapshot(self, cfg: Config, now: float) -> conntrack.Snapshot:
+        return conntrack.read_proc(sip_ports=cfg.sip_ports, taken_at=now)
+
+    def resolve(self, interface: str) -> str:
+        return hostinfo.resolve_device(interface)
+
+    def sides(self, device: str) -> Sides:
+        return hostinfo.sides(device)
+
+    def accounting(self) -> bool | None:
+        return conntrack.read_accounting()
+
+    def enable_accounting(self) -> None:
+        conntrack.enable_accounting()
 
 
 def _warning(code: str, message: str, fix: str = "") -> dict[str, str]:
@@ -50,15 +64,12 @@ class Daemon:
     """Poll state and the method handlers; `run()` adds signals, lock and endpoints."""
 
     def __init__(self, cfg: Config, config_path: str, profile_factory: ProfileFactory,
-                 reader: Reader = read_proc, clock: Callable[[], float] = time.monotonic,
-                 resolve: Callable[[str], str] = hostinfo.resolve_device,
-                 find_sides: Callable[[str], Sides] = hostinfo.sides) -> None:
+                 system: System | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config_path = config_path
         self.profile_factory = profile_factory
-        self.reader = reader
+        self.system = system or System()
         self.clock = clock
-        self.resolve = resolve
-        self.find_sides = find_sides
         now = clock()
         self.hyst = Hysteresis(HysteresisConfig.from_config(cfg), now)
         self.prev: conntrack.Snapshot | None = None
@@ -84,7 +95,7 @@ class Daemon:
     def _configure(self, cfg: Config) -> None:
         """Adopt a validated config: resolve the device, make the profile backend.
         Nothing is assigned until both succeeded, so a failure keeps the running state."""
-        device = self.resolve(cfg.interface)
+        device = self.system.resolve(cfg.interface)
         profile = self.profile_factory(cfg, device)
         self.cfg, self.device, self.profile = cfg, device, profile
         self.dcfg = DetectConfig.from_config(cfg)
@@ -93,11 +104,11 @@ class Daemon:
         self._check_accounting()
 
     def _check_accounting(self) -> None:
-        acct = conntrack.read_accounting()
+        acct = self.system.accounting()
         self.warnings.pop("acct_off", None)
         if acct is False and self.cfg.conntrack_acct:
             try:
-                conntrack.enable_accounting()
+                self.system.enable_accounting()
                 log.warning("nf_conntrack_acct was 0: turned it on; flows that existed "
                             "before get no counters (a running call is seen from its next "
                             "conntrack entry)")
@@ -135,10 +146,10 @@ class Daemon:
     def poll(self, now: float) -> None:
         start = time.perf_counter()
         if now - self.sides_at >= SIDES_REFRESH:
-            self.sides = self.find_sides(self.device)
+            self.sides = self.system.sides(self.device)
             self.sides_at = now
         try:
-            snap = self.reader(self.cfg, now)
+            snap = self.system.snapshot(self.cfg, now)
         except OSError as exc:
             self.warnings["conntrack"] = _warning(
                 "conntrack", f"cannot read the connection table: {exc.strerror}",

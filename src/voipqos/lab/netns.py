@@ -9,6 +9,7 @@ Addresses are documentation/ULA ranges inside our own namespaces only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
@@ -117,10 +118,8 @@ class Topology:
             if p.poll() is None:
                 p.kill()
         for p in self.procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
         for name in reversed(self.namespaces):
             for pid in run(["ip", "netns", "pids", name], check=False).stdout.split():
                 run(["kill", "-9", pid], check=False)

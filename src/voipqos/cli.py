@@ -1,0 +1,348 @@
+"""`voipqos` command line: argument parsing and printing only; the work is elsewhere.
+
+Exit codes: 0 ok, 1 runtime failure (daemon unreachable, kernel refused), 2 bad config
+or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import logging.handlers
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__, config
+from .conntrack import read_proc
+from .detect import DetectConfig, detect
+
+DEFAULT_CONFIG = os.environ.get("VOIPQOS_CONFIG", config.DEFAULT_PATH)
+
+STATE_LABEL = {
+    "off": "OFF (disabled)", "watching": "WATCHING (no call, line not shaped)",
+    "on": "ON (call active)", "forced_on": "FORCED ON", "forced_off": "FORCED OFF",
+}
+
+
+class CliError(RuntimeError):
+    """A one-line failure with an exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def load_config(path: str) -> config.Config:
+    try:
+        return config.load(path)
+    except config.ConfigError as exc:
+        raise CliError(str(exc), 2) from None
+
+
+def setup_logging(level: str, foreground: bool) -> None:
+    """syslog when the system has one (OpenWrt's logd, journald), stderr otherwise."""
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    if os.path.exists("/dev/log") and not (foreground and sys.stderr.isatty()):
+        handler: logging.Handler = logging.handlers.SysLogHandler(
+            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        handler.setFormatter(logging.Formatter("voipqos[%(process)d]: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s voipqos %(levelname)s: %(message)s"))
+    root.handlers[:] = [handler]
+
+
+def _daemonize() -> None:
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    fd = os.open(os.devnull, os.O_RDWR)
+    for std in (0, 1, 2):
+        os.dup2(fd, std)
+
+
+# -- commands that run on the router -------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import daemon, hostinfo
+    from .profile import LogProfile, ProfileError
+
+    cfg = load_config(args.config)
+    if not cfg.enabled:
+        print("voipqos: disabled in config (main.enabled=0): nothing to do")
+        return 0
+    setup_logging(cfg.log_level, args.foreground)
+    if args.dry_run:
+        def factory(c: config.Config, dev: str):
+            return LogProfile()
+    else:
+        from .backends import make_profile as factory
+    try:
+        d = daemon.Daemon(cfg, args.config, factory)
+    except (hostinfo.DeviceError, ProfileError) as exc:
+        raise CliError(str(exc), 2) from None
+    if not args.foreground:
+        _daemonize()
+    try:
+        return daemon.run(d)
+    except daemon.AlreadyRunning as exc:
+        raise CliError(str(exc)) from None
+
+
+def _profile(args: argparse.Namespace):
+    from . import hostinfo
+    from .backends import make_profile
+
+    cfg = load_config(args.config)
+    try:
+        return make_profile(cfg, hostinfo.resolve_device(cfg.interface))
+    except hostinfo.DeviceError as exc:
+        raise CliError(str(exc), 2) from None
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from .profile import ProfileError
+
+    prof = _profile(args)
+    try:
+        prof.apply()
+    except ProfileError as exc:
+        raise CliError(f"apply failed, nothing left applied: {exc}") from None
+    print(f"voipqos: profile applied ({prof.name})")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from .profile import ProfileError
+
+    prof = _profile(args)
+    try:
+        prof.remove()
+    except ProfileError as exc:
+        raise CliError(f"remove failed: {exc}") from None
+    print("voipqos: profile removed")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .probe import format_report, probe, report
+
+    rep = report(probe())
+    print(json.dumps(rep, indent=2) if args.json else format_report(rep))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    load_config(args.config)
+    print(f"{args.config}: ok")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .daemon import flows_document
+
+    path = Path(args.config)
+    cfg = load_config(args.config) if path.exists() or args.config != DEFAULT_CONFIG \
+        else config.defaults()
+    before = read_proc(args.before, cfg.sip_ports, taken_at=0.0)
+    after = read_proc(args.after, cfg.sip_ports, taken_at=args.interval)
+    det = detect(before, after, DetectConfig.from_config(cfg))
+    doc = flows_document(det)
+    doc["malformed"] = before.malformed + after.malformed
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(format_flows(doc))
+    return 0
+
+
+# -- commands that talk to the daemon -------------------------------------------------------
+
+
+def _client(args: argparse.Namespace):
+    from .rpc_client import LocalClient, client_from_args
+
+    if getattr(args, "router", None):
+        return client_from_args(args)
+    cfg = load_config(args.config)
+    if not cfg.rpc_listen:
+        raise CliError("main.rpc_listen is empty: the local endpoint is off "
+                       "(use `ubus call voipqos status` on OpenWrt)", 2)
+    return LocalClient(cfg.rpc_listen, str(Path(cfg.run_dir, "rpc.secret")))
+
+
+def _call(args: argparse.Namespace, method: str, params: dict[str, Any] | None = None) -> dict:
+    from .rpc_client import RpcError
+
+    try:
+        return _client(args).call(method, params or {})
+    except RpcError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    doc = _call(args, "status")
+    print(json.dumps(doc, indent=2) if args.json else format_status(doc))
+    return 0
+
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    doc = _call(args, "flows", {"all": args.all})
+    print(json.dumps(doc, indent=2) if args.json else format_flows(doc))
+    return 0
+
+
+def cmd_mode(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"mode": args.command}
+    if args.command != "auto" and args.expires:
+        params["expires"] = args.expires
+    doc = _call(args, "set_mode", params)
+    print(f"voipqos: mode {doc['mode']}, state {doc['state']}")
+    return 0
+
+
+# -- printing -------------------------------------------------------------------------------
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t))
+
+
+def _ago(t: float) -> str:
+    s = max(0, int(time.time() - t))
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def format_status(doc: dict[str, Any]) -> str:
+    prof = doc.get("profile", {})
+    out = [
+        f"voipqos {doc['version']}: {STATE_LABEL.get(doc['state'], doc['state'])}",
+        f"  since {_clock(doc['since'])} ({_ago(doc['since'])} ago): {doc['reason']}",
+        f"  device {doc['device']}, backend {prof.get('backend', '?')}, classifier "
+        f"{prof.get('classifier', '-')}, profile {'applied' if doc['active'] else 'not applied'}",
+    ]
+    if doc.get("mode_expires"):
+        out.append(f"  override ends at {_clock(doc['mode_expires'])}")
+    out.append(f"calls: {len(doc['calls'])}")
+    for c in doc["calls"]:
+        out.append(f"  {c['lan_host']} <-> {c['far_host']}  {c['flows']} flow(s)  "
+                   f"out {c['pps_out']:.0f} pps {c['kbps_out']:.0f} kbit/s  "
+                   f"in {c['pps_in']:.0f} pps {c['kbps_in']:.0f} kbit/s  "
+                   f"{c['duration']:.0f} s{'  SIP' if c['sip'] else ''}")
+    voice = prof.get("counters", {}).get("voice")
+    if voice:
+        out.append(f"voice class: {voice['packets']} packets, {voice['bytes']} bytes")
+    for w in doc.get("warnings", []):
+        out.append(f"warning [{w['code']}]: {w['message']}" + (f"\n  fix: {w['fix']}"
+                                                                 if w.get("fix") else ""))
+    out.append("recent transitions:")
+    for t in doc["transitions"][:5]:
+        out.append(f"  {_clock(t['at'])}  {t['state']:<10} {t['reason']}")
+    m = doc["metrics"]
+    out.append(f"self: cpu {m['cpu_percent']:.1f}%, rss {m['rss_bytes'] / 1e6:.1f} MB, "
+               f"poll {m['poll_ms']:.1f} ms, {m['entries']} entries parsed of {m['lines']}, "
+               f"{m['malformed']} malformed")
+    return "\n".join(out)
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def format_flows(doc: dict[str, Any]) -> str:
+    out = [f"{doc['calls']} call(s); {len(doc['flows'])} flow(s)"
+           + (f" over {doc['interval']:g} s" if doc.get("interval") else ""),
+           f"{'VERDICT':<11}{'PROTO':<6}{'ORIG SRC -> DST':<52}{'PPS OUT/IN':>14}"
+           f"{'SIZE OUT/IN':>13}  REASONS"]
+    for f in doc["flows"]:
+        tup = f"{f['src']}:{f['sport']} -> {f['dst']}:{f['dport']}"
+        pps = f"{_num(f['pps_out'], '.0f')}/{_num(f['pps_in'], '.0f')}"
+        size = f"{_num(f['size_out'], 'd')}/{_num(f['size_in'], 'd')}"
+        out.append(f"{f['verdict']:<11}{f['proto']:<6}{tup:<52}{pps:>14}{size:>13}  "
+                   + "; ".join(f["reasons"]))
+    return "\n".join(out)
+
+
+# -- argument parsing -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="voipqos", description="Shape the line only while a "
+                                "VoIP call is active.")
+    p.add_argument("--version", action="version", version=f"voipqos {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=DEFAULT_CONFIG,
+                        help=f"UCI config file (default {DEFAULT_CONFIG})")
+    remote = argparse.ArgumentParser(add_help=False)
+    from .rpc_client import add_remote_arguments
+
+    add_remote_arguments(remote)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("run", parents=[common], help="run the service")
+    s.add_argument("--foreground", action="store_true", help="do not detach (procd, systemd)")
+    s.add_argument("--dry-run", action="store_true",
+                   help="detect and report only, never shape (log backend)")
+    s.set_defaults(func=cmd_run)
+
+    for name, func, text in (("status", cmd_status, "state, calls, counters, warnings"),
+                             ("flows", cmd_flows, "flow table with verdicts and reasons")):
+        s = sub.add_parser(name, parents=[common, remote], help=text)
+        s.add_argument("--json", action="store_true")
+        if name == "flows":
+            s.add_argument("--all", action="store_true", help="include flows judged other")
+        s.set_defaults(func=func)
+
+    for name, text in (("on", "force the profile on"), ("off", "force the profile off"),
+                       ("auto", "back to automatic detection")):
+        s = sub.add_parser(name, parents=[common, remote], help=text)
+        if name != "auto":
+            s.add_argument("--expires", type=int, default=0, metavar="SECONDS",
+                           help="return to auto after this many seconds")
+        s.set_defaults(func=cmd_mode)
+
+    s = sub.add_parser("analyze", parents=[common],
+                       help="offline: two saved copies of /proc/net/nf_conntrack")
+    s.add_argument("before")
+    s.add_argument("after")
+    s.add_argument("--interval", type=float, default=1.0,
+                   help="seconds between the two copies (default 1)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_analyze)
+
+    s = sub.add_parser("check-config", parents=[common], help="validate the config only")
+    s.set_defaults(func=cmd_check_config)
+    s = sub.add_parser("apply", parents=[common], help="switch the profile on and exit")
+    s.set_defaults(func=cmd_apply)
+    s = sub.add_parser("remove", parents=[common],
+                       help="remove everything voipqos created on the device")
+    s.set_defaults(func=cmd_remove)
+    s = sub.add_parser("check", parents=[common], help="kernel preflight")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"voipqos: {exc}", file=sys.stderr)
+        return exc.code
+    except OSError as exc:
+        print(f"voipqos: {exc.filename or ''}: {exc.strerror}".replace(": :", ":"),
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

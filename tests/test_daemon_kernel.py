@@ -1,0 +1,117 @@
+"""The real daemon in a lan–router–wan namespace lab, polling the router's conntrack.
+
+A call-like UDP stream (50 pps each way, 160 B payload) must be reported as a call within
+3 polls and dropped after the off-hold once it stops; a flood and a bulk stream must not.
+The daemon runs `--dry-run` (log backend): shaping itself is tested in test_tc_kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from voipqos.lab import netns
+
+pytestmark = pytest.mark.kernel
+PREFIX = "vqk-"
+
+
+@pytest.fixture
+def lab(tmp_path):
+    why = netns.require_root()
+    if why:
+        pytest.fail(f"kernel test cannot run: {why}")
+    netns.cleanup_prefix(PREFIX)
+    with netns.three_hosts(PREFIX) as topo:
+        yield topo
+
+
+def write_config(path: Path, run_dir: Path, **extra: str) -> Path:
+    opts = {"interface": netns.ROUTER_WAN_DEV, "poll_interval": "1", "on_polls": "2",
+            "off_hold": "3", "min_on": "0", "run_dir": str(run_dir),
+            "rpc_listen": f"unix:{run_dir}/rpc.sock", "log_level": "debug", **extra}
+    body = "".join(f"\toption {k} '{v}'\n" for k, v in opts.items())
+    path.write_text(f"config voipqos 'main'\n{body}")
+    return path
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "voipqos.cli", *args], capture_output=True,
+                          text=True, timeout=20)
+
+
+def status(conf: Path) -> dict:
+    res = cli("status", "--json", "--config", str(conf))
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def wait_for(pred, timeout: float, conf: Path) -> tuple[dict, float]:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            doc = status(conf)
+        except AssertionError:
+            doc = None
+        if doc is not None and pred(doc):
+            return doc, time.monotonic() - start
+        time.sleep(0.25)
+    raise AssertionError(f"condition not met in {timeout} s; last status: {doc}")
+
+
+def start_daemon(lab: netns.Topology, conf: Path, log: Path) -> subprocess.Popen:
+    p = lab.popen("router", [sys.executable, "-m", "voipqos.cli", "run", "--foreground",
+                             "--dry-run", "--config", str(conf)],
+                  stderr=log.open("w"))
+    wait_for(lambda d: d["metrics"]["polls"] >= 1, 10, conf)
+    return p
+
+
+def stream(lab: netns.Topology, pps: float, size: int, duration: float, port: int = 20000,
+           back_pps: float | None = None) -> None:
+    gen = [sys.executable, "-m", "voipqos.lab.udpgen"]
+    lab.popen("wan", [*gen, "--bind", f"{netns.WAN_HOST4}:{port}", "--answer",
+                      "--pps", str(back_pps if back_pps is not None else pps),
+                      "--size", str(size), "--duration", str(duration + 2)])
+    time.sleep(0.3)
+    lab.popen("lan", [*gen, "--to", f"{netns.WAN_HOST4}:{port}", "--pps", str(pps),
+                      "--size", str(size), "--duration", str(duration)])
+
+
+def test_call_detected_within_three_polls_and_dropped_after_hold(lab, tmp_path):
+    conf = write_config(tmp_path / "voipqos", tmp_path / "run")
+    daemon = start_daemon(lab, conf, tmp_path / "daemon.log")
+    stream(lab, pps=50, size=160, duration=8)
+    doc, took = wait_for(lambda d: d["calls"], 6, conf)
+    assert took <= 3.5, f"call reported after {took:.1f} s (> 3 polls)"
+    call = doc["calls"][0]
+    assert call["lan_host"] == netns.LAN_HOST4 and call["far_host"] == netns.WAN_HOST4
+    assert call["lan_known"] and 40 <= call["pps_out"] <= 60 and 40 <= call["pps_in"] <= 60
+    doc, _ = wait_for(lambda d: d["state"] == "on", 4, conf)
+    # the stream stops after 8 s; the conntrack entry lingers with frozen counters
+    doc, _ = wait_for(lambda d: not d["calls"], 10, conf)
+    doc, _ = wait_for(lambda d: d["state"] == "watching", 6, conf)
+    assert [t["state"] for t in doc["transitions"]][:3] == ["watching", "on", "watching"]
+    flows = json.loads(cli("flows", "--json", "--all", "--config", str(conf)).stdout)
+    assert any(f["dport"] == 20000 and f["verdict"] == "other" for f in flows["flows"])
+    daemon.terminate()
+    assert daemon.wait(10) == 0
+
+
+@pytest.mark.parametrize("name, pps, size", [("flood", 3000, 100), ("bulk", 900, 1200)])
+def test_flood_and_bulk_are_not_calls(lab, tmp_path, name, pps, size):
+    conf = write_config(tmp_path / "voipqos", tmp_path / "run")
+    start_daemon(lab, conf, tmp_path / "daemon.log")
+    stream(lab, pps=pps, size=size, duration=5)
+    time.sleep(4)
+    doc = status(conf)
+    assert doc["calls"] == [] and doc["state"] == "watching", doc
+    flows = json.loads(cli("flows", "--json", "--all", "--config", str(conf)).stdout)
+    ours = [f for f in flows["flows"] if f["dport"] == 20000]
+    assert ours and ours[0]["verdict"] == "other"
+    assert "above" in ours[0]["reasons"][0]
