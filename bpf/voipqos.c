@@ -1,0 +1,321 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * voipqos call classifier: a tc (cls_bpf, direct-action) program for the WAN device.
+ *
+ * A packet is "voice" when its 5-tuple or the reversed 5-tuple is in voipqos_flows
+ * (the daemon fills it with the conntrack orig AND reply tuples of detected calls),
+ * when it is UDP with a source or destination port in a static range, or (trust_ef)
+ * when it already carries DSCP EF. Which tuple matches where, with IPv4 NAT:
+ *   orig  = lan:p  -> far:q      reply = far:q -> wan_ip:p'
+ *   WAN egress  (post-SNAT) sees wan_ip:p' -> far:q  = reply reversed (2nd lookup)
+ *   WAN ingress (pre-DNAT)  sees far:q -> wan_ip:p'  = reply         (1st lookup)
+ *   LAN-side hooks see orig or orig reversed; without NAT (IPv6) both tuples match.
+ *
+ * Voice packets get skb->priority = voice_prio (a full HTB classid major:minor) and
+ * DSCP EF with the ECN bits kept. skb->priority, not tc_classid, because HTB consults
+ * skb->priority before its own filters (htb_classify) when the major equals its handle,
+ * so this program can sit on clsact (before the root qdisc and before the ingress
+ * mirred redirect to the IFB, which keeps skb->priority) and return TC_ACT_UNSPEC:
+ * later filters still run and nothing here depends on the HTB filter chain. A
+ * tc_classid result would only reach HTB from a filter attached inside HTB itself.
+ * voice_prio 0 leaves priority alone (the SQM backend only wants the EF mark).
+ * Everything else is left untouched. All reads go through bpf_skb_load_bytes, so
+ * non-linear skbs and truncated headers are handled without direct packet access.
+ */
+#if __has_include(<uapi/linux/bpf.h>)	/* OpenWrt CompileBPF: kernel source tree */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#else					/* linux-libc-dev */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#endif
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define VOIPQOS_MAX_FLOWS	1024
+#define VOIPQOS_MAX_RANGES	16
+#define VOIPQOS_MAX_EXTHDRS	6
+#define DSCP_EF			46
+
+#define ETH_HLEN		14
+#define ETH_P_IP		0x0800
+#define ETH_P_IPV6		0x86DD
+#define ETH_P_8021Q		0x8100
+#define ETH_P_8021AD		0x88A8
+#define IPPROTO_HOPOPTS		0
+#define IPPROTO_TCP		6
+#define IPPROTO_UDP		17
+#define IPPROTO_ROUTING		43
+#define IPPROTO_FRAGMENT	44
+#define IPPROTO_AH		51
+#define IPPROTO_DSTOPTS		60
+
+/* key of voipqos_flows: addresses as 16 bytes (IPv4 as ::ffff:a.b.c.d), all fields in
+ * network byte order, padding zero */
+struct flow_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct port_range {
+	__u16 lo;	/* host byte order, inclusive */
+	__u16 hi;
+};
+
+/* written by the daemon; all zero = classify nothing */
+struct voipqos_config {
+	__u32 voice_prio;	/* HTB classid major:minor for skb->priority; 0 = leave */
+	__u8 dscp_mark;		/* rewrite voice packets to EF */
+	__u8 trust_ef;		/* packets already marked EF are voice */
+	__u8 nranges;		/* used entries of ranges[] */
+	__u8 pad;
+	struct port_range ranges[VOIPQOS_MAX_RANGES];
+};
+
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+enum { COUNT_VOICE, COUNT_OTHER, COUNT_MAX };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct flow_key);
+	__type(value, __u8);
+	__uint(max_entries, VOIPQOS_MAX_FLOWS);
+} voipqos_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct voipqos_config);
+	__uint(max_entries, 1);
+} voipqos_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct counter);
+	__uint(max_entries, COUNT_MAX);
+} voipqos_stats SEC(".maps");
+
+/* what the L3/L4 parsers found */
+struct pkt {
+	struct flow_key key;
+	__u32 l3;		/* offset of the IP header */
+	__u8 dsfield;		/* IPv4 TOS / IPv6 traffic class */
+	__u8 ipv6;
+	__u8 has_ports;
+};
+
+static __always_inline void count(struct __sk_buff *skb, __u32 idx)
+{
+	struct counter *c = bpf_map_lookup_elem(&voipqos_stats, &idx);
+
+	if (c) {
+		c->packets++;
+		c->bytes += skb->len;
+	}
+}
+
+/* L4 ports at off (UDP and TCP both start with source, destination) */
+static __always_inline void load_ports(struct __sk_buff *skb, __u32 off, struct pkt *p)
+{
+	__be16 ports[2];
+
+	if (p->key.proto != IPPROTO_UDP && p->key.proto != IPPROTO_TCP)
+		return;
+	if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
+		return;
+	p->key.sport = ports[0];
+	p->key.dport = ports[1];
+	p->has_ports = 1;
+}
+
+static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
+{
+	__u8 h[20];	/* fixed IPv4 header, read as bytes: no endian-dependent bitfields */
+	__u32 ihl;
+
+	if (bpf_skb_load_bytes(skb, p->l3, h, sizeof(h)))
+		return -1;
+	ihl = (h[0] & 0x0f) * 4;
+	if ((h[0] >> 4) != 4 || ihl < sizeof(h))
+		return -1;
+	p->dsfield = h[1];
+	p->key.proto = h[9];
+	p->key.saddr[2] = bpf_htonl(0x0000ffff);
+	__builtin_memcpy(&p->key.saddr[3], &h[12], 4);
+	p->key.daddr[2] = bpf_htonl(0x0000ffff);
+	__builtin_memcpy(&p->key.daddr[3], &h[16], 4);
+	/* a non-first fragment carries no L4 header */
+	if (((h[6] & 0x1f) | h[7]) == 0)
+		load_ports(skb, p->l3 + ihl, p);
+	return 0;
+}
+
+static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p)
+{
+	__u8 h[8];	/* version/class/label, payload length, next header, hop limit */
+	__u32 off = p->l3 + 40;
+	__u8 next;
+	int i;
+
+	if (bpf_skb_load_bytes(skb, p->l3, h, sizeof(h)) ||
+	    bpf_skb_load_bytes(skb, p->l3 + 8, p->key.saddr, 32))
+		return -1;
+	if ((h[0] >> 4) != 6)
+		return -1;
+	p->ipv6 = 1;
+	p->dsfield = (h[0] << 4) | (h[1] >> 4);
+	next = h[6];
+
+#pragma unroll
+	for (i = 0; i < VOIPQOS_MAX_EXTHDRS; i++) {
+		__u8 ext[4];	/* next header, length, and for a fragment its offset */
+
+		if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
+		    next != IPPROTO_DSTOPTS && next != IPPROTO_FRAGMENT && next != IPPROTO_AH)
+			break;
+		if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
+			return 0;	/* truncated: classify by addresses/DSCP only */
+		if (next == IPPROTO_FRAGMENT) {
+			if ((ext[2] << 5 | ext[3] >> 3) != 0)
+				return 0;	/* non-first fragment: no ports */
+			off += 8;
+		} else if (next == IPPROTO_AH) {
+			off += (ext[1] + 2) * 4;
+		} else {
+			off += (ext[1] + 1) * 8;
+		}
+		next = ext[0];
+	}
+	p->key.proto = next;
+	load_ports(skb, off, p);
+	return 0;
+}
+
+static __always_inline int in_ranges(const struct voipqos_config *cfg, __u16 port)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < VOIPQOS_MAX_RANGES; i++) {
+		if (i >= cfg->nranges)
+			break;
+		if (port >= cfg->ranges[i].lo && port <= cfg->ranges[i].hi)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int is_voice(const struct voipqos_config *cfg, struct pkt *p)
+{
+	struct flow_key rev;
+
+	if (cfg->trust_ef && (p->dsfield >> 2) == DSCP_EF)
+		return 1;
+	if (!p->has_ports)
+		return 0;
+	if (p->key.proto == IPPROTO_UDP &&
+	    (in_ranges(cfg, bpf_ntohs(p->key.sport)) || in_ranges(cfg, bpf_ntohs(p->key.dport))))
+		return 1;
+	if (bpf_map_lookup_elem(&voipqos_flows, &p->key))
+		return 1;
+	rev = p->key;
+	__builtin_memcpy(rev.saddr, p->key.daddr, 16);
+	__builtin_memcpy(rev.daddr, p->key.saddr, 16);
+	rev.sport = p->key.dport;
+	rev.dport = p->key.sport;
+	return bpf_map_lookup_elem(&voipqos_flows, &rev) != NULL;
+}
+
+/* DSCP := EF, ECN bits kept. IPv4: the TOS change and the header checksum change cancel
+ * in the one's-complement sum, so a CHECKSUM_COMPLETE skb->csum stays right. IPv6 has no
+ * header checksum; BPF_F_RECOMPUTE_CSUM keeps skb->csum right there. */
+static __always_inline void mark_ef(struct __sk_buff *skb, const struct pkt *p)
+{
+	__u8 ds = (DSCP_EF << 2) | (p->dsfield & 0x03);
+	__u8 w[2];
+
+	if (p->dsfield == ds || bpf_skb_load_bytes(skb, p->l3, w, sizeof(w)))
+		return;
+	if (p->ipv6) {
+		__u8 n[2] = { (w[0] & 0xf0) | (ds >> 4), (ds << 4) | (w[1] & 0x0f) };
+
+		bpf_skb_store_bytes(skb, p->l3, n, sizeof(n), BPF_F_RECOMPUTE_CSUM);
+	} else {
+		__u8 n[2] = { w[0], ds };
+		__u16 from, to;
+
+		__builtin_memcpy(&from, w, 2);
+		__builtin_memcpy(&to, n, 2);
+		bpf_l3_csum_replace(skb, p->l3 + 10, from, to, sizeof(__u16));
+		bpf_skb_store_bytes(skb, p->l3 + 1, &ds, 1, 0);
+	}
+}
+
+static __always_inline int classify(struct __sk_buff *skb, __u32 l3, __u16 proto)
+{
+	__u32 zero = 0;
+	struct voipqos_config *cfg = bpf_map_lookup_elem(&voipqos_config, &zero);
+	struct pkt p = { .l3 = l3 };
+	int err;
+
+	if (!cfg)
+		return TC_ACT_UNSPEC;
+	if (proto == ETH_P_IP)
+		err = parse_ipv4(skb, &p);
+	else if (proto == ETH_P_IPV6)
+		err = parse_ipv6(skb, &p);
+	else
+		err = -1;
+	if (err || !is_voice(cfg, &p)) {
+		count(skb, COUNT_OTHER);
+		return TC_ACT_UNSPEC;
+	}
+	if (cfg->voice_prio)
+		skb->priority = cfg->voice_prio;
+	if (cfg->dscp_mark)
+		mark_ef(skb, &p);
+	count(skb, COUNT_VOICE);
+	return TC_ACT_UNSPEC;	/* let later filters (the IFB redirect) run */
+}
+
+/* Ethernet devices, with up to two VLAN tags in the packet (an offloaded tag is not) */
+SEC("tc")
+int voipqos_eth(struct __sk_buff *skb)
+{
+	__u32 off = 12;
+	__be16 type;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 3; i++) {
+		if (bpf_skb_load_bytes(skb, off, &type, sizeof(type))) {
+			count(skb, COUNT_OTHER);
+			return TC_ACT_UNSPEC;
+		}
+		if (type != bpf_htons(ETH_P_8021Q) && type != bpf_htons(ETH_P_8021AD))
+			break;
+		off += 4;
+	}
+	return classify(skb, off + 2, bpf_ntohs(type));
+}
+
+/* devices without a link-layer header (pppoe-wan, wireguard, tun): data starts at IP */
+SEC("tc_l3")
+int voipqos_l3(struct __sk_buff *skb)
+{
+	return classify(skb, 0, bpf_ntohs(skb->protocol));
+}
+
+char _license[] SEC("license") = "GPL";
