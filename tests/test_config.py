@@ -114,3 +114,9 @@ def test_list_values_parse():
     assert cfg.voice_ports == ((10000, 10100), (5004, 5004))
     assert cfg.sip_ports == (5060, 5080)
     assert config.to_dict(cfg)["voice_ports"] == ["10000-10100", "5004-5004"]
+
+
+def test_readme_documents_every_option():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for opt in config.OPTIONS:
+        assert f"| `{opt.name}`" in readme, opt.name
