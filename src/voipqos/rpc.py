@@ -1,0 +1,220 @@
+"""The `/ubus` JSON-RPC protocol as uhttpd-mod-ubus and rpcd answer it, over api.SPECS.
+
+Sans-I/O: `UbusRpc.handle` takes a request body and returns the response body, so the
+wire shapes LuCI and the clients rely on are tested without sockets. Served off OpenWrt
+(Debian box as router, tests, the lab) by `endpoints.Endpoints`; on a router uhttpd and
+rpcd answer the same protocol in front of the ubus object, which is why the shapes,
+status codes and error codes here copy theirs rather than inventing our own.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import api
+
+log = logging.getLogger(__name__)
+
+NULL_SESSION = "0" * 32  # rpcd's unauthenticated session
+USER = "root"
+SESSION_TIMEOUT = 300  # rpcd's default, seconds
+MAX_SESSIONS = 32
+
+# ubus status codes (libubus ubusmsg.h), the first element of a call's `result`
+STATUS_OK = 0
+STATUS_INVALID_ARGUMENT = 2
+STATUS_METHOD_NOT_FOUND = 3
+STATUS_NOT_FOUND = 4
+STATUS_PERMISSION_DENIED = 6
+STATUS_TIMEOUT = 7
+STATUS_UNKNOWN_ERROR = 9
+STATUS_NAMES = {
+    0: "ok", 1: "invalid command", 2: "invalid argument", 3: "method not found",
+    4: "not found", 5: "no data", 6: "permission denied", 7: "timeout",
+    8: "not supported", 9: "unknown error", 10: "connection failed",
+}
+
+# JSON-RPC errors uhttpd-mod-ubus answers instead of a result
+PARSE_ERROR = (-32700, "Parse error")
+INVALID_REQUEST = (-32600, "Invalid request")
+METHOD_NOT_FOUND = (-32601, "Method not found")
+INVALID_PARAMS = (-32602, "Invalid parameters")
+OBJECT_NOT_FOUND = (-32000, "Object not found")
+ACCESS_DENIED = (-32002, "Access denied")
+
+# how `list` names argument types (uhttpd maps blobmsg types to these words)
+TYPE_NAMES = {api.STRING: "string", api.INT: "number", api.BOOL: "boolean"}
+SESSION_SIGNATURE = {
+    "login": {"username": "string", "password": "string", "timeout": "number"},
+    "destroy": {},
+}
+
+
+class Sessions:
+    """rpcd-like sessions for the single user `root`: 32-hex ids that expire after
+    their timeout unless used (each use restarts the clock, as rpcd does)."""
+
+    def __init__(self, password: str, clock: Callable[[], float] = time.monotonic,
+                 timeout: int = SESSION_TIMEOUT) -> None:
+        self._password = password.encode()
+        self._clock = clock
+        self.timeout = timeout
+        self._live: dict[str, tuple[int, float]] = {}  # sid -> (timeout, expiry)
+
+    def login(self, username: Any, password: Any, timeout: int | None = None) -> str | None:
+        """A new session id, or None for a wrong user name or password."""
+        if not isinstance(username, str) or not isinstance(password, str):
+            return None
+        ok_pw = hmac.compare_digest(password.encode(), self._password)
+        if not (ok_pw and hmac.compare_digest(username.encode(), USER.encode())):
+            return None
+        now = self._clock()
+        for sid in [s for s, (_, t) in self._live.items() if now >= t]:
+            del self._live[sid]
+        while len(self._live) >= MAX_SESSIONS:  # bounded: the oldest login goes first
+            del self._live[min(self._live, key=lambda s: self._live[s][1])]
+        sid = secrets.token_hex(16)
+        timeout = timeout or self.timeout
+        self._live[sid] = (timeout, now + timeout)
+        return sid
+
+    def touch(self, sid: Any) -> bool:
+        """True if `sid` is a live session; its expiry starts again from now."""
+        if not isinstance(sid, str) or sid not in self._live:
+            return False
+        timeout, expiry = self._live[sid]
+        now = self._clock()
+        if now >= expiry:
+            del self._live[sid]
+            return False
+        self._live[sid] = (timeout, now + timeout)
+        return True
+
+    def info(self, sid: str) -> tuple[int, int]:
+        """(timeout, seconds until expiry) of a live session."""
+        timeout, expiry = self._live[sid]
+        return timeout, max(0, round(expiry - self._clock()))
+
+    def destroy(self, sid: str) -> None:
+        self._live.pop(sid, None)
+
+
+def _error(rid: Any, err: tuple[int, str]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": rid, "error": {"code": err[0], "message": err[1]}}
+
+
+def _result(rid: Any, result: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": rid, "result": result}
+
+
+class UbusRpc:
+    """Answers `call` (objects `voipqos` and `session`) and `list` like uhttpd + rpcd.
+
+    ACL: the null session may call the read methods and session.login; a logged-in
+    session (user root) may call everything. As with uhttpd, the ACL is checked before
+    the object is looked up, so the null session gets "Access denied" for anything else.
+    """
+
+    def __init__(self, dispatcher: api.Dispatcher, sessions: Sessions) -> None:
+        self.dispatcher = dispatcher
+        self.sessions = sessions
+
+    def handle(self, body: bytes) -> bytes:
+        try:
+            req = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return _dump(_error(None, PARSE_ERROR))
+        if isinstance(req, list):  # a batch, as uhttpd allows
+            if not req:
+                return _dump(_error(None, INVALID_REQUEST))
+            return _dump([self._one(r) for r in req])
+        return _dump(self._one(req))
+
+    def _one(self, req: Any) -> dict[str, Any]:
+        if not isinstance(req, dict):
+            return _error(None, INVALID_REQUEST)
+        rid = req.get("id")
+        if req.get("jsonrpc") != "2.0" or not isinstance(req.get("method"), str):
+            return _error(rid, INVALID_REQUEST)
+        params = req.get("params", [])
+        if not isinstance(params, list):
+            return _error(rid, INVALID_PARAMS)
+        if req["method"] == "call":
+            return self._call(rid, params)
+        if req["method"] == "list":
+            return self._list(rid, params)
+        return _error(rid, METHOD_NOT_FOUND)
+
+    def _call(self, rid: Any, params: list[Any]) -> dict[str, Any]:
+        if len(params) != 4 or not all(isinstance(p, str) for p in params[:3]) \
+                or not isinstance(params[3], dict):
+            return _error(rid, INVALID_PARAMS)
+        sid, obj, method, args = params
+        if obj == "session" and method == "login":
+            return _result(rid, self._login(args))
+        logged_in = sid != NULL_SESSION and self.sessions.touch(sid)
+        if not logged_in and not (obj == api.OBJECT and method in api.READ_METHODS):
+            return _error(rid, ACCESS_DENIED)
+        if obj == "session":
+            if method != "destroy":
+                return _result(rid, [STATUS_METHOD_NOT_FOUND])
+            self.sessions.destroy(sid)
+            return _result(rid, [STATUS_OK])
+        if obj != api.OBJECT:
+            return _error(rid, OBJECT_NOT_FOUND)
+        return _result(rid, self._invoke(method, args))
+
+    def _invoke(self, method: str, args: dict[str, Any]) -> list[Any]:
+        if method not in api.SPECS:
+            return [STATUS_METHOD_NOT_FOUND]
+        try:
+            return [STATUS_OK, self.dispatcher.call(method, args)]
+        except api.InvalidArgument as exc:
+            log.warning("rpc: %s", exc)
+            return [STATUS_INVALID_ARGUMENT, {"error": str(exc)}]
+        except Exception:  # a handler bug must not take the daemon down
+            log.exception("rpc: %s.%s failed", api.OBJECT, method)
+            return [STATUS_UNKNOWN_ERROR]
+
+    def _login(self, args: dict[str, Any]) -> list[Any]:
+        timeout = args.get("timeout")
+        if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool)
+                                    or timeout <= 0):
+            return [STATUS_INVALID_ARGUMENT]
+        sid = self.sessions.login(args.get("username"), args.get("password"), timeout)
+        if sid is None:
+            log.warning("rpc: failed login for user %r", args.get("username"))
+            return [STATUS_PERMISSION_DENIED]
+        timeout, expires = self.sessions.info(sid)
+        return [STATUS_OK, {
+            "ubus_rpc_session": sid,
+            "timeout": timeout,
+            "expires": expires,
+            "acls": {"ubus": {api.OBJECT: ["*"], "session": ["destroy", "login"]}},
+            "data": {"username": USER},
+        }]
+
+    def _list(self, rid: Any, params: list[Any]) -> dict[str, Any]:
+        if not all(isinstance(p, str) for p in params):
+            return _error(rid, INVALID_PARAMS)
+        objects = {api.OBJECT: signature(), "session": SESSION_SIGNATURE}
+        if not params:
+            return _result(rid, sorted(objects))
+        return _result(rid, {name: sig for name, sig in objects.items()
+                             if any(fnmatch.fnmatchcase(name, p) for p in params)})
+
+
+def signature() -> dict[str, dict[str, str]]:
+    """The voipqos object's signature as `list` shows it."""
+    return {m: {a: TYPE_NAMES[t] for a, t in s.args.items()} for m, s in api.SPECS.items()}
+
+
+def _dump(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
