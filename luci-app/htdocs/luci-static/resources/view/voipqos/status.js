@@ -1,0 +1,241 @@
+'use strict';
+'require view';
+'require poll';
+'require rpc';
+'require ui';
+'require dom';
+'require voipqos.logic as logic';
+
+/*
+ * Live status of voipqos: one `voipqos status` call per poll (every second) feeds the
+ * badge, the calls table, the counters, transitions, warnings and the graph. The graph
+ * keeps a fixed number of samples, so the page can stay open for hours.
+ */
+
+var callStatus = rpc.declare({
+	object: 'voipqos',
+	method: 'status',
+	expect: { '': {} }
+});
+
+var callSetMode = rpc.declare({
+	object: 'voipqos',
+	method: 'set_mode',
+	params: [ 'mode', 'expires' ]
+});
+
+var POLL_SECONDS = 1,
+    GRAPH_SPAN = 180,
+    GRAPH_W = 600,
+    GRAPH_H = 160,
+    TRANSITIONS_SHOWN = 8,
+    SVG_NS = 'http://www.w3.org/2000/svg';
+
+var CSS = [
+	'.vq-badge { display: inline-block; padding: .2em .7em; border-radius: 1em; font-weight: bold; color: #fff; background: #777; }',
+	'.vq-badge.on { background: #2e7d32; }',
+	'.vq-badge.watching { background: #1565c0; }',
+	'.vq-badge.forced-on { background: #ef6c00; }',
+	'.vq-badge.forced-off { background: #6d4c41; }',
+	'.vq-badge.off, .vq-badge.unknown { background: #757575; }',
+	'.vq-graph { width: 100%; max-width: 900px; height: auto; border: 1px solid #ccc; background: #fff; }',
+	'.vq-graph .grid { stroke: #ddd; stroke-width: 1; }',
+	'.vq-graph .onband { fill: #c8e6c9; }',
+	'.vq-graph .total { fill: none; stroke: #1565c0; stroke-width: 1.5; }',
+	'.vq-graph .voice { fill: none; stroke: #2e7d32; stroke-width: 2; }',
+	'.vq-graph text { font-size: 10px; fill: #555; }',
+	'.vq-legend span { margin-right: 1.5em; }',
+	'.vq-swatch { display: inline-block; width: 1em; height: .6em; margin-right: .3em; }'
+].join('\n');
+
+function svg(tag, attrs) {
+	var el = document.createElementNS(SVG_NS, tag);
+	for (var k in attrs)
+		el.setAttribute(k, attrs[k]);
+	return el;
+}
+
+function table(headers, rows, emptyText) {
+	var body = rows.length ? rows.map(function(r) {
+		return E('tr', { 'class': 'tr' }, r.map(function(cell) {
+			return E('td', { 'class': 'td' }, cell);
+		}));
+	}) : [ E('tr', { 'class': 'tr placeholder' },
+		E('td', { 'class': 'td', 'colspan': headers.length }, E('em', emptyText))) ];
+
+	return E('table', { 'class': 'table' }, [
+		E('tr', { 'class': 'tr table-titles' }, headers.map(function(h) {
+			return E('th', { 'class': 'th' }, h);
+		}))
+	].concat(body));
+}
+
+return view.extend({
+	load: function() {
+		return L.resolveDefault(callStatus(), {});
+	},
+
+	render: function(status) {
+		this.samples = new logic.RingBuffer(GRAPH_SPAN / POLL_SECONDS + 1);
+		this.reading = null;
+
+		this.badge = E('span', { 'class': 'vq-badge', 'id': 'vq-badge' });
+		this.since = E('span', { 'id': 'vq-since' });
+		this.reason = E('div', { 'id': 'vq-reason' });
+		this.warnings = E('div', { 'id': 'vq-warnings' });
+		this.calls = E('div', { 'id': 'vq-calls' });
+		this.counters = E('div', { 'id': 'vq-counters' });
+		this.transitions = E('div', { 'id': 'vq-transitions' });
+		this.graph = svg('svg', {
+			'class': 'vq-graph', 'id': 'vq-graph',
+			'viewBox': '0 0 %d %d'.format(GRAPH_W, GRAPH_H),
+			'preserveAspectRatio': 'none'
+		});
+
+		var node = E('div', { 'class': 'cbi-map' }, [
+			E('style', {}, CSS),
+			E('h2', {}, _('VoIP QoS: Status')),
+			E('div', { 'class': 'cbi-map-descr' },
+				_('Shaping switches on only while a call is active. This page refreshes every second.')),
+
+			E('div', { 'class': 'cbi-section' }, [
+				E('h3', {}, _('State')),
+				E('p', {}, [ this.badge, ' ', this.since ]),
+				this.reason,
+				E('div', { 'class': 'cbi-page-actions', 'style': 'text-align:left' }, [
+					E('button', {
+						'class': 'btn cbi-button cbi-button-positive', 'id': 'vq-force-on',
+						'click': ui.createHandlerFn(this, 'handleMode', 'on')
+					}, _('Force on')),
+					' ',
+					E('button', {
+						'class': 'btn cbi-button cbi-button-negative', 'id': 'vq-force-off',
+						'click': ui.createHandlerFn(this, 'handleMode', 'off')
+					}, _('Force off')),
+					' ',
+					E('button', {
+						'class': 'btn cbi-button cbi-button-neutral', 'id': 'vq-auto',
+						'click': ui.createHandlerFn(this, 'handleMode', 'auto')
+					}, _('Auto'))
+				]),
+				this.warnings
+			]),
+
+			E('div', { 'class': 'cbi-section' }, [
+				E('h3', {}, _('Throughput')),
+				this.graph,
+				E('div', { 'class': 'vq-legend' }, [
+					E('span', {}, [ E('span', { 'class': 'vq-swatch', 'style': 'background:#2e7d32' }), _('Voice class') ]),
+					E('span', {}, [ E('span', { 'class': 'vq-swatch', 'style': 'background:#1565c0' }), _('Total') ]),
+					E('span', {}, [ E('span', { 'class': 'vq-swatch', 'style': 'background:#c8e6c9' }), _('Profile on') ])
+				])
+			]),
+
+			E('div', { 'class': 'cbi-section' }, [ E('h3', {}, _('Active calls')), this.calls ]),
+			E('div', { 'class': 'cbi-section' }, [ E('h3', {}, _('Voice class counters')), this.counters ]),
+			E('div', { 'class': 'cbi-section' }, [ E('h3', {}, _('Last transitions')), this.transitions ])
+		]);
+
+		this.update(status);
+		poll.add(L.bind(this.refresh, this), POLL_SECONDS);
+
+		return node;
+	},
+
+	refresh: function() {
+		return callStatus().then(L.bind(this.update, this));
+	},
+
+	update: function(st) {
+		var now = Date.now() / 1000;
+
+		if (!st || !st.state) {
+			var b = logic.stateBadge(null);
+			this.badge.className = 'vq-badge ' + b.cls;
+			dom.content(this.badge, _('Not running'));
+			dom.content(this.since, '');
+			dom.content(this.reason, _('The voipqos service does not answer. Start it with /etc/init.d/voipqos start.'));
+			return;
+		}
+
+		var badge = logic.stateBadge(st.state);
+		this.badge.className = 'vq-badge ' + badge.cls;
+		this.badge.setAttribute('data-state', st.state);
+		dom.content(this.badge, badge.label);
+		dom.content(this.since, logic.formatSince(st.since, now));
+		dom.content(this.reason, st.reason ? _('Why: %s').format(st.reason) : '');
+
+		this.updateWarnings(st.warnings);
+		dom.content(this.calls, table(
+			[ _('LAN host'), _('Far end'), _('Flows'), _('pps out / in'), _('Rate out / in'), _('Duration') ],
+			logic.callRows(st.calls), _('No active call')));
+		this.updateCounters(st, now);
+		dom.content(this.transitions, table(
+			[ _('Time'), _('State'), _('Why') ],
+			logic.transitionRows(st.transitions, TRANSITIONS_SHOWN), _('No transition yet')));
+		this.updateGraph(now);
+	},
+
+	updateWarnings: function(warnings) {
+		dom.content(this.warnings, (Array.isArray(warnings) ? warnings : []).map(function(w) {
+			return E('div', { 'class': 'alert-message warning', 'data-code': w.code }, [
+				E('strong', {}, w.message || w.code),
+				w.fix ? E('div', {}, _('Fix: %s').format(w.fix)) : ''
+			]);
+		}));
+	},
+
+	updateCounters: function(st, now) {
+		var reading = logic.readCounters(st, now),
+		    rate = this.reading ? logic.counterRate(this.reading.voice, reading.voice) : null,
+		    profile = st.profile || {};
+
+		this.samples.push(logic.graphSample(this.reading, reading, st.active));
+		this.reading = reading;
+
+		dom.content(this.counters, table(
+			[ _('Packets'), _('Bytes'), _('Now'), _('Backend'), _('Classifier'), _('Applied') ],
+			[ [ String(reading.voice.packets), logic.formatBytes(reading.voice.bytes),
+			    rate ? logic.formatPps(rate.pps) + ' pps, ' + logic.formatRate(rate.kbps) : '-',
+			    profile.backend || '-', profile.classifier || '-',
+			    profile.applied ? _('yes') : _('no') ] ], ''));
+	},
+
+	updateGraph: function(now) {
+		var g = logic.graphGeometry(this.samples.toArray(), now, GRAPH_SPAN, GRAPH_W, GRAPH_H),
+		    children = [];
+
+		g.on.forEach(function(r) {
+			children.push(svg('rect', { 'class': 'onband', 'x': r[0].toFixed(1), 'y': 0,
+				'width': Math.max(1, r[1] - r[0]).toFixed(1), 'height': GRAPH_H }));
+		});
+		[ 0.25, 0.5, 0.75 ].forEach(function(f) {
+			children.push(svg('line', { 'class': 'grid', 'x1': 0, 'x2': GRAPH_W,
+				'y1': GRAPH_H * f, 'y2': GRAPH_H * f }));
+		});
+		children.push(svg('polyline', { 'class': 'total', 'points': g.total }));
+		children.push(svg('polyline', { 'class': 'voice', 'points': g.voice }));
+
+		var label = svg('text', { 'x': 4, 'y': 12 });
+		label.textContent = logic.formatRate(g.max);
+		children.push(label);
+		var span = svg('text', { 'x': 4, 'y': GRAPH_H - 4 });
+		span.textContent = _('last %d min').format(GRAPH_SPAN / 60);
+		children.push(span);
+
+		dom.content(this.graph, children);
+	},
+
+	handleMode: function(mode) {
+		var args = logic.modeArgs(mode);
+		return callSetMode(args.mode, args.expires).then(L.bind(function(res) {
+			if (typeof res == 'number' && res !== 0)
+				ui.addNotification(null, E('p', _('Could not switch the mode: %s').format(rpc.getStatusText(res))), 'error');
+			return this.refresh();
+		}, this));
+	},
+
+	handleSaveApply: null,
+	handleSave: null,
+	handleReset: null
+});

@@ -1,0 +1,243 @@
+'use strict';
+'require baseclass';
+
+/*
+ * Plain functions behind the voipqos views: formatting, state -> badge, rates from
+ * counters, the bounded sample buffer and the graph geometry. No DOM and no RPC here,
+ * so node's test runner can check them directly (tests/luci/logic.test.mjs).
+ */
+
+var BADGES = {
+	off: { cls: 'off' },
+	watching: { cls: 'watching' },
+	on: { cls: 'on' },
+	forced_on: { cls: 'forced-on' },
+	forced_off: { cls: 'forced-off' }
+};
+
+function badgeLabel(state) {
+	switch (state) {
+	case 'off': return _('Off');
+	case 'watching': return _('Watching');
+	case 'on': return _('On: call active');
+	case 'forced_on': return _('Forced on');
+	case 'forced_off': return _('Forced off');
+	default: return _('Unknown');
+	}
+}
+
+function pad2(n) {
+	return (n < 10 ? '0' : '') + n;
+}
+
+function num(x) {
+	return (typeof x == 'number' && isFinite(x)) ? x : 0;
+}
+
+/* A fixed-capacity FIFO: pushing past capacity drops the oldest sample, so hours of
+ * polling keep the same memory. */
+function RingBuffer(capacity) {
+	this.capacity = Math.max(1, capacity | 0);
+	this.items = new Array(this.capacity);
+	this.start = 0;
+	this.length = 0;
+}
+
+RingBuffer.prototype.push = function(item) {
+	var end = (this.start + this.length) % this.capacity;
+	this.items[end] = item;
+	if (this.length < this.capacity)
+		this.length++;
+	else
+		this.start = (this.start + 1) % this.capacity;
+};
+
+RingBuffer.prototype.toArray = function() {
+	var out = [];
+	for (var i = 0; i < this.length; i++)
+		out.push(this.items[(this.start + i) % this.capacity]);
+	return out;
+};
+
+RingBuffer.prototype.last = function() {
+	return this.length ? this.items[(this.start + this.length - 1) % this.capacity] : null;
+};
+
+RingBuffer.prototype.clear = function() {
+	this.items = new Array(this.capacity);
+	this.start = 0;
+	this.length = 0;
+};
+
+return baseclass.extend({
+	RingBuffer: RingBuffer,
+
+	/* {label, cls} for a daemon state (docs/design.md: off|watching|on|forced_on|forced_off). */
+	stateBadge: function(state) {
+		var b = BADGES[state] || { cls: 'unknown' };
+		return { label: badgeLabel(state), cls: b.cls };
+	},
+
+	/* 42 -> "42 s", 185 -> "3 min 05 s", 7260 -> "2 h 01 min". */
+	formatDuration: function(seconds) {
+		var s = Math.max(0, Math.floor(num(seconds)));
+		if (s < 60)
+			return s + ' s';
+		if (s < 3600)
+			return Math.floor(s / 60) + ' min ' + pad2(s % 60) + ' s';
+		return Math.floor(s / 3600) + ' h ' + pad2(Math.floor(s % 3600 / 60)) + ' min';
+	},
+
+	/* Local wall-clock time of a Unix timestamp, HH:MM:SS. */
+	formatClock: function(ts) {
+		var d = new Date(num(ts) * 1000);
+		return pad2(d.getHours()) + ':' + pad2(d.getMinutes()) + ':' + pad2(d.getSeconds());
+	},
+
+	/* "since 12:03:04 (3 min 05 s ago)"; empty without a timestamp. */
+	formatSince: function(since, now) {
+		if (typeof since != 'number' || !isFinite(since))
+			return '';
+		return _('since %s (%s ago)').format(this.formatClock(since),
+			this.formatDuration(num(now) - since));
+	},
+
+	/* kbit/s -> "80.0 kbit/s" or "1.25 Mbit/s". */
+	formatRate: function(kbps) {
+		var k = num(kbps);
+		if (k >= 1000)
+			return (k / 1000).toFixed(2) + ' Mbit/s';
+		return k.toFixed(1) + ' kbit/s';
+	},
+
+	formatPps: function(pps) {
+		return num(pps).toFixed(1);
+	},
+
+	/* 1536 -> "1.5 KiB". */
+	formatBytes: function(bytes) {
+		var b = num(bytes), units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'], i = 0;
+		while (b >= 1024 && i < units.length - 1) {
+			b /= 1024;
+			i++;
+		}
+		return (i ? b.toFixed(1) : String(b)) + ' ' + units[i];
+	},
+
+	/*
+	 * Rate between two counter readings {t, packets, bytes}: {pps, kbps}, or null when it
+	 * cannot be known (first reading, no time passed, counters reset by a reload).
+	 */
+	counterRate: function(prev, cur) {
+		if (!prev || !cur)
+			return null;
+		var dt = num(cur.t) - num(prev.t),
+		    dp = num(cur.packets) - num(prev.packets),
+		    db = num(cur.bytes) - num(prev.bytes);
+		if (dt <= 0 || dp < 0 || db < 0)
+			return null;
+		return { pps: dp / dt, kbps: db * 8 / 1000 / dt };
+	},
+
+	/* The counter readings of one status document, stamped with the time it was read. */
+	readCounters: function(status, t) {
+		var c = (status && status.profile && status.profile.counters) || {},
+		    voice = c.voice || {}, other = c.other || {};
+		return {
+			t: t,
+			voice: { t: t, packets: num(voice.packets), bytes: num(voice.bytes) },
+			total: { t: t, packets: num(voice.packets) + num(other.packets),
+			         bytes: num(voice.bytes) + num(other.bytes) }
+		};
+	},
+
+	/*
+	 * One graph sample from two successive counter readings: voice and total kbit/s and
+	 * whether the profile is on. Rates that cannot be known count as 0.
+	 */
+	graphSample: function(prevReading, reading, active) {
+		var v = prevReading ? this.counterRate(prevReading.voice, reading.voice) : null,
+		    a = prevReading ? this.counterRate(prevReading.total, reading.total) : null;
+		return {
+			t: reading.t,
+			voice: v ? v.kbps : 0,
+			total: a ? a.kbps : 0,
+			on: !!active
+		};
+	},
+
+	/* A round axis maximum >= value: 1, 2, 5 x 10^n kbit/s (at least 10). */
+	niceMax: function(value) {
+		var v = Math.max(10, num(value)), p = Math.pow(10, Math.floor(Math.log10(v)));
+		var steps = [1, 2, 5, 10];
+		for (var i = 0; i < steps.length; i++)
+			if (steps[i] * p >= v)
+				return steps[i] * p;
+		return 10 * p;
+	},
+
+	/*
+	 * SVG geometry for samples [{t, voice, total, on}] over the last `span` seconds ending
+	 * at `now`: polyline points for voice and total, x ranges where the profile was on, and
+	 * the y-axis maximum. Pure numbers, so the view only sets attributes.
+	 */
+	graphGeometry: function(samples, now, span, width, height) {
+		var max = 0, i, s;
+		for (i = 0; i < samples.length; i++)
+			max = Math.max(max, num(samples[i].total), num(samples[i].voice));
+		max = this.niceMax(max);
+
+		var x = function(t) { return Math.max(0, width - (num(now) - t) / span * width); },
+		    y = function(v) { return height - Math.min(num(v), max) / max * height; },
+		    voice = [], total = [], on = [], runStart = null;
+
+		for (i = 0; i < samples.length; i++) {
+			s = samples[i];
+			if (num(now) - s.t > span)
+				continue;
+			var px = x(s.t).toFixed(1);
+			voice.push(px + ',' + y(s.voice).toFixed(1));
+			total.push(px + ',' + y(s.total).toFixed(1));
+			if (s.on && runStart === null)
+				runStart = x(s.t);
+			if (!s.on && runStart !== null) {
+				on.push([runStart, x(s.t)]);
+				runStart = null;
+			}
+		}
+		if (runStart !== null)
+			on.push([runStart, x(samples[samples.length - 1].t)]);
+
+		return { voice: voice.join(' '), total: total.join(' '), on: on, max: max };
+	},
+
+	/* Table rows for the active calls, in the order the daemon lists them. */
+	callRows: function(calls) {
+		var self = this;
+		return (Array.isArray(calls) ? calls : []).map(function(c) {
+			return [
+				c.lan_host || '?',
+				(c.far_host || '?') + (c.sip ? ' (SIP)' : ''),
+				String(c.flows == null ? '?' : c.flows),
+				self.formatPps(c.pps_out) + ' / ' + self.formatPps(c.pps_in),
+				self.formatRate(c.kbps_out) + ' / ' + self.formatRate(c.kbps_in),
+				self.formatDuration(c.duration)
+			];
+		});
+	},
+
+	/* The last `limit` transitions, newest first, as [time, state label, reason]. */
+	transitionRows: function(transitions, limit) {
+		var list = Array.isArray(transitions) ? transitions.slice(-limit) : [], self = this;
+		return list.reverse().map(function(tr) {
+			return [self.formatClock(tr.at), self.stateBadge(tr.state).label, tr.reason || ''];
+		});
+	},
+
+	/* set_mode arguments for the Force on / Force off / Auto buttons. */
+	modeArgs: function(mode) {
+		if (mode != 'on' && mode != 'off' && mode != 'auto')
+			throw new Error('mode must be on, off or auto, not ' + mode);
+		return { mode: mode, expires: 0 };
+	}
+});
