@@ -1,0 +1,198 @@
+"""Kernel preflight: what this kernel and its tools can do, found by really trying.
+
+Qdiscs, classifiers and actions are probed on a temporary IFB device that the probe
+creates and deletes (a module that is listed but fails to load counts as missing). The
+result is cached per process; `report()` is the `voipqos check --json` document and
+`format_report()` its text form. `foreign_shaper()` tells when another shaper (sqm,
+qosify, a hand-made root qdisc) owns the device, so the HTB backend refuses instead of
+stacking two shapers.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from .plan import TC_H_INGRESS, TC_H_ROOT, Alert, Features
+from .tc import Foreign
+
+__all__ = ["Features", "foreign_shaper", "format_report", "probe", "report"]
+
+ACCT_SYSCTL = "/proc/sys/net/netfilter/nf_conntrack_acct"
+SHAPERS = {"htb", "hfsc", "cake", "tbf", "cbq", "drr", "qfq", "ets", "prio", "fq_pie", "netem"}
+
+# feature -> (OpenWrt package that provides it, what voipqos uses it for)
+NEEDS: dict[str, tuple[str, str]] = {
+    "htb": ("kmod-sched-core", "the HTB profile (required by backend htb)"),
+    "fq_codel": ("kernel CONFIG_NET_SCH_FQ_CODEL (built in on OpenWrt)",
+                 "fair leaves in the HTB classes (else pfifo)"),
+    "cake": ("kmod-sched-cake", "sqm's piece_of_cake/layer_cake (backend sqm)"),
+    "ifb": ("kmod-ifb", "download shaping"),
+    "clsact": ("kmod-sched-core", "the classifier hooks and the download redirect"),
+    "u32": ("kmod-sched-core", "the download redirect and the fallback classifier"),
+    "mirred": ("kmod-sched-core", "redirecting download traffic to the IFB"),
+    "cls_bpf": ("kmod-sched-bpf", "the BPF call classifier (else u32 fallback)"),
+    "bpffs": ("kernel CONFIG_BPF_SYSCALL", "pinning the classifier's maps"),
+    "tc_bpf": ("tc-bpf (or tc-full)", "loading the classifier's ELF object"),
+    "conntrack_acct": ("kmod-nf-conntrack; sysctl net.netfilter.nf_conntrack_acct=1",
+                       "per-flow packet counts for call detection"),
+}
+
+_cache: Features | None = None
+
+
+def _tries(ipr: IPRoute, idx: int) -> dict[str, Callable[[], None]]:
+    def qdisc(kind: str) -> Callable[[], None]:
+        def run() -> None:
+            ipr.tc("add", kind, idx, 0x10000)
+            ipr.tc("del", kind, idx, 0x10000)
+        return run
+
+    def clsact() -> None:
+        ipr.tc("add", "clsact", idx)
+
+    def u32() -> None:
+        ipr.tc("add-filter", "u32", idx, parent=TC_H_INGRESS, prio=10, protocol=3,
+               target=0, keys=["0x0/0x0+0"])
+
+    def mirred() -> None:
+        ipr.tc("add-filter", "u32", idx, parent=TC_H_INGRESS, prio=11, protocol=3, target=0,
+               keys=["0x0/0x0+0"], action={"kind": "mirred", "direction": "egress",
+                                           "action": "redirect", "ifindex": idx})
+
+    def cls_bpf() -> None:
+        # no program fd: a kernel with cls_bpf rejects the fd (EBADF/EINVAL), one without
+        # it answers ENOENT for the unknown filter kind
+        try:
+            ipr.tc("add-filter", "bpf", idx, parent=TC_H_INGRESS, prio=12, protocol=3,
+                   fd=0x7FFFFFFF, name="probe", direct_action=True)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENOENT, errno.EOPNOTSUPP):
+                raise
+
+    return {"htb": qdisc("htb"), "fq_codel": qdisc("fq_codel"), "cake": qdisc("cake"),
+            "clsact": clsact, "u32": u32, "mirred": mirred, "cls_bpf": cls_bpf}
+
+
+def _kernel(ipr: IPRoute) -> dict[str, bool]:
+    name = f"vqprobe{os.getpid() % 100000}"
+    try:
+        ipr.link("add", ifname=name, kind="ifb")
+    except NetlinkError:
+        return dict.fromkeys(("ifb", "htb", "fq_codel", "cake", "clsact", "u32", "mirred",
+                              "cls_bpf"), False)
+    out = {"ifb": True}
+    try:
+        idx = ipr.link_lookup(ifname=name)[0]
+        for feature, attempt in _tries(ipr, idx).items():
+            try:
+                attempt()
+                out[feature] = True
+            except (NetlinkError, OSError, ValueError, KeyError):
+                out[feature] = False
+    finally:
+        ipr.link("del", ifname=name)
+    return out
+
+
+def _tc_bpf() -> bool:
+    """iproute2 tc built with libbpf/ELF loading (`tc -V` names libbpf)."""
+    if not shutil.which("tc"):
+        return False
+    try:
+        res = subprocess.run(["tc", "-V"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "libbpf" in res.stdout or "elf" in res.stdout.lower()
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def probe(ipr: IPRoute | None = None, refresh: bool = False) -> Features:
+    """Features of the kernel in `ipr`'s network namespace (the current one if None,
+    cached)."""
+    global _cache
+    if ipr is None and _cache is not None and not refresh:
+        return _cache
+    own = ipr is None
+    sock = IPRoute() if ipr is None else ipr
+    try:
+        kernel = _kernel(sock)
+    finally:
+        if own:
+            sock.close()
+    feats = Features(
+        **kernel,
+        bpffs="\tbpf\n" in _read("/proc/filesystems"),
+        tc_bpf=_tc_bpf(),
+        conntrack_acct=_read(ACCT_SYSCTL).strip() == "1",
+    )
+    if own:
+        _cache = feats
+    return feats
+
+
+def report(features: Features) -> dict[str, Any]:
+    """The `voipqos check --json` document."""
+    have = asdict(features)
+    items = {name: {"present": have[name], "package": pkg, "used_for": why}
+             for name, (pkg, why) in NEEDS.items()}
+    return {"ok": features.htb, "features": items,
+            "warnings": [a.as_dict() for a in alerts(features)]}
+
+
+def alerts(features: Features) -> list[Alert]:
+    """Status warnings for what is missing (the daemon shows them next to its own)."""
+    out = []
+    if not features.conntrack_acct:
+        out.append(Alert("acct_off", "conntrack accounting is off: calls cannot be measured",
+                         "sysctl -w net.netfilter.nf_conntrack_acct=1"))
+    missing = [n for n in NEEDS if n not in ("conntrack_acct", "cake", "fq_codel") and
+               not getattr(features, n)]
+    if missing:
+        pkgs = sorted({NEEDS[n][0] for n in missing})
+        out.append(Alert("missing_kmod", "missing: " + ", ".join(missing),
+                         "install " + " ".join(pkgs)))
+    return out
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    lines = []
+    for name, item in rep["features"].items():
+        mark = "ok     " if item["present"] else "MISSING"
+        extra = "" if item["present"] else f"  -> {item['package']}"
+        lines.append(f"{mark} {name:<15} {item['used_for']}{extra}")
+    for w in rep["warnings"]:
+        lines.append(f"warning [{w['code']}] {w['message']} (fix: {w['fix']})")
+    return "\n".join(lines)
+
+
+def foreign_shaper(dev: str, found: Iterable[Foreign]) -> str | None:
+    """One line naming another shaper on `dev`, or None. A non-default root qdisc, an
+    `ingress` qdisc (sqm's download redirect) or qosify's BPF program all count: adding
+    voipqos's HTB on top would either fail or stack two shapers."""
+    for f in found:
+        if f.what == "qdisc" and f.kind == "ingress":
+            return (f"{dev} has an ingress qdisc (sqm or another download shaper): "
+                    "stop it or use backend sqm")
+        if f.what == "qdisc" and f.parent == TC_H_ROOT:
+            what = "another shaper" if f.kind in SHAPERS else "a foreign root qdisc"
+            return (f"{dev} already has {what} ({f.kind} {f.handle >> 16:x}:): "
+                    "remove it or use backend sqm")
+        if f.what == "filter" and "qosify" in f.name:
+            return f"{dev} runs qosify's classifier: stop qosify or use backend sqm"
+    return None
