@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -73,9 +72,8 @@ def lab_config(line: Line, timing: Timing, run_dir: Path, forced: bool,
 
 
 def voipqos_cmd() -> list[str]:
-    """The console script of the running interpreter's environment (the .venv)."""
-    script = Path(sys.executable).with_name("voipqos")
-    return [str(script)] if script.exists() else [shutil.which("voipqos") or "voipqos"]
+    """The `voipqos` CLI of the running interpreter's environment (the .venv)."""
+    return [sys.executable, "-m", "voipqos.cli"]
 
 
 @dataclass
