@@ -1,0 +1,358 @@
+"""Clients of a `/ubus` JSON-RPC endpoint: the local daemon's (LocalClient, for the CLI on
+the same machine) and a router's uhttpd (RemoteClient), both speaking as LuCI's rpc.js.
+
+Every failure is an RpcError with one line saying what went wrong and where (wrong
+password, permission denied, daemon not running, unreachable, timeout, untrusted
+certificate, bad answer); the CLI prints it and exits non-zero. Passwords are never
+printed or logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import hashlib
+import http.client
+import json
+import os
+import re
+import socket
+import ssl
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import api, rpc
+
+PASSWORD_ENV = "VOIPQOS_PASSWORD"
+
+
+class RpcError(Exception):
+    """One line for the user."""
+
+
+class _Denied(Exception):
+    """JSON-RPC -32002: no session, an expired one, or a method outside the ACL."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+class _PinnedConnection(http.client.HTTPSConnection):
+    """HTTPS that trusts exactly one certificate, by its SHA-256 fingerprint (what a
+    router's self-signed certificate needs: its name rarely matches the address)."""
+
+    def __init__(self, host: str, port: int, timeout: float, pin: str) -> None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        super().__init__(host, port, timeout=timeout, context=ctx)
+        self.pin = pin
+
+    def connect(self) -> None:
+        super().connect()
+        der = self.sock.getpeercert(binary_form=True) or b""
+        got = hashlib.sha256(der).hexdigest()
+        if got != self.pin:
+            self.close()
+            raise RpcError(f"https://{self.host}:{self.port}: certificate fingerprint "
+                           f"{_colons(got)} does not match --fingerprint")
+
+
+def _colons(hexdigest: str) -> str:
+    return ":".join(hexdigest[i:i + 2] for i in range(0, len(hexdigest), 2)).upper()
+
+
+def parse_fingerprint(text: str) -> str:
+    """`AB:CD:...` or `abcd...` (SHA-256, as `openssl x509 -fingerprint -sha256` prints)."""
+    hexed = re.sub(r"^sha256[:=]|[:\s]", "", text.strip(), flags=re.I).lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", hexed):
+        raise RpcError("--fingerprint: expected the certificate's SHA-256 as 64 hex digits "
+                       "(openssl x509 -noout -fingerprint -sha256 -in CERT)")
+    return hexed
+
+
+class _Client:
+    """Session handling shared by both clients: log in when needed, re-login once when
+    the session was refused (expired, or the router restarted), then give up."""
+
+    path = "/ubus"
+
+    def __init__(self, where: str, user: str, timeout: float) -> None:
+        self.where = where
+        self.user = user
+        self.timeout = timeout
+        self.sid = rpc.NULL_SESSION
+        self._id = 0
+
+    def _connection(self) -> http.client.HTTPConnection:
+        raise NotImplementedError
+
+    def _password(self) -> str:
+        raise NotImplementedError
+
+    def _needs_login(self, method: str) -> bool:
+        raise NotImplementedError
+
+    def call(self, method: str, args: dict | None = None) -> dict:
+        """voipqos.<method>(args) -> its answer; RpcError with one line otherwise."""
+        fresh = False
+        if self.sid == rpc.NULL_SESSION and self._needs_login(method):
+            self.login()
+            fresh = True
+        try:
+            return self._call(method, args or {})
+        except _Denied:
+            if fresh:
+                raise self._denied(method) from None
+        self.login()  # the session expired or the null session was not enough
+        try:
+            return self._call(method, args or {})
+        except _Denied:
+            raise self._denied(method) from None
+
+    def _denied(self, method: str) -> RpcError:
+        who = f"user {self.user}" if self.sid != rpc.NULL_SESSION else "the null session"
+        return RpcError(f"{self.where}: permission denied: {who} may not call "
+                        f"{api.OBJECT}.{method} (rpcd ACL: /usr/share/rpcd/acl.d/voipqos.json)")
+
+    def login(self) -> None:
+        password = self._password()
+        try:
+            result = self._rpc(rpc.NULL_SESSION, "session", "login",
+                               {"username": self.user, "password": password})
+        except _Denied:
+            raise RpcError(f"{self.where}: login refused (access denied)") from None
+        if result[0] == rpc.STATUS_PERMISSION_DENIED:
+            raise RpcError(f"{self.where}: login as {self.user} failed: wrong user name or "
+                           "password")
+        data = result[1] if len(result) > 1 else None
+        sid = data.get("ubus_rpc_session") if isinstance(data, dict) else None
+        if result[0] != rpc.STATUS_OK or not isinstance(sid, str) \
+                or not re.fullmatch(r"[0-9a-f]{32}", sid):
+            raise RpcError(f"{self.where}: bad answer to session.login: {result!r:.80}")
+        self.sid = sid
+
+    def logout(self) -> None:
+        """Destroy the session (rpcd keeps it until it expires otherwise)."""
+        if self.sid != rpc.NULL_SESSION:
+            with contextlib.suppress(_Denied):
+                self._rpc(self.sid, "session", "destroy", {})
+            self.sid = rpc.NULL_SESSION
+
+    def _call(self, method: str, args: dict) -> dict:
+        result = self._rpc(self.sid, api.OBJECT, method, args)
+        status = result[0]
+        data = result[1] if len(result) > 1 else {}
+        if status == rpc.STATUS_OK:
+            if not isinstance(data, dict):
+                raise RpcError(f"{self.where}: bad answer to {api.OBJECT}.{method}: "
+                               f"{data!r:.80}")
+            return data
+        name = rpc.STATUS_NAMES.get(status, f"ubus status {status}")
+        detail = data.get("error") if isinstance(data, dict) else None
+        raise RpcError(f"{self.where}: {api.OBJECT}.{method}: {name}"
+                       + (f": {detail}" if detail else ""))
+
+    def _rpc(self, sid: str, obj: str, method: str, args: dict) -> list:
+        """One JSON-RPC `call`; the result array [status, data?]."""
+        self._id += 1
+        doc = self._post({"jsonrpc": "2.0", "id": self._id, "method": "call",
+                          "params": [sid, obj, method, args]})
+        if not isinstance(doc, dict):
+            raise RpcError(f"{self.where}: bad answer: not a JSON-RPC object")
+        error = doc.get("error")
+        if isinstance(error, dict):
+            code = error.get("code")
+            if code == rpc.ACCESS_DENIED[0]:
+                raise _Denied()
+            if code == rpc.OBJECT_NOT_FOUND[0]:
+                raise RpcError(f"{self.where}: no ubus object {obj}: is the voipqos service "
+                               "running there?")
+            raise RpcError(f"{self.where}: JSON-RPC error {code}: {error.get('message')}")
+        result = doc.get("result")
+        if not isinstance(result, list) or not result or not isinstance(result[0], int):
+            raise RpcError(f"{self.where}: bad answer: no [status, data] result")
+        return result
+
+    def _post(self, payload: dict) -> Any:
+        body = json.dumps(payload).encode()
+        conn = self._connection()
+        try:
+            conn.request("POST", self.path, body, {"Content-Type": "application/json",
+                                                   "Accept": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+        except RpcError:
+            raise
+        except ssl.SSLCertVerificationError as exc:
+            raise RpcError(f"{self.where}: TLS certificate not trusted ({exc.verify_message});"
+                           " use --cafile FILE or --fingerprint SHA256") from None
+        except ssl.SSLError as exc:
+            raise RpcError(f"{self.where}: TLS error: {exc.reason or exc}") from None
+        except TimeoutError:
+            raise RpcError(f"{self.where}: no answer within {self.timeout:g} s") from None
+        except ConnectionRefusedError:
+            raise RpcError(f"{self.where}: connection refused (not running, or wrong "
+                           "address/port?)") from None
+        except FileNotFoundError:
+            raise RpcError(f"{self.where}: no such socket (is the voipqos daemon "
+                           "running?)") from None
+        except socket.gaierror as exc:
+            raise RpcError(f"{self.where}: cannot resolve host: {exc.strerror}") from None
+        except OSError as exc:
+            raise RpcError(f"{self.where}: {exc.strerror or exc}") from None
+        except http.client.HTTPException as exc:
+            raise RpcError(f"{self.where}: bad HTTP answer ({type(exc).__name__})") from None
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise RpcError(f"{self.where}: HTTP {resp.status} {resp.reason} (not a /ubus "
+                           "endpoint?)")
+        try:
+            return json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise RpcError(f"{self.where}: bad answer: not JSON") from None
+
+
+class LocalClient(_Client):
+    """The daemon's endpoint on this machine (`rpc_listen`). Read methods go through the
+    null session; write methods log in as root with the password in `secret_path`."""
+
+    def __init__(self, listen: str, secret_path: str, timeout: float = 5) -> None:
+        super().__init__(listen, rpc.USER, timeout)
+        self.listen = listen
+        self.secret_path = secret_path
+        if listen.startswith("unix:/"):
+            self._unix: str | None = listen[5:]
+        else:
+            self._unix = None
+            m = re.fullmatch(r"\[?([^\]]+?)\]?:(\d+)", listen)
+            if not m:
+                raise RpcError(f"rpc_listen: {listen!r}: expected unix:/PATH or HOST:PORT")
+            host = m.group(1)
+            self._addr = ("127.0.0.1" if host == "localhost" else host, int(m.group(2)))
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._unix is not None:
+            return _UnixConnection(self._unix, self.timeout)
+        return http.client.HTTPConnection(*self._addr, timeout=self.timeout)
+
+    def _needs_login(self, method: str) -> bool:
+        return method in api.WRITE_METHODS
+
+    def _password(self) -> str:
+        try:
+            return Path(self.secret_path).read_text().strip()
+        except PermissionError:
+            raise RpcError(f"{self.secret_path}: permission denied (changing the mode "
+                           "needs root)") from None
+        except OSError as exc:
+            raise RpcError(f"{self.secret_path}: {exc.strerror} (is the voipqos daemon "
+                           "running?)") from None
+
+
+class RemoteClient(_Client):
+    """A router's `/ubus` behind uhttpd, logged in as LuCI does. TLS trust: the system's
+    CAs, or `cafile`, or a pinned SHA-256 `fingerprint` (for the router's self-signed
+    certificate), or none at all only with `insecure`."""
+
+    def __init__(self, url: str, user: str, password: str, cafile: str | None = None,
+                 insecure: bool = False, timeout: float = 5,
+                 fingerprint: str | None = None) -> None:
+        m = re.fullmatch(r"(?:(https?)://)?(\[[0-9a-fA-F:.]+\]|[^/:\[\]]+)(?::(\d{1,5}))?"
+                         r"(/[^?#]*)?", url.strip())
+        if not m:
+            raise RpcError(f"--router: {url!r} is not a URL like https://192.168.1.1")
+        scheme = m.group(1) or "https"
+        host = m.group(2).strip("[]")
+        port = int(m.group(3) or (443 if scheme == "https" else 80))
+        super().__init__(f"{scheme}://{m.group(2)}:{port}", user, timeout)
+        self.path = m.group(4) if m.group(4) not in (None, "", "/") else "/ubus"
+        self._host, self._port, self._scheme = host, port, scheme
+        self._secret = password
+        self._pin = parse_fingerprint(fingerprint) if fingerprint else None
+        self._ctx: ssl.SSLContext | None = None
+        if scheme == "https" and self._pin is None:
+            try:
+                self._ctx = ssl.create_default_context(cafile=cafile)
+            except (OSError, ssl.SSLError) as exc:
+                raise RpcError(f"--cafile {cafile}: {getattr(exc, 'strerror', None) or exc}") \
+                    from None
+            if insecure:
+                self._ctx.check_hostname = False
+                self._ctx.verify_mode = ssl.CERT_NONE
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._scheme == "http":
+            return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+        if self._pin is not None:
+            return _PinnedConnection(self._host, self._port, self.timeout, self._pin)
+        return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout,
+                                           context=self._ctx)
+
+    def _needs_login(self, method: str) -> bool:
+        return True  # as LuCI: a router's null session rarely may read voipqos
+
+    def _password(self) -> str:
+        return self._secret
+
+
+def add_remote_arguments(parser: argparse.ArgumentParser) -> None:
+    """--router and friends, for `voipqos --router URL status|flows|on|off|auto`."""
+    g = parser.add_argument_group("remote router (LuCI's /ubus JSON-RPC)")
+    g.add_argument("--router", metavar="URL",
+                   help="talk to this router's /ubus instead of the local daemon, "
+                        "e.g. https://192.168.1.1")
+    g.add_argument("--user", default="root", help="router login (default root)")
+    g.add_argument("--password-file", metavar="FILE",
+                   help=f"read the password from FILE (else ${PASSWORD_ENV}, else a prompt)")
+    g.add_argument("--cafile", metavar="FILE", help="trust the CA/certificate in FILE")
+    g.add_argument("--fingerprint", metavar="SHA256",
+                   help="trust exactly the certificate with this SHA-256 fingerprint")
+    g.add_argument("--insecure", action="store_true",
+                   help="do not verify the router's certificate at all")
+    g.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="per-request timeout (default 5)")
+
+
+def read_password(args: argparse.Namespace) -> str:
+    """--password-file, then $VOIPQOS_PASSWORD, then a prompt that does not echo."""
+    if args.password_file:
+        try:
+            with open(args.password_file) as f:
+                return f.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise RpcError(f"--password-file {args.password_file}: {exc.strerror}") from None
+    if os.environ.get(PASSWORD_ENV):
+        return os.environ[PASSWORD_ENV]
+    if not sys.stdin.isatty():
+        raise RpcError(f"no password: use --password-file FILE or ${PASSWORD_ENV}, "
+                       "or run on a terminal to be asked")
+    return getpass.getpass(f"Password for {args.user} on {args.router}: ")
+
+
+def client_from_args(args: argparse.Namespace) -> LocalClient | RemoteClient:
+    """A RemoteClient for --router, else a LocalClient for the config's rpc_listen."""
+    if args.router:
+        return RemoteClient(args.router, args.user, read_password(args), args.cafile,
+                            args.insecure, args.timeout, args.fingerprint)
+    from . import config
+
+    path = getattr(args, "config", None) or config.DEFAULT_PATH
+    try:
+        cfg = config.load(path) if Path(path).exists() else config.defaults()
+    except config.ConfigError as exc:
+        raise RpcError(str(exc)) from None
+    if not cfg.rpc_listen:
+        raise RpcError("main.rpc_listen is empty: the local endpoint is off")
+    return LocalClient(cfg.rpc_listen, str(Path(cfg.run_dir, "rpc.secret")), args.timeout)
