@@ -132,14 +132,14 @@ def map_keys(fd: int, key_size: int) -> Iterator[bytes]:
 
 
 @dataclass(frozen=True)
-class TestRun:
+class RunResult:
     retval: int
     data: bytes       # the packet as the program left it
     priority: int     # skb->priority after the run
     duration_ns: int  # mean per repetition
 
 
-def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> TestRun:
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> RunResult:
     """Run a tc program on one Ethernet frame with BPF_PROG_TEST_RUN."""
     din = ctypes.create_string_buffer(data, len(data))
     dout = ctypes.create_string_buffer(len(data) + 256)
@@ -149,7 +149,7 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> TestRun:
     _, out = bpf_syscall(BPF_PROG_TEST_RUN, attr)
     _, retval, _, size_out, _, _, _, duration = struct.unpack_from("=IIIIQQII", out)
     priority = struct.unpack_from("=I", ctx.raw, SKB_PRIORITY_OFFSET)[0]
-    return TestRun(ctypes.c_int32(retval).value, dout.raw[:size_out], priority, duration)
+    return RunResult(ctypes.c_int32(retval).value, dout.raw[:size_out], priority, duration)
 
 
 def find_object(byteorder: str = sys.byteorder) -> Path:
@@ -259,14 +259,20 @@ class Classifier:
             raise BpfError(f"mount bpffs on {self.pin_dir}: {res.stderr.strip()}")
         self._mounted = True
 
-    def _section(self, dev: str) -> str:
+    def _link(self, dev: str) -> dict | None:
+        """`ip -j link show dev` of dev, None if there is no such device."""
         cmd = ["ip", "-j", "link", "show", "dev", dev]
         if self.netns:
             cmd[1:1] = ["-n", self.netns]
         res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode:
-            raise BpfError(f"device {dev}: {res.stderr.strip()}")
-        return "tc" if json.loads(res.stdout)[0].get("link_type") == "ether" else "tc_l3"
+        return json.loads(res.stdout)[0] if res.returncode == 0 else None
+
+    def _section(self, dev: str) -> str:
+        """tc for Ethernet devices, tc_l3 for those without a link header (PPPoE, tun)."""
+        link = self._link(dev)
+        if link is None:
+            raise BpfError(f"device {dev} not found")
+        return "tc" if link.get("link_type") == "ether" else "tc_l3"
 
     def _our_filter(self, dev: str, hook: str) -> dict | None:
         """Our filter at PREF, None if the slot is free; BpfError if someone else's is there."""
@@ -286,16 +292,24 @@ class Classifier:
             raise BpfError(f"hook {hook!r}: must be egress or ingress")
         obj = self.obj or find_object()
         kinds = {q.get("kind") for q in self._json("qdisc", "show", "dev", dev)}
+        created = False
         if "clsact" not in kinds:
             if hook == "egress" and "ingress" in kinds:
                 raise BpfError(f"{dev} has an ingress qdisc, not clsact: no egress hook")
             if "ingress" not in kinds:
                 self._tc("qdisc", "add", "dev", dev, "clsact")
-                self._own_clsact.add(dev)
-        self._ensure_bpffs()
-        self._our_filter(dev, hook)
-        self._tc("filter", "replace", "dev", dev, hook, "pref", str(PREF), "handle",
-                 str(HANDLE), "bpf", "da", "obj", str(obj), "sec", self._section(dev))
+                created = True
+        try:
+            self._ensure_bpffs()
+            self._our_filter(dev, hook)
+            self._tc("filter", "replace", "dev", dev, hook, "pref", str(PREF), "handle",
+                     str(HANDLE), "bpf", "da", "obj", str(obj), "sec", self._section(dev))
+        except BpfError:
+            if created:  # leave the device as we found it
+                self._tc("qdisc", "del", "dev", dev, "clsact", check=False)
+            raise
+        if created:
+            self._own_clsact.add(dev)
         self.attached.add((dev, hook))
 
     def detach(self, dev: str, hook: str) -> None:
@@ -311,14 +325,8 @@ class Classifier:
                 self._tc("qdisc", "del", "dev", dev, "clsact")
                 self._own_clsact.discard(dev)
         except BpfError:
-            if self._dev_exists(dev):
+            if self._link(dev) is not None:
                 raise
-
-    def _dev_exists(self, dev: str) -> bool:
-        cmd = ["ip", "link", "show", "dev", dev]
-        if self.netns:
-            cmd[1:1] = ["-n", self.netns]
-        return subprocess.run(cmd, capture_output=True).returncode == 0
 
     def prog_id(self, dev: str, hook: str) -> int:
         """Kernel id of our program on (dev, hook), for bpftool and BPF_PROG_TEST_RUN."""
