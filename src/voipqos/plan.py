@@ -276,7 +276,8 @@ def _tree(dev: str, rate: int, voice: int, leaf: str) -> list[Obj]:
         Qdisc(dev, TC_H_ROOT, handle(ROOT), "htb", (("default", DEFAULT),)),
         Class(dev, handle(PARENT), handle(ROOT), rate, rate, 0),
         Class(dev, handle(VOICE), handle(PARENT), voice, rate, 0),
-        Class(dev, handle(DEFAULT), handle(PARENT), max(rate - voice, MIN_CLASS_KBIT), rate, 1),
+        Class(dev, handle(DEFAULT), handle(PARENT), max(rate - voice, min(MIN_CLASS_KBIT, rate)),
+              rate, 1),
         Qdisc(dev, handle(VOICE), handle(0, LEAF_VOICE_MAJOR), leaf, leaf_opts),
         Qdisc(dev, handle(DEFAULT), handle(0, LEAF_DEFAULT_MAJOR), leaf, leaf_opts),
     ]
