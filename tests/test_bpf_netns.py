@@ -1,0 +1,270 @@
+"""The classifier on a real path: lan -- router -- wan, NAT and conntrack on the router.
+
+A small HTB (voice 1:10, default 1:20) built with tc in the test stands in for the
+profile; the classifier sets skb->priority = 1:10 for the call's packets on the router's
+wan0 egress, and on wan0 ingress ahead of the mirred redirect into an IFB. Packets are
+captured on the far host with tcpdump -v (DSCP, IPv4 header checksum).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from voipqos import bpf, conntrack
+from voipqos.lab import netns
+from voipqos.lab.netns import run
+
+PREFIX = "vqb-"
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "build" / "bpf"
+VOICE_CLASS = 0x00010010
+N = 20
+
+pytestmark = pytest.mark.kernel
+
+SEND = """
+import socket, sys, time
+src, sport, dst, dport, tos, n = sys.argv[1:]
+v6 = ":" in dst
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP,
+             socket.IPV6_TCLASS if v6 else socket.IP_TOS, int(tos))
+s.bind((src, int(sport)))
+for _ in range(int(n)):
+    s.sendto(b"v" * 160, (dst, int(dport)))
+    time.sleep(0.002)
+"""
+
+
+@pytest.fixture(scope="module")
+def obj() -> Path:
+    run(["make", "-s", "-C", str(ROOT / "bpf"), f"OUT={OUT}"])
+    return OUT / "voipqos-bpfel.o"
+
+
+@pytest.fixture
+def topo() -> Iterator[netns.Topology]:
+    why = netns.require_root()
+    if why:
+        pytest.skip(why)
+    netns.cleanup_prefix(PREFIX + "n")
+    with netns.three_hosts(PREFIX + "n") as t:
+        for short in ("lan", "wan"):  # real UDP checksums on the wire
+            t.exec(short, "ethtool -K eth0 tx off", check=False)
+        yield t
+
+
+def htb(t: netns.Topology, dev: str) -> None:
+    for cmd in (f"qdisc add dev {dev} root handle 1: htb default 20",
+                f"class add dev {dev} parent 1: classid 1:1 htb rate 100mbit",
+                f"class add dev {dev} parent 1:1 classid 1:10 htb rate 5mbit ceil 100mbit prio 0",
+                f"class add dev {dev} parent 1:1 classid 1:20 htb rate 5mbit ceil 100mbit prio 1",
+                f"qdisc add dev {dev} parent 1:10 pfifo limit 100",
+                f"qdisc add dev {dev} parent 1:20 pfifo limit 100"):
+        t.exec("router", "tc " + cmd)
+
+
+def class_packets(t: netns.Topology, dev: str) -> dict[str, int]:
+    """HTB class -> packets sent (tc 6.1 prints no JSON for htb classes)."""
+    text = t.exec("router", f"tc -s class show dev {dev}").stdout
+    return {m[1]: int(m[2]) for m in re.finditer(r"class htb (\S+) .*\n Sent \d+ bytes (\d+) pkt",
+                                                 text)}
+
+
+def direct_packets(t: netns.Topology, dev: str) -> int:
+    return int(re.search(r"direct_packets_stat (\d+)",
+                         t.exec("router", f"tc -s qdisc show dev {dev}").stdout)[1])
+
+
+def send(t: netns.Topology, host: str, src: str, sport: int, dst: str, dport: int,
+         n: int = N, tos: int = 0x01) -> None:
+    t.exec(host, [sys.executable, "-c", SEND, src, str(sport), dst, str(dport), str(tos), str(n)])
+
+
+class Capture:
+    """tcpdump -v on a host's eth0; packets as (sport, dport, tos byte, checksum ok)."""
+
+    def __init__(self, t: netns.Topology, host: str, count: int) -> None:
+        self.proc = t.popen(host, ["timeout", "15", "tcpdump", "-i", "eth0", "-n", "-v", "-l",
+                                   "--immediate-mode", "-c", str(count), "udp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        self.proc.stderr.readline()  # "listening on eth0 ..."
+
+    def packets(self) -> list[tuple[int, int, int, bool]]:
+        out, _ = self.proc.communicate(timeout=20)
+        pkts = []
+        # IPv4: "IP (tos 0xb9,ECT(1), ttl ..., length 188[, bad cksum ...])\n    a.b.c.d.P > ..."
+        # IPv6: "IP6 (class 0xb9, flowlabel ..., hlim ...) addr.P > addr.P: ..."
+        for m in re.finditer(r"IP6? \((?:tos|class) (0x[0-9a-f]+)(.*?)\)\s+\S+\.(\d+) > "
+                             r"\S+\.(\d+):", out):
+            pkts.append((int(m[3]), int(m[4]), int(m[1], 16), "bad cksum" not in m[2]))
+        return pkts
+
+
+def call_tuples(t: netns.Topology, sport: int) -> list[tuple[int, str, str, int, int]]:
+    """Orig and reply tuples of the router's UDP conntrack entry from the LAN port."""
+    snap = conntrack.parse(t.exec("router", "cat /proc/net/nf_conntrack").stdout.splitlines())
+    for e in snap.entries.values():
+        if e.orig.sport == sport:
+            o, r = e.orig, e.reply
+            return [(17, o.src, o.dst, o.sport, o.dport), (17, r.src, r.dst, r.sport, r.dport)]
+    raise AssertionError(f"no conntrack entry from port {sport}")
+
+
+def assert_clean(t: netns.Topology, c: bpf.Classifier, pin: Path) -> None:
+    for hook in bpf.HOOKS:
+        assert t.exec("router", f"tc filter show dev wan0 {hook}").stdout == ""
+    assert "clsact" not in t.exec("router", "tc qdisc show dev wan0").stdout
+    assert not pin.exists()
+    assert str(pin) not in Path("/proc/self/mounts").read_text()
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_upload_call_goes_to_voice_class_marked_ef(topo, obj, tmp_path: Path, v6: bool) -> None:
+    t = topo
+    lan, wan = (netns.LAN_HOST6, netns.WAN_HOST6) if v6 else (netns.LAN_HOST4, netns.WAN_HOST4)
+    htb(t, "wan0")
+    pin = tmp_path / "bpffs"
+    c = bpf.Classifier(str(pin), obj, netns=t.ns("router"))
+    try:
+        c.attach("wan0", "egress")
+        c.set_rules(VOICE_CLASS, True, False, [])
+        send(t, "lan", lan, 40000, wan, 5004, n=1)  # the call's first packet: conntrack entry
+        c.set_flows(call_tuples(t, 40000))
+        cap = Capture(t, "wan", 2 * N)
+        send(t, "lan", lan, 40000, wan, 5004)
+        send(t, "lan", lan, 40001, wan, 5005)
+        pkts = cap.packets()
+        voice = [p for p in pkts if p[1] == 5004]
+        other = [p for p in pkts if p[1] == 5005]
+        assert len(voice) == N and len(other) == N
+        assert all(tos == 0xB9 and ok for _, _, tos, ok in voice)  # EF, ECT(1) kept
+        assert all(tos == 0x01 and ok for _, _, tos, ok in other)
+        classes = class_packets(t, "wan0")
+        assert classes["1:10"] >= N and classes["1:20"] >= N
+        assert direct_packets(t, "wan0") == 0
+        assert c.counters()["voice"]["packets"] == N
+    finally:
+        c.close()
+    assert_clean(t, c, pin)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_download_through_ifb_goes_to_voice_class(topo, obj, tmp_path: Path, v6: bool) -> None:
+    """Ingress clsact on wan0: our filter (pref 1) runs before the u32 mirred redirect,
+    and skb->priority survives the redirect into the IFB's HTB."""
+    t = topo
+    lan, wan = (netns.LAN_HOST6, netns.WAN_HOST6) if v6 else (netns.LAN_HOST4, netns.WAN_HOST4)
+    # the lab masquerades both families: the far end answers the router's WAN address
+    wan_side = netns.ROUTER_WAN6 if v6 else netns.ROUTER_WAN4
+    t.exec("router", "ip link add ifb0 type ifb")
+    t.exec("router", "ip link set ifb0 up")
+    htb(t, "ifb0")
+    pin = tmp_path / "bpffs"
+    c = bpf.Classifier(str(pin), obj, netns=t.ns("router"))
+    try:
+        c.attach("wan0", "ingress")
+        t.exec("router", "tc filter add dev wan0 ingress pref 10 protocol all u32 match u32 0 0 "
+                         "action mirred egress redirect dev ifb0")
+        c.set_rules(VOICE_CLASS, True, False, [])
+        for sport, dport in ((40000, 5004), (40001, 5005)):  # LAN opens both flows
+            send(t, "lan", lan, sport, wan, dport, n=1)
+        c.set_flows(call_tuples(t, 40000))
+        cap = Capture(t, "lan", 2 * N)
+        send(t, "wan", wan, 5004, wan_side, 40000)
+        send(t, "wan", wan, 5005, wan_side, 40001)
+        pkts = cap.packets()
+        voice = [p for p in pkts if p[0] == 5004]
+        other = [p for p in pkts if p[0] == 5005]
+        assert len(voice) == N and len(other) == N
+        assert all(tos == 0xB9 and ok for _, _, tos, ok in voice)
+        assert all(tos == 0x01 and ok for _, _, tos, ok in other)
+        classes = class_packets(t, "ifb0")
+        assert classes["1:10"] >= N and classes["1:20"] >= N
+        assert direct_packets(t, "ifb0") == 0
+    finally:
+        t.exec("router", "tc filter del dev wan0 ingress pref 10", check=False)
+        c.close()
+    assert_clean(t, c, pin)
+
+
+def test_restart_adopts_pins_and_filters(topo, obj, tmp_path: Path) -> None:
+    """A daemon killed with the classifier on: the next one reuses the pinned maps,
+    replaces (not duplicates) the filter, reconciles the flow table and cleans up."""
+    t = topo
+    pin = tmp_path / "bpffs"
+    pin.mkdir()
+    run(["mount", "-t", "bpf", "bpf", str(pin)])
+    try:
+        old = bpf.Classifier(str(pin), obj, netns=t.ns("router"))
+        old.attach("wan0", "egress")
+        old.set_flows([(17, "192.0.2.1", "192.0.2.2", 1, 2), (17, "192.0.2.1", "192.0.2.2", 3, 4)])
+        # no close(): the process died
+        new = bpf.Classifier(str(pin), obj, netns=t.ns("router"))
+        new.attach("wan0", "egress")
+        filters = t.exec("router", "tc filter show dev wan0 egress").stdout
+        assert filters.count("voipqos_eth") == 1
+        new.set_flows([(17, "192.0.2.1", "192.0.2.2", 3, 4), (17, "2001:db8::1", "::1", 5, 6)])
+        keys = set(bpf.map_keys(new._fd("voipqos_flows"), 40))
+        assert keys == {bpf.flow_key((17, "192.0.2.1", "192.0.2.2", 3, 4)),
+                        bpf.flow_key((17, "2001:db8::1", "::1", 5, 6))}
+        new.detach("wan0", "egress")  # never attached by `new` in its own right: still ours
+        assert t.exec("router", "tc filter show dev wan0 egress").stdout == ""
+        new.close()
+        assert not (pin / "tc").exists()
+        old._fds.clear()  # its fds belong to a dead process in real life
+    finally:
+        run(["umount", str(pin)], check=False)
+
+
+def test_user_filters_and_qdiscs_are_left_alone(topo, obj, tmp_path: Path) -> None:
+    t = topo
+    t.exec("router", "tc qdisc add dev wan0 clsact")
+    t.exec("router", "tc filter add dev wan0 egress pref 1 protocol ip u32 match u32 0 0 "
+                     "classid 1:1")
+    c = bpf.Classifier(str(tmp_path / "bpffs"), obj, netns=t.ns("router"))
+    try:
+        with pytest.raises(bpf.BpfError, match="pref 1 holds another filter"):
+            c.attach("wan0", "egress")
+        c.attach("wan0", "ingress")  # the user's clsact is used, and kept on detach
+    finally:
+        c.close()
+    assert "u32" in t.exec("router", "tc filter show dev wan0 egress").stdout
+    assert t.exec("router", "tc filter show dev wan0 ingress").stdout == ""
+    assert "clsact" in t.exec("router", "tc qdisc show dev wan0").stdout
+
+
+def test_ingress_qdisc_is_used_for_ingress_but_has_no_egress(topo, obj, tmp_path: Path) -> None:
+    t = topo
+    t.exec("router", "tc qdisc add dev wan0 handle ffff: ingress")
+    c = bpf.Classifier(str(tmp_path / "bpffs"), obj, netns=t.ns("router"))
+    try:
+        c.attach("wan0", "ingress")
+        assert "voipqos_eth" in t.exec("router", "tc filter show dev wan0 ingress").stdout
+        with pytest.raises(bpf.BpfError, match="ingress qdisc, not clsact"):
+            c.attach("wan0", "egress")
+    finally:
+        c.close()
+    assert t.exec("router", "tc filter show dev wan0 ingress").stdout == ""
+    assert "ingress ffff:" in t.exec("router", "tc qdisc show dev wan0").stdout
+
+
+def test_detach_of_a_vanished_device_is_quiet(topo, obj, tmp_path: Path) -> None:
+    t = topo
+    t.exec("router", "ip link add vq0 type veth peer name vq1")
+    c = bpf.Classifier(str(tmp_path / "bpffs"), obj, netns=t.ns("router"))
+    try:
+        c.attach("vq0", "egress")
+        t.exec("router", "ip link del vq0")
+        time.sleep(0.05)
+    finally:
+        c.close()
+    assert c.attached == set()
