@@ -1,0 +1,238 @@
+"""The SDK-less .ipk packages (package/build-ipk.sh), the feed Makefile and the rpcd ACL.
+
+The packages are built once per session into a tmp dir from a fresh `make -C bpf` and
+opened with tarfile, as opkg would: outer tar.gz -> debian-binary, data, control.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from voipqos import api
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCH = 1700000000
+SITE = "./usr/lib/python3.11/site-packages/"
+
+_spec = importlib.util.spec_from_file_location("ipkg_control", ROOT / "package/ipkg_control.py")
+ipkg_control = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ipkg_control)
+
+
+def build(out: Path, bpf: Path, **env: str) -> None:
+    subprocess.run([str(ROOT / "package/build-ipk.sh"), str(out)], check=True, timeout=120,
+                   env={**os.environ, "BPF_DIR": str(bpf), "SOURCE_DATE_EPOCH": str(EPOCH),
+                        **env})
+
+
+@pytest.fixture(scope="module")
+def bpf_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bpf")
+    subprocess.run(["make", "-s", "-C", str(ROOT / "bpf"), f"OUT={out}"], check=True,
+                   timeout=300)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ipks(tmp_path_factory, bpf_dir) -> Path:
+    out = tmp_path_factory.mktemp("ipk")
+    build(out, bpf_dir)
+    return out
+
+
+def _untar(blob: bytes) -> dict[str, tuple[tarfile.TarInfo, bytes | None]]:
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        return {m.name: (m, tar.extractfile(m).read() if m.isfile() else None)
+                for m in tar.getmembers()}
+
+
+class Ipk:
+    """One .ipk opened the way opkg reads it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.outer = _untar(path.read_bytes())
+        self.parts = {name: blob for name, (_, blob) in self.outer.items()}
+        self.control = _untar(self.parts["./control.tar.gz"])
+        self.data = _untar(self.parts["./data.tar.gz"])
+        self.files = {name: m for name, (m, _) in self.data.items()}
+
+    def control_file(self, name: str) -> str:
+        return self.control["./" + name][1].decode()
+
+    def fields(self) -> dict[str, str]:
+        text = self.control_file("control")
+        head, _, desc = text.partition("Description:")
+        fields = dict(line.split(": ", 1) for line in head.splitlines())
+        fields["Description"] = desc.strip()
+        return fields
+
+    def read(self, name: str) -> bytes:
+        return self.data[name][1]
+
+
+@pytest.fixture(scope="module")
+def voipqos(ipks) -> Ipk:
+    return Ipk(ipks / f"voipqos_{ipkg_control.version(ROOT)}_all.ipk")
+
+
+@pytest.fixture(scope="module")
+def luci(ipks) -> Ipk:
+    return Ipk(ipks / f"luci-app-voipqos_{ipkg_control.version(ROOT)}_all.ipk")
+
+
+def test_outer_archive_is_ipkg_build_format(voipqos, luci):
+    for ipk in (voipqos, luci):
+        assert ipk.path.read_bytes()[:2] == b"\x1f\x8b"  # gzip, not an ar archive
+        assert list(ipk.outer) == ["./debian-binary", "./data.tar.gz", "./control.tar.gz"]
+        assert ipk.parts["./debian-binary"] == b"2.0\n"
+        for archive in (ipk.outer, ipk.control, ipk.data):
+            assert {(m.uid, m.gid, m.mtime) for m, _ in archive.values()} == {(0, 0, EPOCH)}
+
+
+def test_control_fields(voipqos):
+    f = voipqos.fields()
+    assert list(f) == ["Package", "Version", "Depends", "Source", "SourceName", "License",
+                       "Section", "SourceDateEpoch", "Maintainer", "Architecture",
+                       "Installed-Size", "Description"]
+    assert f["Package"] == "voipqos"
+    assert f["Version"] == ipkg_control.version(ROOT)
+    depends = f["Depends"].split(", ")
+    assert depends[0] == "libc"
+    assert set(ipkg_control.pydeps(ROOT)) | {
+        "python3-light", "kmod-sched-core", "kmod-sched-bpf", "kmod-ifb", "tc-bpf",
+    } == set(depends[1:])
+    assert (f["Source"], f["SourceName"]) == ("package/voipqos", "voipqos")
+    assert (f["License"], f["Section"], f["Architecture"]) == ("GPL-2.0-only", "net", "all")
+    assert f["SourceDateEpoch"] == str(EPOCH)
+    assert "<" in f["Maintainer"] and f["Maintainer"].endswith(">")
+    size = len(gzip.decompress(voipqos.parts["./data.tar.gz"]))
+    assert f["Installed-Size"] == str(size)
+    assert "VoIP" in f["Description"]
+
+
+def test_conffiles_and_maintainer_scripts(voipqos, tmp_path):
+    assert voipqos.control_file("conffiles") == "/etc/config/voipqos\n"
+    scripts = {name[2:]: m for name, (m, _) in voipqos.control.items() if m.isfile()}
+    assert {"postinst", "prerm", "postinst-pkg"} <= set(scripts)
+    for name in ("postinst", "prerm", "postinst-pkg"):
+        assert scripts[name].mode == 0o755
+        script = tmp_path / name
+        script.write_text(voipqos.control_file(name))
+        subprocess.run(["sh", "-n", str(script)], check=True)
+    assert "default_postinst $0 $@" in voipqos.control_file("postinst")
+    assert "default_prerm $0 $@" in voipqos.control_file("prerm")
+
+
+def test_maintainer_scripts_in_an_image_build(voipqos, tmp_path):
+    """With IPKG_INSTROOT set (image builder), the scripts hand over to the image's
+    /lib/functions.sh and touch nothing on the build host."""
+    instroot = tmp_path / "root"
+    (instroot / "lib").mkdir(parents=True)
+    (instroot / "lib/functions.sh").write_text(
+        'default_postinst() { echo "postinst $*" >>"$IPKG_INSTROOT/calls"; }\n'
+        'default_prerm() { echo "prerm $*" >>"$IPKG_INSTROOT/calls"; }\n')
+    env = {"PATH": os.environ["PATH"], "IPKG_INSTROOT": str(instroot)}
+    for name in ("postinst", "prerm", "postinst-pkg"):
+        script = tmp_path / f"voipqos.{name}"
+        script.write_text(voipqos.control_file(name))
+        subprocess.run(["sh", str(script), "install"], env=env, check=True)
+    assert (instroot / "calls").read_text() == (
+        f"postinst {tmp_path}/voipqos.postinst install\n"
+        f"prerm {tmp_path}/voipqos.prerm install\n")
+
+
+def test_data_tree_modes(voipqos):
+    modes = {name: m.mode for name, m in voipqos.files.items() if m.isfile()}
+    assert modes["./usr/bin/voipqos"] == 0o755
+    assert modes["./etc/init.d/voipqos"] == 0o755
+    assert modes["./etc/uci-defaults/90-voipqos"] == 0o755
+    assert modes["./etc/config/voipqos"] == 0o600
+    assert modes["./usr/share/rpcd/acl.d/voipqos.json"] == 0o644
+    assert all(m.mode == 0o755 for m in voipqos.files.values() if m.isdir())
+    for name in ("etc/init.d/voipqos", "etc/config/voipqos", "etc/uci-defaults/90-voipqos",
+                 "usr/share/rpcd/acl.d/voipqos.json"):
+        assert voipqos.read("./" + name) == (ROOT / "files" / name).read_bytes()
+
+
+def test_every_python_module_and_both_bpf_objects_inside(voipqos, bpf_dir):
+    shipped = {SITE + p.relative_to(ROOT / "src").as_posix()
+               for p in ipkg_control.shipped_modules(ROOT)}
+    assert SITE + "voipqos/cli.py" in shipped
+    assert shipped == {n for n in voipqos.files if n.startswith(SITE) and n.endswith(".py")}
+    for obj in ("voipqos-bpfel.o", "voipqos-bpfeb.o"):
+        assert voipqos.read(f"./usr/lib/voipqos/bpf/{obj}") == (bpf_dir / obj).read_bytes()
+    launcher = voipqos.read("./usr/bin/voipqos").decode()
+    assert launcher.startswith("#!/usr/bin/python3\n")
+    assert "from voipqos.cli import main" in launcher
+
+
+def test_nothing_from_tests_or_lab(voipqos):
+    names = list(voipqos.files)
+    assert not [n for n in names if "/lab/" in n or "/tests/" in n or "__pycache__" in n
+                or n.endswith(".pyc")]
+    assert {n.split("/")[1] for n in names if n != "."} == {"etc", "usr"}
+
+
+def test_luci_package_mirrors_the_luci_tree(luci):
+    f = luci.fields()
+    assert (f["Package"], f["Section"], f["Architecture"]) == ("luci-app-voipqos", "luci", "all")
+    assert "voipqos" in f["Depends"].split(", ")
+    want = {"./www/" + p.relative_to(ROOT / "luci-app/htdocs").as_posix()
+            for p in (ROOT / "luci-app/htdocs").rglob("*") if p.is_file()}
+    want |= {"./" + p.relative_to(ROOT / "luci-app/root").as_posix()
+             for p in (ROOT / "luci-app/root").rglob("*") if p.is_file()}
+    assert want == {n for n, m in luci.files.items() if m.isfile()}
+    assert "killall -HUP rpcd" in luci.control_file("postinst-pkg")
+
+
+def test_luci_builder_is_generic_and_keeps_exec_bits(tmp_path, bpf_dir):
+    app = tmp_path / "app"
+    (app / "htdocs/luci-static/resources/view").mkdir(parents=True)
+    (app / "htdocs/luci-static/resources/view/x.js").write_text("'use strict';\n")
+    (app / "root/etc/uci-defaults").mkdir(parents=True)
+    (app / "root/etc/uci-defaults/80-x").write_text("#!/bin/sh\nexit 0\n")
+    (app / "root/etc/uci-defaults/80-x").chmod(0o700)
+    build(tmp_path / "out", bpf_dir, LUCI_APP_DIR=str(app))
+    ipk = Ipk(tmp_path / "out" / f"luci-app-voipqos_{ipkg_control.version(ROOT)}_all.ipk")
+    files = {n: m.mode for n, m in ipk.files.items() if m.isfile()}
+    assert files == {"./www/luci-static/resources/view/x.js": 0o644,
+                     "./etc/uci-defaults/80-x": 0o755}
+    assert ipk.fields()["Depends"] == "libc"  # no Makefile: nothing declared
+
+
+def test_build_is_reproducible(tmp_path, ipks, bpf_dir):
+    build(tmp_path, bpf_dir)
+    for ipk in ipks.glob("*.ipk"):
+        assert (tmp_path / ipk.name).read_bytes() == ipk.read_bytes(), ipk.name
+
+
+def test_feed_makefile_declares_what_the_code_imports():
+    mk = ipkg_control.Makefile((ROOT / "package/voipqos/Makefile").read_text())
+    pkg = mk.block_vars("Package/voipqos")
+    deps = ipkg_control.depends(pkg["DEPENDS"])
+    python = {d for d in deps if d.startswith("python3-")} - {"python3-light"}
+    assert python == set(ipkg_control.pydeps(ROOT)), "DEPENDS out of date with the imports"
+    assert {"python3-light", "kmod-sched-core", "kmod-sched-bpf", "kmod-ifb", "tc-bpf"} <= set(deps)
+    assert "$(BPF_DEPENDS)" in pkg["DEPENDS"]
+    assert pkg["PKGARCH"] == "all"
+    assert mk.vars["PKG_LICENSE"] == "GPL-2.0-only"
+    assert mk.defines["Package/voipqos/conffiles"].strip() == "/etc/config/voipqos"
+    assert "CompileBPF" in mk.defines["Build/Compile"] or "CompileBPFFor" in str(mk.defines)
+
+
+def test_rpcd_acl_grants_read_and_write_separately():
+    acl = json.loads((ROOT / "files/usr/share/rpcd/acl.d/voipqos.json").read_text())
+    group = acl[api.OBJECT]
+    assert group["read"] == {"ubus": {api.OBJECT: api.READ_METHODS}}
+    assert group["write"] == {"ubus": {api.OBJECT: api.WRITE_METHODS}}
+    assert set(api.READ_METHODS) | set(api.WRITE_METHODS) == set(api.SPECS)
