@@ -51,13 +51,13 @@ class BpfError(RuntimeError):
     """One-line cause of a failed load, attach or map operation."""
 
 
-def _syscall_nr() -> int:
-    machine = os.uname().machine
+def syscall_nr(machine: str, pointer_size: int) -> int:
+    """bpf(2)'s number for `uname -m` and the userland's pointer size (MIPS o32/n64)."""
     if machine.startswith("arm") and machine != "arm64":
         machine = "arm"
     elif machine.startswith("mips"):
-        machine = "mips64" if struct.calcsize("P") == 8 else "mips"
-    elif machine == "x86_64" and struct.calcsize("P") == 4:
+        machine = "mips64" if pointer_size == 8 else "mips"
+    elif machine == "x86_64" and pointer_size == 4:
         machine = "i386"
     try:
         return _NR_BPF[machine]
@@ -66,15 +66,17 @@ def _syscall_nr() -> int:
 
 
 _libc: ctypes.CDLL | None = None
+_nr = 0
 
 
 def bpf_syscall(cmd: int, attr: bytes) -> tuple[int, bytes]:
     """bpf(cmd, attr): returns (result, attr as the kernel left it); OSError on failure."""
-    global _libc
+    global _libc, _nr
     if _libc is None:
+        _nr = syscall_nr(os.uname().machine, struct.calcsize("P"))
         _libc = ctypes.CDLL(None, use_errno=True)
     buf = ctypes.create_string_buffer(attr, len(attr))
-    ret = _libc.syscall(_syscall_nr(), ctypes.c_int(cmd), buf, ctypes.c_uint(len(attr)))
+    ret = _libc.syscall(_nr, ctypes.c_int(cmd), buf, ctypes.c_uint(len(attr)))
     if ret < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -193,14 +195,18 @@ def config_value(voice_classid: int, dscp_mark: bool, trust_ef: bool,
     return _CONFIG.pack(voice_classid, dscp_mark, trust_ef, len(voice_ports), *flat)
 
 
-def possible_cpus() -> int:
-    """Number of possible CPUs: per-CPU map values hold one slot for each."""
-    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+def cpu_count(cpu_list: str) -> int:
+    """CPUs in a kernel CPU list such as "0-3,6"."""
     n = 0
-    for part in text.split(","):
+    for part in cpu_list.strip().split(","):
         lo, _, hi = part.partition("-")
         n += int(hi or lo) - int(lo) + 1
     return n
+
+
+def possible_cpus() -> int:
+    """Per-CPU map values hold one slot for each possible CPU."""
+    return cpu_count(Path("/sys/devices/system/cpu/possible").read_text())
 
 
 def _is_bpffs(path: Path) -> bool:

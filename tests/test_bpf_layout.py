@@ -1,0 +1,107 @@
+"""The classifier's map layouts and argument checks, without a kernel."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from voipqos import bpf
+
+ports = st.integers(0, 65535)
+v4 = st.ip_addresses(v=4).map(str)
+v6 = st.ip_addresses(v=6).map(str)
+
+
+def test_ipv4_flow_key_is_v4_mapped_network_order() -> None:
+    key = bpf.flow_key((17, "192.0.2.1", "198.51.100.2", 40000, 5004))
+    assert len(key) == 40
+    assert key[:16] == bytes(10) + b"\xff\xff" + bytes([192, 0, 2, 1])
+    assert key[16:32] == bytes(10) + b"\xff\xff" + bytes([198, 51, 100, 2])
+    assert key[32:] == struct.pack("!HHB3x", 40000, 5004, 17)
+
+
+@given(st.sampled_from([6, 17]), st.one_of(st.tuples(v4, v4), st.tuples(v6, v6)), ports, ports)
+def test_flow_keys_are_distinct_per_tuple_and_direction(proto, addrs, sport, dport) -> None:
+    fwd = bpf.flow_key((proto, addrs[0], addrs[1], sport, dport))
+    rev = bpf.flow_key((proto, addrs[1], addrs[0], dport, sport))
+    assert len(fwd) == 40
+    assert (fwd == rev) == (addrs[0] == addrs[1] and sport == dport)
+
+
+@pytest.mark.parametrize("flow", [
+    (17, "192.0.2.300", "192.0.2.1", 1, 2), (17, "x", "::1", 1, 2),
+    (17, "::1", "::2", 70000, 1), (300, "::1", "::2", 1, 2),
+])
+def test_bad_flows_name_the_flow(flow) -> None:
+    with pytest.raises(bpf.BpfError, match="bad flow"):
+        bpf.flow_key(flow)
+
+
+def test_config_layout() -> None:
+    raw = bpf.config_value(0x00010010, True, False, [(10000, 20000)])
+    assert len(raw) == 72  # sizeof(struct voipqos_config), as bpftool shows
+    assert struct.unpack_from("=IBBB", raw) == (0x00010010, 1, 0, 1)
+    assert struct.unpack_from("=HH", raw, 8) == (10000, 20000)
+    assert raw[12:] == bytes(60)
+
+
+@pytest.mark.parametrize(("args", "field"), [
+    ((0x00010000, True, False, []), "direct class"),
+    ((1 << 32, True, False, []), "voice_classid"),
+    ((0x00010010, True, False, [(1, 2)] * 17), "at most 16"),
+    ((0x00010010, True, False, [(20, 10)]), "bad range 20-10"),
+    ((0x00010010, True, False, [(0, 10)]), "bad range 0-10"),
+])
+def test_bad_rules_are_refused(args, field) -> None:
+    with pytest.raises(bpf.BpfError, match=field):
+        bpf.config_value(*args)
+
+
+def test_classid_zero_means_mark_only() -> None:
+    assert struct.unpack_from("=I", bpf.config_value(0, True, False, []))[0] == 0
+
+
+@pytest.mark.parametrize(("machine", "ptr", "nr"), [
+    ("x86_64", 8, 321), ("aarch64", 8, 280), ("armv7l", 4, 386), ("mips", 4, 4355),
+    ("mips64", 8, 5315), ("riscv64", 8, 280), ("ppc", 4, 361), ("i686", 4, 357),
+])
+def test_syscall_numbers(machine: str, ptr: int, nr: int) -> None:
+    assert bpf.syscall_nr(machine, ptr) == nr
+
+
+def test_unknown_architecture() -> None:
+    with pytest.raises(bpf.BpfError, match="unknown for sparc64"):
+        bpf.syscall_nr("sparc64", 8)
+
+
+@pytest.mark.parametrize(("text", "n"), [("0\n", 1), ("0-1\n", 2), ("0-3,6,8-9", 7)])
+def test_cpu_count(text: str, n: int) -> None:
+    assert bpf.cpu_count(text) == n
+
+
+def test_find_object_prefers_env_and_knows_byte_order(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "voipqos-bpfeb.o").write_bytes(b"")
+    monkeypatch.setenv("VOIPQOS_BPF_DIR", str(tmp_path))
+    assert bpf.find_object("big") == tmp_path / "voipqos-bpfeb.o"
+
+
+def test_find_object_missing(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("VOIPQOS_BPF_DIR", str(tmp_path))
+    monkeypatch.setattr(bpf, "OBJECT_DIRS", ())
+    monkeypatch.setattr(bpf, "__file__", str(tmp_path / "src" / "voipqos" / "bpf.py"))
+    with pytest.raises(bpf.BpfError, match=r"voipqos-bpfel\.o not found"):
+        bpf.find_object("little")
+
+
+def test_bad_hook_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(bpf.BpfError, match="hook 'root'"):
+        bpf.Classifier(str(tmp_path)).attach("eth0", "root")
+
+
+def test_netns_pin_dir_under_sys_is_refused() -> None:
+    with pytest.raises(bpf.BpfError, match="under /sys"):
+        bpf.Classifier("/sys/fs/bpf/voipqos", netns="x")
