@@ -60,6 +60,10 @@ def _u32_keys(rule: Sequence[P.Match]) -> list[str]:
     return [f"0x{m.value:08x}/0x{m.mask:08x}+{m.offset}" for m in rule] or ["0x0/0x0+0"]
 
 
+# pyroute2 reports kernel errors as NetlinkError, bad arguments as the others
+_FAILURES = (NetlinkError, OSError, ValueError, TypeError, KeyError)
+
+
 class Tc:
     """The kernel side of plan.py for one network namespace."""
 
@@ -102,10 +106,13 @@ class Tc:
                     protected.add(clsact.key)
         ifb = P.ifb_name(dev)
         ifb_idx = self.index(ifb)
-        if ifb_idx is not None:
+        if ifb_idx is not None and self._kind_of(ifb_idx) == "ifb":
             objs.insert(0, P.Ifb(ifb))
             objs += self._tree(ifb, ifb_idx)
         return P.Plan(tuple(objs), protected=frozenset(protected))
+
+    def _kind_of(self, idx: int) -> str:
+        return self.ipr.get_links(idx)[0].get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or ""
 
     def _filters(self, idx: int, parent: int, heads: bool = True) -> list:
         """Filters under `parent`; `heads`: one entry per (prio, protocol) group."""
@@ -197,11 +204,11 @@ class Tc:
         for step in steps:
             try:
                 undo.append(self._do(step))
-            except (NetlinkError, OSError, ValueError, KeyError) as exc:
+            except _FAILURES as exc:
                 for fn in reversed(undo):
                     try:
                         fn()
-                    except (NetlinkError, OSError) as again:
+                    except _FAILURES as again:
                         log.warning("rollback step failed: %s", again)
                 raise ProfileError(f"{step.op} {_describe(step.obj)}: {_reason(exc)}") from None
 
@@ -258,7 +265,9 @@ class Tc:
             if isinstance(obj, P.Qdisc):
                 self.ipr.tc("del", obj.kind, idx, obj.handle, parent=obj.parent)
             elif isinstance(obj, P.Class):
-                self.ipr.tc("del-class", "htb", idx, obj.handle, parent=obj.parent)
+                # pyroute2 encodes htb parameters even for a delete
+                self.ipr.tc("del-class", "htb", idx, obj.handle, parent=obj.parent,
+                            rate=f"{obj.rate}kbit", ceil=f"{obj.ceil}kbit")
             else:
                 self.ipr.tc("del-filter", "u32", idx, parent=obj.parent, prio=obj.prio,
                             protocol=obj.protocol, target=0, keys=["0x0/0x0+0"])
