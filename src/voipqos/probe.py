@@ -189,7 +189,7 @@ def foreign_shaper(dev: str, found: Iterable[Foreign]) -> str | None:
         if f.what == "qdisc" and f.kind == "ingress":
             return (f"{dev} has an ingress qdisc (sqm or another download shaper): "
                     "stop it or use backend sqm")
-        if f.what == "qdisc" and f.parent == TC_H_ROOT:
+        if f.what == "qdisc" and f.parent == TC_H_ROOT and f.handle:
             what = "another shaper" if f.kind in SHAPERS else "a foreign root qdisc"
             return (f"{dev} already has {what} ({f.kind} {f.handle >> 16:x}:): "
                     "remove it or use backend sqm")
