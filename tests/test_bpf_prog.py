@@ -407,3 +407,25 @@ def test_objects_are_rebuilt_from_source(objects: Path) -> None:
     """make is a no-op right after the fixture built them: the tested objects are current."""
     res = subprocess.run(["make", "-q", "-C", str(ROOT / "bpf"), f"OUT={objects}"])
     assert res.returncode == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from([UDP, TCP]),
+       st.one_of(st.tuples(st.ip_addresses(v=4), st.ip_addresses(v=4)),
+                 st.tuples(st.ip_addresses(v=6), st.ip_addresses(v=6))),
+       st.integers(1, 65534), st.integers(1, 65534), st.booleans())
+def test_any_tuple_in_the_table_matches_both_ways(loaded, proto, addrs, sport, dport,
+                                                  reverse: bool) -> None:
+    c, fd, _ = loaded
+    c.set_rules(VOICE, True, False, [])
+    src, dst = (str(a) for a in addrs)
+    c.set_flows([(proto, dst, src, dport, sport) if reverse else (proto, src, dst, sport, dport)])
+
+    def frame(dp: int) -> bytes:
+        if addrs[0].version == 4:
+            return eth(0x0800) + ipv4(src, dst, proto, l4(proto, sport, dp))
+        return eth(0x86DD) + ipv6(src, dst, proto, l4(proto, sport, dp))
+    hit = frame(dport)
+    assert_voice(bpf.prog_test_run(fd, hit), hit)
+    miss = frame(dport + 1)  # neither the entry nor its reverse, whatever the addresses
+    assert_other(bpf.prog_test_run(fd, miss), miss)
