@@ -29,6 +29,7 @@ PREF = 1          # our filter runs first; later filters (IFB redirect) still se
 HANDLE = 1
 MAX_RANGES = 16   # VOIPQOS_MAX_RANGES in voipqos.c
 MAP_NAMES = ("voipqos_flows", "voipqos_config", "voipqos_stats")
+PROG_NAMES = ("voipqos_eth", "voipqos_l3")   # the entry functions in voipqos.c
 SKB_PRIORITY_OFFSET = 32   # offsetof(struct __sk_buff, priority)
 SK_BUFF_SIZE = 192         # sizeof(struct __sk_buff) (kernel 5.16+; older copy less)
 
@@ -286,7 +287,7 @@ class Classifier:
             opts = f.get("options")
             if opts is None:
                 continue
-            if f.get("kind") != "bpf" or not opts.get("bpf_name", "").startswith("voipqos"):
+            if f.get("kind") != "bpf" or opts.get("prog", {}).get("name") not in PROG_NAMES:
                 raise BpfError(f"{dev} {hook}: pref {PREF} holds another filter ({f.get('kind')})")
             return f
         return None
