@@ -137,9 +137,7 @@ def test_quick_lab_shows_the_effect(tmp_path: Path):
     finally:
         leftover = [n for n in netns.run(["ip", "netns", "list"]).stdout.split()
                     if n.startswith(PREFIX)]
-        mounts = Path("/proc/mounts").read_text()
     assert not leftover, f"namespaces left behind: {leftover}"
-    assert str(out) not in mounts, "bpffs left mounted"
     doc = json.loads((out / "results.json").read_text())
     res = {r["name"]: r for r in doc["scenarios"]}
     assert (out / "latency.png").stat().st_size > 10_000

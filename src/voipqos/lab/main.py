@@ -60,16 +60,6 @@ def progress_printer(step: str) -> Progress:
     return show
 
 
-def _mounted(path: Path) -> bool:
-    return any(line.split()[1] == str(path)
-               for line in Path("/proc/mounts").read_text().splitlines())
-
-
-def _unmount(path: Path) -> None:
-    if _mounted(path):
-        subprocess.run(["umount", str(path)], check=False)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="voipqos-lab", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="short run (under a minute, for CI)")
@@ -106,12 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_term)
     out = Path(args.out).resolve()
     raw = out / "raw"
-    bpffs = raw / "bpffs"
-    _unmount(bpffs)
     cleanup_prefix(args.prefix)
     shutil.rmtree(raw, ignore_errors=True)
     raw.mkdir(parents=True)
-    bpffs.mkdir()
     line = Line(args.up, args.down, args.buffer_ms)
     timing = QUICK if args.quick else FULL
     t0 = time.monotonic()
@@ -119,9 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                            "timing": vars(timing), "quick": args.quick,
                            "started": time.time(), "scenarios": []}
     try:
-        subprocess.run(["mount", "-t", "bpf", "bpf", str(bpffs)], check=True)
         with four_hosts(args.prefix, line) as topo:
-            lab = Lab(topo, line, timing, raw, bpffs, progress_printer("[setup]"))
+            lab = Lab(topo, line, timing, raw, progress_printer("[setup]"))
             lab.start_servers()
             lab.progress = progress_printer("[idle]")
             idle = probe.summarize(probe.samples_from_irtt(lab.idle()))
@@ -136,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nvoipqos-lab: interrupted; namespaces and processes removed", file=sys.stderr)
         return 130
-    finally:
-        _unmount(bpffs)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(f"\nvoipqos-lab: {exc}; namespaces and processes removed", file=sys.stderr)
+        return 1
     doc["elapsed_s"] = time.monotonic() - t0
     return _write(doc, out)
 

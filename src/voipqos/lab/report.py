@@ -1,7 +1,9 @@
 """Raw scenario measurements → the results document and the terminal table. Pure code.
 
-Delay figures are for the call: the whole call for `none` and `forced`, and for `auto`
-also the part after the profile switched on (`on`), which is what voipqos promises.
+Delay figures are per window of the call: `call` (all of it), and for auto also `on`
+(from the profile switching on) and `drained` (from the first probe packet after that
+with an RTT under SETTLED_MS: the queue the modem built before detection is gone, which
+takes a few seconds because only the margin between line and shaper rate drains it).
 """
 
 from __future__ import annotations
@@ -10,8 +12,7 @@ from typing import Any
 
 from . import bulk, probe
 
-TARGETS = {"p99_added_ms": 1.5, "loss_pct": 0.0, "rtcp_jitter_ms": 1.0,
-           "goodput_share": 0.90, "detect_s": 2.0}
+SETTLED_MS = 20.0
 
 
 def profile_times(transitions: list[dict[str, Any]], first_media: float,
@@ -49,6 +50,11 @@ def summarize(raw: dict[str, Any], idle: dict[str, Any], shaped_kbit: dict[str, 
                           "warnings": status.get("warnings", [])}
         if times["on_at"] is not None:
             windows["on"] = (times["on_at"], end)
+            settled = next((x.at for x in samples if x.at >= times["on_at"]
+                            and x.rtt is not None and x.rtt < SETTLED_MS), None)
+            out["profile"]["drain_s"] = None if settled is None else settled - times["on_at"]
+            if settled is not None:
+                windows["drained"] = (settled, end)
         out["daemon"] = {**raw.get("daemon", {}), "status_metrics": status.get("metrics")}
     out["probe"] = {}
     for key, (a, b) in windows.items():
@@ -78,39 +84,59 @@ def _p(s: dict[str, Any] | None, key: str) -> float | None:
     return None if not s else s.get(key)
 
 
-def rows(res: dict[str, Any]) -> list[tuple[str, str]]:
-    """(label, value) lines of one scenario's column."""
-    on = res["probe"].get("on") or res["probe"]["call"]
-    call = res["probe"]["call"]
+WINDOW_TITLES = {"call": "", "on": ": on", "drained": ": drained"}
+SHORT = {"none": "no voipqos", "auto": "auto", "forced": "forced on"}
+
+
+def columns(results: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], str]]:
+    """(title, scenario, window): every scenario's whole call, plus auto's later windows."""
+    return [(SHORT.get(r["name"], r["name"]) + WINDOW_TITLES[w], r, w)
+            for r in results for w in r["probe"]]
+
+
+def rows(res: dict[str, Any], window: str) -> list[tuple[str, str]]:
+    """(label, value) lines of one column; per-scenario figures only in its first column."""
+    w = res["probe"][window]
+    first = window == "call"
     prof = res.get("profile") or {}
     rtcp = res.get("rtcp") or {}
     b = res.get("bulk", {})
     d = res.get("daemon") or {}
+
+    def once(v: str) -> str:
+        return v if first else "″"
+
+    def pcts(s: dict[str, Any] | None) -> str:
+        return "/".join(_ms(_p(s, k)) for k in ("p50", "p99", "max"))
+
     return [
-        ("window", "profile on" if "on" in res["probe"] else "whole call"),
-        ("RTT p50 / p99 ms", f"{_f(_p(on['rtt'], 'p50'))} / {_f(_p(on['rtt'], 'p99'))}"),
-        ("up delay p50/p95/p99/max ms", "/".join(_f(_p(on["up"], k))
-                                                 for k in ("p50", "p95", "p99", "max"))),
-        ("down delay p50/p95/p99/max ms", "/".join(_f(_p(on["down"], k))
-                                                   for k in ("p50", "p95", "p99", "max"))),
-        ("p99 added up / down ms", f"{_f(on['added_p99'].get('up'), '{:.2f}')} / "
-                                   f"{_f(on['added_p99'].get('down'), '{:.2f}')}"),
-        ("IPDV up / down ms", f"{_f(on['ipdv_up'], '{:.2f}')} / "
-                              f"{_f(on['ipdv_down'], '{:.2f}')}"),
-        ("loss up / down %", f"{_f(on['loss_up_pct'])} / {_f(on['loss_down_pct'])}"),
-        ("whole call p99 up/down ms", f"{_f(_p(call['up'], 'p99'))} / "
-                                      f"{_f(_p(call['down'], 'p99'))}"),
-        ("RTCP lost rx/tx", f"{_f(rtcp.get('lost_rx'), '{:.0f}')} / "
-                            f"{_f(rtcp.get('lost_tx'), '{:.0f}')}"),
-        ("RTCP jitter rx/tx ms", f"{_f(rtcp.get('jitter_rx_ms'))} / "
-                                 f"{_f(rtcp.get('jitter_tx_ms'))}"),
-        ("goodput up / down Mbit/s", f"{_f(_mbit(b, 'up'), '{:.2f}')} / "
-                                     f"{_f(_mbit(b, 'down'), '{:.2f}')}"),
-        ("profile on after 1st media s", _f(prof.get("detect_s"), "{:.2f}")),
-        ("profile off after call end s", _f(prof.get("off_s"), "{:.2f}")),
-        ("daemon CPU % / RSS MB", f"{_f(d.get('cpu_percent'), '{:.2f}')} / "
-                                  f"{_f(_mb(d.get('rss_bytes')))}"),
+        ("RTT p50/p99/max ms", pcts(w["rtt"])),
+        ("up delay p50/p99/max ms", pcts(w["up"])),
+        ("down delay p50/p99/max ms", pcts(w["down"])),
+        ("p99 added up / down ms", f"{_f(w['added_p99'].get('up'), '{:.2f}')} / "
+                                   f"{_f(w['added_p99'].get('down'), '{:.2f}')}"),
+        ("IPDV up / down ms", f"{_f(w['ipdv_up'], '{:.2f}')} / {_f(w['ipdv_down'], '{:.2f}')}"),
+        ("loss up / down %", f"{_f(w['loss_up_pct'])} / {_f(w['loss_down_pct'])}"),
+        ("probe packets", str(w["sent"])),
+        ("RTCP lost rx/tx", once(f"{_f(rtcp.get('lost_rx'), '{:.0f}')} / "
+                                 f"{_f(rtcp.get('lost_tx'), '{:.0f}')}")),
+        ("RTCP jitter rx/tx ms", once(f"{_f(rtcp.get('jitter_rx_ms'))} / "
+                                      f"{_f(rtcp.get('jitter_tx_ms'))}")),
+        ("goodput up / down Mbit/s", once(f"{_f(_mbit(b, 'up'), '{:.2f}')} / "
+                                          f"{_f(_mbit(b, 'down'), '{:.2f}')}")),
+        ("profile on after 1st media s", once(_f(prof.get("detect_s"), "{:.2f}"))),
+        ("modem queue drained after s", once(_f(prof.get("drain_s"), "{:.2f}"))),
+        ("profile off after call end s", once(_f(prof.get("off_s"), "{:.2f}"))),
+        ("daemon CPU % / RSS MB", once(f"{_f(d.get('cpu_percent'), '{:.2f}')} / "
+                                       f"{_f(_mb(d.get('rss_bytes')))}")),
     ]
+
+
+def _ms(v: float | None) -> str:
+    """Two significant decimals where they matter (sub-ms), none where they do not."""
+    if v is None:
+        return "-"
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
 
 
 def _mbit(b: dict[str, Any], d: str) -> float | None:
@@ -122,17 +148,18 @@ def _mb(v: float | None) -> float | None:
 
 
 def table(results: list[dict[str, Any]], idle: dict[str, Any]) -> str:
-    """Scenarios side by side."""
-    cols = [dict(rows(r)) for r in results]
-    labels = [label for label, _ in rows(results[0])]
+    """Scenarios (and auto's windows) side by side."""
+    cols = columns(results)
+    cells = [dict(rows(r, w)) for _, r, w in cols]
+    labels = list(cells[0])
     w0 = max(len(x) for x in labels) + 2
-    ws = [max(len(r["title"]), *(len(c[x]) for x in labels)) + 2 for r, c in
-          zip(results, cols, strict=True)]
-    head = " " * w0 + "".join(r["title"].ljust(w) for r, w in zip(results, ws, strict=True))
+    ws = [max(len(t), *(len(c[x]) for x in labels)) + 2
+          for (t, _, _), c in zip(cols, cells, strict=True)]
+    head = " " * w0 + "".join(t.ljust(w) for (t, _, _), w in zip(cols, ws, strict=True))
     lines = [head, "-" * len(head)]
     for label in labels:
         lines.append(label.ljust(w0) + "".join(c[label].ljust(w) for c, w in
-                                                zip(cols, ws, strict=True)))
+                                                zip(cells, ws, strict=True)))
     lines.append(f"idle line: RTT p50 {_f(_p(idle.get('rtt'), 'p50'), '{:.3f}')} ms, "
                  f"up p50 {_f(_p(idle.get('up'), 'p50'), '{:.3f}')} ms, "
                  f"down p50 {_f(_p(idle.get('down'), 'p50'), '{:.3f}')} ms")
