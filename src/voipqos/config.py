@@ -186,6 +186,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("conntrack_acct", _bool, "1",
            "Turn net.netfilter.nf_conntrack_acct on if it is off (new flows only).",
            "advanced", "bool"),
+    Option("conntrack_source", _choice("proc", "netlink"), "proc",
+           "Read the connection table from /proc (default) or a UDP-filtered ctnetlink "
+           "dump (measure both on your router: bench/conntrack_poll.py).", "advanced",
+           "string"),
     Option("run_dir", _path, "/var/run/voipqos",
            "Directory for the pid lock and the local endpoint's login secret.", "advanced",
            "directory"),
@@ -226,6 +230,7 @@ class Config:
     trust_ef: bool
     voice_ports: tuple[PortRange, ...]
     conntrack_acct: bool
+    conntrack_source: str
     run_dir: str
     rpc_listen: str
     log_level: str

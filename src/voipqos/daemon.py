@@ -41,6 +41,10 @@ class System:
     """The daemon's reads and writes of the OS, in one place so tests can script them."""
 
     def snapshot(self, cfg: Config, now: float) -> conntrack.Snapshot:
+        if cfg.conntrack_source == "netlink":
+            from .ctnetlink import read_netlink
+
+            return read_netlink(sip_ports=cfg.sip_ports, taken_at=now)
         return conntrack.read_proc(sip_ports=cfg.sip_ports, taken_at=now)
 
     def resolve(self, interface: str) -> str:
@@ -148,15 +152,8 @@ class Daemon:
         if now - self.sides_at >= SIDES_REFRESH:
             self.sides = self.system.sides(self.device)
             self.sides_at = now
-        try:
-            snap = self.system.snapshot(self.cfg, now)
-        except OSError as exc:
-            self.warnings["conntrack"] = _warning(
-                "conntrack", f"cannot read the connection table: {exc.strerror}",
-                "load nf_conntrack (kmod-nf-conntrack) and check /proc/net/nf_conntrack")
-            snap = None
+        snap = self._read(now)
         if snap is not None:
-            self.warnings.pop("conntrack", None)
             self.detection = detect(self.prev, snap, self.dcfg, self.sides)
             self.prev = snap
             self._note_offload(snap)
@@ -172,6 +169,23 @@ class Daemon:
         if now - self.metrics_at >= METRICS_REFRESH:
             self.cpu_percent = self.process.cpu_percent(None)
             self.metrics_at = now
+
+    def _read(self, now: float) -> conntrack.Snapshot | None:
+        """The table now, or None with a `conntrack` warning saying why not."""
+        try:
+            snap = self.system.snapshot(self.cfg, now)
+        except OSError as exc:
+            self.warnings["conntrack"] = _warning(
+                "conntrack", f"cannot read the connection table: {exc.strerror}",
+                "load nf_conntrack (kmod-nf-conntrack) and check /proc/net/nf_conntrack")
+            return None
+        if snap.parsed == 0 and snap.malformed > 0:
+            self.warnings["conntrack"] = _warning(
+                "conntrack", f"none of {snap.lines} conntrack lines could be parsed: "
+                "unknown kernel format?", "report it with a copy of /proc/net/nf_conntrack")
+        else:
+            self.warnings.pop("conntrack", None)
+        return snap
 
     def _note_offload(self, snap: conntrack.Snapshot) -> None:
         if any(e.offloaded for e in snap.entries.values()):
