@@ -19,13 +19,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from selenium import webdriver  # pip selenium (the project's test extra)
+from selenium.webdriver.common.by import By
 
 from luci.fixture import PASSWORD, FixtureDaemon
 from luci.server import LuciServer, login, unix_upstream
 from voipqos.lab import netns
-
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.common.by import By  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

@@ -87,7 +87,8 @@ def declared_methods() -> dict[str, tuple[str, list[str]]]:
 
 
 @needs_node
-@pytest.mark.parametrize("path", sorted(APP.rglob("*.js")) + sorted(LUCI_TESTS.rglob("*.js")),
+@pytest.mark.parametrize("path", sorted(APP.rglob("*.js")) + sorted(LUCI_TESTS.rglob("*.js"))
+                         + sorted(LUCI_TESTS.glob("*.mjs")),
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_js_syntax(path):
     res = subprocess.run([NODE, "--check", str(path)], capture_output=True, text=True)
@@ -96,7 +97,8 @@ def test_js_syntax(path):
 
 @needs_node
 def test_logic_module_node_tests():
-    res = subprocess.run([NODE, "--test", str(LUCI_TESTS)], capture_output=True, text=True,
+    files = [str(p) for p in sorted(LUCI_TESTS.glob("*.test.mjs"))]
+    res = subprocess.run([NODE, "--test", *files], capture_output=True, text=True,
                          timeout=60, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     assert re.search(r"^# fail 0$", res.stdout, re.M) and re.search(r"^# pass [1-9]", res.stdout,
