@@ -160,6 +160,8 @@ def test_views_against_fixture(browser, tmp_path):
     with LuciServer(fixture, confdir, sid) as server:
         check_status_page(browser, server, lambda: setattr(fixture, "call_active", True),
                           lambda: setattr(fixture, "call_active", False), tmp_path, 5, 5)
+        # daemon text is shown as text, never parsed as markup
+        assert "<i>(counters freeze)</i>" in browser.find_element(By.ID, "vq-warnings").text
         check_settings_page(browser, server, confdir, tmp_path)
     assert fixture.reloads == 1
 

@@ -204,7 +204,8 @@ def test_settings_choice_lists_are_complete(settings_form):
         if f["widget"] != "ListValue":
             continue
         opt = config.OPTION_BY_NAME[f["name"]]
-        for word in ("htb", "sqm", "debug", "info", "warning", "error", "cake", "none"):
+        for word in ("htb", "sqm", "debug", "info", "warning", "error", "proc", "netlink",
+                     "cake", "none", "auto"):
             accepted = True
             try:
                 opt.parse(word)

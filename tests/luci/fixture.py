@@ -65,7 +65,8 @@ class FixtureDaemon:
                 "transitions": self.transitions,
                 "profile": {"backend": "htb", "applied": active, "classifier": "bpf",
                             "counters": {"voice": dict(self.voice), "other": dict(self.other)}},
-                "warnings": [{"code": "offload", "message": "Flow offloading is on",
+                "warnings": [{"code": "offload",
+                              "message": "Flow offloading is on <i>(counters freeze)</i>",
                               "fix": "uci set firewall.@defaults[0].flow_offloading=0"}],
                 "metrics": {"cpu_percent": 0.2, "rss_bytes": 20_000_000, "poll_ms": 1.0,
                             "polls": 1, "entries": 3, "malformed": 0}}

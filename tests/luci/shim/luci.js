@@ -68,7 +68,7 @@
 					node.appendChild(children);
 				}
 				else if (children != null) {
-					node.appendChild(document.createTextNode(String(children)));
+					node.innerHTML = String(children);  /* LuCI: a bare string is markup */
 				}
 				return node;
 			},

@@ -82,6 +82,10 @@ var FIELDS = [
 
 	[ 'advanced', 'flag', 'conntrack_acct', _('Enable conntrack accounting'),
 		_('Turn net.netfilter.nf_conntrack_acct on if it is off (new flows only).'), 'bool', '1' ],
+	[ 'advanced', 'choice', 'conntrack_source', _('Connection table source'),
+		_('Read the connection table from /proc (default) or a UDP-filtered ctnetlink dump (measure both on your router: bench/conntrack_poll.py).'),
+		'string', 'proc',
+		[ [ 'proc', _('/proc/net/nf_conntrack') ], [ 'netlink', _('ctnetlink (UDP only)') ] ] ],
 	[ 'advanced', 'value', 'run_dir', _('Runtime directory'),
 		_("Directory for the pid lock and the local endpoint's login secret."),
 		'directory', '/var/run/voipqos' ],

@@ -9,7 +9,8 @@
 /*
  * Live status of voipqos: one `voipqos status` call per poll (every second) feeds the
  * badge, the calls table, the counters, transitions, warnings and the graph. The graph
- * keeps a fixed number of samples, so the page can stay open for hours.
+ * keeps a fixed number of samples, so the page can stay open for hours. Text from the
+ * daemon is always passed to E()/dom in an array: LuCI treats a bare string as markup.
  */
 
 var callStatus = rpc.declare({
@@ -58,7 +59,7 @@ function svg(tag, attrs) {
 function table(headers, rows, emptyText) {
 	var body = rows.length ? rows.map(function(r) {
 		return E('tr', { 'class': 'tr' }, r.map(function(cell) {
-			return E('td', { 'class': 'td' }, cell);
+			return E('td', { 'class': 'td' }, [ cell ]);
 		}));
 	}) : [ E('tr', { 'class': 'tr placeholder' },
 		E('td', { 'class': 'td', 'colspan': headers.length }, E('em', emptyText))) ];
@@ -161,9 +162,9 @@ return view.extend({
 		var badge = logic.stateBadge(st.state);
 		this.badge.className = 'vq-badge ' + badge.cls;
 		this.badge.setAttribute('data-state', st.state);
-		dom.content(this.badge, badge.label);
-		dom.content(this.since, logic.formatSince(st.since, now));
-		dom.content(this.reason, st.reason ? _('Why: %s').format(st.reason) : '');
+		dom.content(this.badge, [ badge.label ]);
+		dom.content(this.since, [ logic.formatSince(st.since, now) ]);
+		dom.content(this.reason, [ st.reason ? _('Why: %s').format(st.reason) : '' ]);
 
 		this.updateWarnings(st.warnings);
 		dom.content(this.calls, table(
@@ -179,8 +180,8 @@ return view.extend({
 	updateWarnings: function(warnings) {
 		dom.content(this.warnings, (Array.isArray(warnings) ? warnings : []).map(function(w) {
 			return E('div', { 'class': 'alert-message warning', 'data-code': w.code }, [
-				E('strong', {}, w.message || w.code),
-				w.fix ? E('div', {}, _('Fix: %s').format(w.fix)) : ''
+				E('strong', {}, [ w.message || w.code ]),
+				w.fix ? E('div', {}, [ _('Fix: %s').format(w.fix) ]) : ''
 			]);
 		}));
 	},
