@@ -194,7 +194,7 @@ class Endpoints:
                 sock.bind(addr)
                 host, port = sock.getsockname()[:2]
                 self.listen = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
-            sock.listen(16)
+            sock.listen(64)
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
@@ -266,7 +266,7 @@ class Endpoints:
                     self._accept()
                 elif key.data == "ubus":
                     self._serve_ubus()
-                else:
+                elif key.data.sock in self.clients:  # not evicted earlier in this batch
                     self._serve(key.data, mask)
             if woken or time.monotonic() >= end:
                 return
