@@ -252,3 +252,23 @@ def test_switch_time_is_short(lab: Lab) -> None:
     prof.apply()
     prof.remove()
     assert time.perf_counter() - t0 < 10
+
+
+def test_apply_in_a_fresh_netns_mount_gets_bpf_not_an_error(tmp_path):
+    """`ip netns exec` gives a fresh /sys without bpffs: the one-shot apply mounts the
+    system bpffs itself and loads the classifier, instead of failing half-built."""
+    import sys
+
+    from voipqos.lab import netns as nn
+
+    conf = tmp_path / "voipqos"
+    conf.write_text("config voipqos 'main'\n\toption interface 'wan0'\n\toption download '0'\n")
+    with nn.three_hosts("vqc-sys") as t:
+        cmd = [sys.executable, "-m", "voipqos.cli"]
+        res = t.exec("router", [*cmd, "apply", "--config", str(conf)], check=False)
+        assert res.returncode == 0, res.stderr
+        shown = t.exec("router", "tc filter show dev wan0 egress").stdout
+        assert "voipqos_eth" in shown
+        res = t.exec("router", [*cmd, "remove", "--config", str(conf)], check=False)
+        assert res.returncode == 0, res.stderr
+        assert "htb" not in t.exec("router", "tc qdisc show dev wan0").stdout

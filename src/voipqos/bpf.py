@@ -222,6 +222,15 @@ def _is_bpffs(path: Path) -> bool:
     return fstype == "bpf"
 
 
+SYSTEM_BPFFS = Path("/sys/fs/bpf")
+
+
+def _mount_bpffs(path: Path) -> None:
+    res = subprocess.run(["mount", "-t", "bpf", "bpf", str(path)], capture_output=True, text=True)
+    if res.returncode:
+        raise BpfError(f"mount bpffs on {path}: {res.stderr.strip()}")
+
+
 class Classifier:
     """The classifier on one or more (device, hook) pairs sharing one set of pinned maps."""
 
@@ -258,12 +267,19 @@ class Classifier:
         if _is_bpffs(self.pin_dir):
             return
         if not self.pin_dir.exists():
-            self.pin_dir.mkdir(parents=True)
+            parent = self.pin_dir.parent
+            if parent == SYSTEM_BPFFS and parent.is_dir() and not _is_bpffs(parent):
+                # the system's bpffs is not mounted (no systemd/procd mount, or a fresh
+                # /sys from `ip netns exec`): mount it where they would, and leave it
+                _mount_bpffs(parent)
+                if _is_bpffs(self.pin_dir):
+                    return
+            try:
+                self.pin_dir.mkdir(parents=True)
+            except OSError as exc:
+                raise BpfError(f"cannot create pin dir {self.pin_dir}: {exc.strerror}") from None
             self._made_dir = True
-        res = subprocess.run(["mount", "-t", "bpf", "bpf", str(self.pin_dir)],
-                             capture_output=True, text=True)
-        if res.returncode:
-            raise BpfError(f"mount bpffs on {self.pin_dir}: {res.stderr.strip()}")
+        _mount_bpffs(self.pin_dir)
         self._mounted = True
 
     def _link(self, dev: str) -> dict | None:

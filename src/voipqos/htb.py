@@ -112,10 +112,12 @@ class HtbProfile:
                                     self.cfg.voice_ports)
             elif not use_bpf and "bpf_fallback" not in self._alerts:
                 self._fallback("cls_bpf missing in the kernel")
-        except ProfileError:
+        except Exception as exc:  # whatever failed, never leave a half-built tree
             if not was:
                 self._teardown()
-            raise
+            if isinstance(exc, ProfileError):
+                raise
+            raise ProfileError(f"apply on {self.device}: {exc}") from exc
         self.classifier = "bpf" if use_bpf else "u32"
         self.applied = True
 
