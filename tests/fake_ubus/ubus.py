@@ -9,14 +9,15 @@ code: a call is checked against the signature first (every declared argument pre
 no others, exact blobmsg type) -> status 2; the callback's return value is ignored; an
 exception in it is printed and answered with status 9.
 
-Test hooks (prefixed fake_): fake_request() delivers a call as ubusd would (the client
-socket becomes readable and loop(0) serves it), fake_replies and fake_sent record what
-went out, fake_hangup() makes ubusd close the connection, fake_reset() forgets all.
+Test hooks (prefixed fake_): fake_ubusd(path) listens where ubusd would (connect() only
+succeeds then, and like the real one opens exactly one socket in this process);
+fake_request() delivers a call as ubusd would (the client socket becomes readable and
+loop(0) serves it); fake_replies and fake_sent record what went out; fake_hangup()
+makes ubusd close the connection; fake_reset() forgets all.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 import traceback
 
@@ -29,7 +30,8 @@ STATUS_NOT_FOUND, STATUS_UNKNOWN_ERROR = 4, 9
 _STRERROR = {2: "Invalid argument", 3: "Method not found", 4: "Not found",
              9: "Unknown error"}
 
-_conn: dict = {}  # "client"/"bus": socketpair ends, "path"
+_conn: dict = {}  # "client": our end, "bus": ubusd's end once accepted, "path"
+_ubusd: list[socket.socket] = []  # the listening socket, when fake_ubusd() was called
 _objects: dict[str, dict] = {}
 _queue: list[tuple[str, str, dict]] = []
 fake_replies: list[tuple[int, list]] = []
@@ -67,18 +69,28 @@ def connect(socket_path: str | None = None) -> bool:
     if _conn:
         raise RuntimeError("You are already connected to ubus.")
     socket_path = socket_path or DEFAULT_SOCKET
-    if not os.path.exists(socket_path):
-        raise OSError(f"Failed to connect to the ubus socket '{socket_path}'\n")
-    client, bus = socket.socketpair()
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        client.connect(socket_path)
+    except OSError:
+        client.close()
+        raise OSError(f"Failed to connect to the ubus socket '{socket_path}'\n") from None
     client.setblocking(False)
-    _conn.update(client=client, bus=bus, path=socket_path)
+    _conn.update(client=client, path=socket_path)
     return True
+
+
+def _bus() -> socket.socket:
+    if "bus" not in _conn:
+        _conn["bus"] = _ubusd[0].accept()[0]
+    return _conn["bus"]
 
 
 def disconnect(deregister: bool = True) -> None:
     _need_connection()
-    _conn.pop("client").close()
-    _conn.pop("bus").close()
+    for end in ("client", "bus"):
+        if end in _conn:
+            _conn[end].close()
     _conn.clear()
     _objects.clear()
     _queue.clear()
@@ -156,18 +168,26 @@ def call(object: str, method: str, arguments: dict, timeout: int = 0) -> list:
 def fake_request(obj: str, method: str, arguments: dict) -> None:
     _need_connection()
     _queue.append((obj, method, arguments))
-    _conn["bus"].send(b"!")
+    _bus().send(b"!")
+
+
+def fake_ubusd(path: str) -> None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(4)
+    _ubusd.append(listener)
 
 
 def fake_hangup() -> None:
-    _conn["bus"].close()
+    _bus().close()
 
 
 def fake_reset() -> None:
     if _conn:
-        _conn["client"].close()
-        _conn["bus"].close()
-    for state in (_conn, _objects):
+        disconnect()
+    for listener in _ubusd:
+        listener.close()
+    for state in (_objects, _ubusd):
         state.clear()
     for log in (_queue, fake_replies, fake_sent):
         log.clear()
