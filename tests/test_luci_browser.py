@@ -186,7 +186,7 @@ def test_views_against_daemon_in_lab(browser, lab, tmp_path):
                  rpc_listen=f"unix:{run_dir}/rpc.sock", log_level="debug")
     log = (tmp_path / "daemon.log").open("w")
     lab.popen("router", [sys.executable, "-m", "voipqos.cli", "run", "--foreground",
-                         "--dry-run", "--config", str(confdir / "voipqos")], stderr=log)
+                         "--config", str(confdir / "voipqos")], stderr=log)
     secret = wait(lambda: (run_dir / "rpc.secret").read_text().strip(), 15, "the rpc secret")
     upstream = unix_upstream(str(run_dir / "rpc.sock"))
     sid = wait(lambda: login(upstream, str(secret)), 15, "session.login on the daemon")
