@@ -157,7 +157,6 @@ class Endpoints:
         self.listen = ""  # the bound address, as rpc_listen would say it
         self.rpc: rpc.UbusRpc | None = None
         self.ubus: UbusObject | None = None
-        self.use_ubus = use_ubus
         self._ubus_retry_at: float | None = None
         self._unix: tuple[str, int] | None = None  # path and inode we created
         try:
