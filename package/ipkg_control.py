@@ -109,11 +109,18 @@ def shipped_modules(root: Path) -> list[Path]:
                   and "__pycache__" not in p.parts)
 
 
+# Shipped but not needed for the service: remote.py (`voipqos --router`, controlling
+# another router over HTTPS) needs python3-openssl, which the router itself does not.
+OPTIONAL_MODULES = {"remote.py"}
+
+
 def pydeps(root: Path) -> list[str]:
     """Feed packages for every split-out stdlib or third-party module the shipped code
     imports, wherever the import sits (lazy imports need the package just as much)."""
     found = set()
     for path in shipped_modules(root):
+        if path.name in OPTIONAL_MODULES:
+            continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]

@@ -17,13 +17,8 @@ import pytest
 from test_rpc import SECRET, Clock, stub_dispatcher
 from voipqos import rpc
 from voipqos.endpoints import Endpoints
-from voipqos.rpc_client import (
-    LocalClient,
-    RemoteClient,
-    RpcError,
-    add_remote_arguments,
-    client_from_args,
-)
+from voipqos.remote import RemoteClient, from_args
+from voipqos.rpc_client import LocalClient, RpcError, add_remote_arguments
 
 
 @contextlib.contextmanager
@@ -265,34 +260,23 @@ def test_client_from_args_password_sources(https, cert, tmp_path, monkeypatch):
     (tmp_path / "pw").write_text(SECRET + "\n")
     args = parse(["--router", https, "--cafile", str(cert[0]),
                   "--password-file", str(tmp_path / "pw")])
-    assert client_from_args(args).call("status")
+    assert from_args(args).call("status")
     monkeypatch.setenv("VOIPQOS_PASSWORD", SECRET)
     args = parse(["--router", https, "--cafile", str(cert[0])])
-    assert client_from_args(args).call("status")
+    assert from_args(args).call("status")
     monkeypatch.delenv("VOIPQOS_PASSWORD")
     monkeypatch.setattr("sys.stdin", open("/dev/null"))  # noqa: SIM115  (not a terminal)
     with pytest.raises(RpcError, match="no password"):
-        client_from_args(args)
+        from_args(args)
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)
     monkeypatch.setattr("getpass.getpass", lambda prompt: SECRET)
-    assert client_from_args(args).call("status")
-
-
-def test_client_from_args_local(tcp, tmp_path):
-    (tmp_path / "voipqos").write_text(
-        f"config voipqos 'main'\n\toption rpc_listen '{tcp.listen}'\n"
-        f"\toption run_dir '{tmp_path}'\n")
-    args = parse([])
-    args.config = str(tmp_path / "voipqos")
-    client = client_from_args(args)
-    assert isinstance(client, LocalClient)
-    assert client.call("reload") == {"reloaded": True}
+    assert from_args(args).call("status")
 
 
 def test_cli_exits_non_zero_with_one_line(tmp_path):
     """What the CLI does with an RpcError: one line on stderr, exit status 1."""
     port = free_port()
-    script = ("import sys\nfrom voipqos.rpc_client import RemoteClient, RpcError\n"
+    script = ("import sys\nfrom voipqos.remote import RemoteClient, RpcError\n"
               "try:\n    RemoteClient(sys.argv[1], 'root', 'x').call('status')\n"
               "except RpcError as e:\n    sys.exit(f'voipqos: {e}')\n")
     res = subprocess.run([__import__("sys").executable, "-c", script,

@@ -168,10 +168,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace):
-    from .rpc_client import LocalClient, client_from_args
+    from .rpc_client import LocalClient
 
     if getattr(args, "router", None):
-        return client_from_args(args)
+        from .remote import from_args
+
+        return from_args(args)
     cfg = load_config(args.config)
     if not cfg.rpc_listen:
         raise CliError("main.rpc_listen is empty: the local endpoint is off "

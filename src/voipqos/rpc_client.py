@@ -1,5 +1,6 @@
-"""Clients of a `/ubus` JSON-RPC endpoint: the local daemon's (LocalClient, for the CLI on
-the same machine) and a router's uhttpd (RemoteClient), both speaking as LuCI's rpc.js.
+"""Clients of a `/ubus` JSON-RPC endpoint, speaking as LuCI's rpc.js: the session logic
+shared with remote.RemoteClient, and LocalClient for the CLI on the same machine (which
+so never imports ssl: python3-openssl is not needed on the router).
 
 Every failure is an RpcError with one line saying what went wrong and where (wrong
 password, permission denied, daemon not running, unreachable, timeout, untrusted
@@ -12,13 +13,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
-import hashlib
 import http.client
 import json
 import os
 import re
 import socket
-import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,41 +46,7 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
-class _PinnedConnection(http.client.HTTPSConnection):
-    """HTTPS that trusts exactly one certificate, by its SHA-256 fingerprint (what a
-    router's self-signed certificate needs: its name rarely matches the address)."""
-
-    def __init__(self, host: str, port: int, timeout: float, pin: str) -> None:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        super().__init__(host, port, timeout=timeout, context=ctx)
-        self.pin = pin
-
-    def connect(self) -> None:
-        super().connect()
-        der = self.sock.getpeercert(binary_form=True) or b""
-        got = hashlib.sha256(der).hexdigest()
-        if got != self.pin:
-            self.close()
-            raise RpcError(f"https://{self.host}:{self.port}: certificate fingerprint "
-                           f"{_colons(got)} does not match --fingerprint")
-
-
-def _colons(hexdigest: str) -> str:
-    return ":".join(hexdigest[i:i + 2] for i in range(0, len(hexdigest), 2)).upper()
-
-
-def parse_fingerprint(text: str) -> str:
-    """`AB:CD:...` or `abcd...` (SHA-256, as `openssl x509 -fingerprint -sha256` prints)."""
-    hexed = re.sub(r"^sha256[:=]|[:\s]", "", text.strip(), flags=re.I).lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", hexed):
-        raise RpcError("--fingerprint: expected the certificate's SHA-256 as 64 hex digits "
-                       "(openssl x509 -noout -fingerprint -sha256 -in CERT)")
-    return hexed
-
-
-class _Client:
+class SessionClient:
     """Session handling shared by both clients: log in when needed, re-login once when
     the session was refused (expired, or the router restarted), then give up."""
 
@@ -102,6 +67,18 @@ class _Client:
 
     def _needs_login(self, method: str) -> bool:
         raise NotImplementedError
+
+    def _describe(self, exc: OSError) -> str:
+        """One line for a connection failure."""
+        if isinstance(exc, TimeoutError):
+            return f"no answer within {self.timeout:g} s"
+        if isinstance(exc, ConnectionRefusedError):
+            return "connection refused (not running, or wrong address/port?)"
+        if isinstance(exc, FileNotFoundError):
+            return "no such socket (is the voipqos daemon running?)"
+        if isinstance(exc, socket.gaierror):
+            return f"cannot resolve host: {exc.strerror}"
+        return str(exc.strerror or exc)
 
     def call(self, method: str, args: dict | None = None) -> dict:
         """voipqos.<method>(args) -> its answer; RpcError with one line otherwise."""
@@ -194,23 +171,8 @@ class _Client:
             data = resp.read()
         except RpcError:
             raise
-        except ssl.SSLCertVerificationError as exc:
-            raise RpcError(f"{self.where}: TLS certificate not trusted ({exc.verify_message});"
-                           " use --cafile FILE or --fingerprint SHA256") from None
-        except ssl.SSLError as exc:
-            raise RpcError(f"{self.where}: TLS error: {exc.reason or exc}") from None
-        except TimeoutError:
-            raise RpcError(f"{self.where}: no answer within {self.timeout:g} s") from None
-        except ConnectionRefusedError:
-            raise RpcError(f"{self.where}: connection refused (not running, or wrong "
-                           "address/port?)") from None
-        except FileNotFoundError:
-            raise RpcError(f"{self.where}: no such socket (is the voipqos daemon "
-                           "running?)") from None
-        except socket.gaierror as exc:
-            raise RpcError(f"{self.where}: cannot resolve host: {exc.strerror}") from None
-        except OSError as exc:
-            raise RpcError(f"{self.where}: {exc.strerror or exc}") from None
+        except OSError as exc:  # refused, timeouts, TLS (ssl.SSLError is an OSError too)
+            raise RpcError(f"{self.where}: {self._describe(exc)}") from None
         except http.client.HTTPException as exc:
             raise RpcError(f"{self.where}: bad HTTP answer ({type(exc).__name__})") from None
         finally:
@@ -224,7 +186,7 @@ class _Client:
             raise RpcError(f"{self.where}: bad answer: not JSON") from None
 
 
-class LocalClient(_Client):
+class LocalClient(SessionClient):
     """The daemon's endpoint on this machine (`rpc_listen`). Read methods go through the
     null session; write methods log in as root with the password in `secret_path`."""
 
@@ -261,52 +223,6 @@ class LocalClient(_Client):
                            "running?)") from None
 
 
-class RemoteClient(_Client):
-    """A router's `/ubus` behind uhttpd, logged in as LuCI does. TLS trust: the system's
-    CAs, or `cafile`, or a pinned SHA-256 `fingerprint` (for the router's self-signed
-    certificate), or none at all only with `insecure`."""
-
-    def __init__(self, url: str, user: str, password: str, cafile: str | None = None,
-                 insecure: bool = False, timeout: float = 5,
-                 fingerprint: str | None = None) -> None:
-        m = re.fullmatch(r"(?:(https?)://)?(\[[0-9a-fA-F:.]+\]|[^/:\[\]]+)(?::(\d{1,5}))?"
-                         r"(/[^?#]*)?", url.strip())
-        if not m:
-            raise RpcError(f"--router: {url!r} is not a URL like https://192.168.1.1")
-        scheme = m.group(1) or "https"
-        host = m.group(2).strip("[]")
-        port = int(m.group(3) or (443 if scheme == "https" else 80))
-        super().__init__(f"{scheme}://{m.group(2)}:{port}", user, timeout)
-        self.path = m.group(4) if m.group(4) not in (None, "", "/") else "/ubus"
-        self._host, self._port, self._scheme = host, port, scheme
-        self._secret = password
-        self._pin = parse_fingerprint(fingerprint) if fingerprint else None
-        self._ctx: ssl.SSLContext | None = None
-        if scheme == "https" and self._pin is None:
-            try:
-                self._ctx = ssl.create_default_context(cafile=cafile)
-            except (OSError, ssl.SSLError) as exc:
-                raise RpcError(f"--cafile {cafile}: {getattr(exc, 'strerror', None) or exc}") \
-                    from None
-            if insecure:
-                self._ctx.check_hostname = False
-                self._ctx.verify_mode = ssl.CERT_NONE
-
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._scheme == "http":
-            return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
-        if self._pin is not None:
-            return _PinnedConnection(self._host, self._port, self.timeout, self._pin)
-        return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout,
-                                           context=self._ctx)
-
-    def _needs_login(self, method: str) -> bool:
-        return True  # as LuCI: a router's null session rarely may read voipqos
-
-    def _password(self) -> str:
-        return self._secret
-
-
 def add_remote_arguments(parser: argparse.ArgumentParser) -> None:
     """--router and friends, for `voipqos --router URL status|flows|on|off|auto`."""
     g = parser.add_argument_group("remote router (LuCI's /ubus JSON-RPC)")
@@ -339,20 +255,3 @@ def read_password(args: argparse.Namespace) -> str:
         raise RpcError(f"no password: use --password-file FILE or ${PASSWORD_ENV}, "
                        "or run on a terminal to be asked")
     return getpass.getpass(f"Password for {args.user} on {args.router}: ")
-
-
-def client_from_args(args: argparse.Namespace) -> LocalClient | RemoteClient:
-    """A RemoteClient for --router, else a LocalClient for the config's rpc_listen."""
-    if args.router:
-        return RemoteClient(args.router, args.user, read_password(args), args.cafile,
-                            args.insecure, args.timeout, args.fingerprint)
-    from . import config
-
-    path = getattr(args, "config", None) or config.DEFAULT_PATH
-    try:
-        cfg = config.load(path) if Path(path).exists() else config.defaults()
-    except config.ConfigError as exc:
-        raise RpcError(str(exc)) from None
-    if not cfg.rpc_listen:
-        raise RpcError("main.rpc_listen is empty: the local endpoint is off")
-    return LocalClient(cfg.rpc_listen, str(Path(cfg.run_dir, "rpc.secret")), args.timeout)
