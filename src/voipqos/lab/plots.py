@@ -33,8 +33,7 @@ def latency_over_time(results: list[dict[str, Any]], path: Path, subtitle: str) 
                 ax.axvline(x, color=COLORS.get(res["name"]), ls="--", lw=1)
                 ax.annotate(text, (x, 0.97), xycoords=("data", "axes fraction"),
                             rotation=90, va="top", ha="right", fontsize=8)
-    ax.axvline(results[0]["call"]["end"] - results[0]["call"]["first_media"], color="grey",
-               ls=":", lw=1)
+        ax.axvline(res["call"]["end"] - first, color=COLORS.get(res["name"]), ls=":", lw=1)
     ax.set_yscale("log")
     ax.set_xlabel("seconds since the call's first media packet (dotted: call end)")
     ax.set_ylabel("VoIP round-trip time, ms (irtt, log scale)")

@@ -1,10 +1,10 @@
 """One lab scenario on a built topology: load, a call, and voipqos off, auto or forced on.
 
 Timeline of every scenario (seconds): the bulk load starts at 0; after `warm` the call
-(baresip) and the probe (irtt) start together and last `call`; the load goes on for
-`tail` more so the auto profile can be seen switching off. The product is driven as a
-user would: `voipqos run --foreground` in the router for auto, `voipqos apply`/`remove`
-for forced on, `voipqos status --json` for the transition log.
+(baresip) and the probe (irtt) start together and last `call` (longer in auto); in auto
+the load goes on for `tail` more so the profile can be seen switching off. The product
+is driven as a user would: `voipqos run --foreground` in the router for auto,
+`voipqos apply`/`remove` for forced on, `voipqos status --json` for the transition log.
 """
 
 from __future__ import annotations
@@ -177,7 +177,8 @@ class Lab:
             out["call_end"] = time.time()
             caller.wait(timeout=10)
             for p in loads:
-                self._wait(p, f"{name}: load after the call", load - (time.time() - load_start))
+                self._wait(p, f"{name}: load after the call",
+                           max(0.0, load - (time.time() - load_start)))
             out["load"] = {"start": load_start, "end": time.time()}
             if daemon:
                 out["status"] = self._status(cfg_path, out)
