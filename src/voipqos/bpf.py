@@ -15,6 +15,7 @@ import ctypes
 import errno
 import ipaddress
 import json
+import logging
 import os
 import struct
 import subprocess
@@ -22,6 +23,8 @@ import sys
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 OBJECT_DIRS = ("/usr/lib/voipqos/bpf",)
 HOOKS = ("egress", "ingress")
@@ -438,3 +441,21 @@ class Classifier:
             p = self.pin_dir / link
             if p.is_symlink() and os.readlink(p).rstrip("/").endswith("/tc"):
                 p.unlink()
+
+
+def start(clf: Classifier, device: str, hooks: Sequence[str], voice_classid: int,
+          dscp_mark: bool, trust_ef: bool, voice_ports: Sequence[tuple[int, int]],
+          flows: Collection[tuple[int, str, str, int, int]]) -> Classifier:
+    """Attach `clf` on the hooks and fill its maps; on BpfError nothing is left behind."""
+    try:
+        for hook in hooks:
+            clf.attach(device, hook)
+        clf.set_rules(voice_classid, dscp_mark, trust_ef, voice_ports)
+        clf.set_flows(flows)
+    except BpfError:
+        try:
+            clf.close()
+        except BpfError as again:
+            log.warning("classifier cleanup: %s", again)
+        raise
+    return clf

@@ -108,27 +108,21 @@ def _profile(args: argparse.Namespace):
         raise CliError(str(exc), 2) from None
 
 
-def cmd_apply(args: argparse.Namespace) -> int:
+def cmd_profile(args: argparse.Namespace) -> int:
+    """`apply` / `remove`: one-shot switching for scripts, the init script and recovery."""
     from .profile import ProfileError
 
     prof = _profile(args)
     try:
-        prof.apply()
+        if args.command == "apply":
+            prof.apply()
+        else:
+            prof.remove()
     except ProfileError as exc:
-        raise CliError(f"apply failed, nothing left applied: {exc}") from None
-    print(f"voipqos: profile applied ({prof.name})")
-    return 0
-
-
-def cmd_remove(args: argparse.Namespace) -> int:
-    from .profile import ProfileError
-
-    prof = _profile(args)
-    try:
-        prof.remove()
-    except ProfileError as exc:
-        raise CliError(f"remove failed: {exc}") from None
-    print("voipqos: profile removed")
+        more = ", nothing left applied" if args.command == "apply" else ""
+        raise CliError(f"{args.command} failed{more}: {exc}") from None
+    print(f"voipqos: profile {'applied' if args.command == 'apply' else 'removed'} "
+          f"({prof.name})")
     return 0
 
 
@@ -323,10 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check-config", parents=[common], help="validate the config only")
     s.set_defaults(func=cmd_check_config)
     s = sub.add_parser("apply", parents=[common], help="switch the profile on and exit")
-    s.set_defaults(func=cmd_apply)
+    s.set_defaults(func=cmd_profile)
     s = sub.add_parser("remove", parents=[common],
                        help="remove everything voipqos created on the device")
-    s.set_defaults(func=cmd_remove)
+    s.set_defaults(func=cmd_profile)
     s = sub.add_parser("check", parents=[common], help="kernel preflight")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_check)

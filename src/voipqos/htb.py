@@ -67,20 +67,13 @@ class HtbProfile:
             from . import bpf
         except ImportError as exc:  # e.g. ctypes missing on a trimmed router
             return self._fallback(f"bpf module unavailable: {exc}")
-        clf = bpf.Classifier(self.pin_dir, self.bpf_obj, self.netns)
         try:
-            for hook in self._hooks():
-                clf.attach(self.device, hook)
-            clf.set_rules(P.VOICE_CLASSID, self.cfg.dscp_mark, self.cfg.trust_ef,
-                          self.cfg.voice_ports)
-            clf.set_flows(self.flows)
+            self._clf = bpf.start(bpf.Classifier(self.pin_dir, self.bpf_obj, self.netns),
+                                  self.device, self._hooks(), P.VOICE_CLASSID,
+                                  self.cfg.dscp_mark, self.cfg.trust_ef, self.cfg.voice_ports,
+                                  self.flows)
         except bpf.BpfError as exc:
-            try:
-                clf.close()
-            except bpf.BpfError as again:
-                log.warning("classifier cleanup: %s", again)
             return self._fallback(str(exc))
-        self._clf = clf
         self._alerts.pop("bpf_fallback", None)
         return True
 

@@ -122,19 +122,13 @@ class SqmProfile:
         except ImportError as exc:
             self._no_marking(f"bpf module unavailable: {exc}")
             return
-        clf = bpf.Classifier(self.pin_dir, self.bpf_obj, self.netns)
-        try:
-            clf.attach(self.device, "egress")
-            clf.set_rules(0, self.cfg.dscp_mark, self.cfg.trust_ef, self.cfg.voice_ports)
-            clf.set_flows(self.flows)
+        try:  # voice class 0: cake/simple.qos pick the tin from the EF mark
+            self._clf = bpf.start(bpf.Classifier(self.pin_dir, self.bpf_obj, self.netns),
+                                  self.device, ("egress",), 0, self.cfg.dscp_mark,
+                                  self.cfg.trust_ef, self.cfg.voice_ports, self.flows)
         except bpf.BpfError as exc:
-            try:
-                clf.close()
-            except bpf.BpfError as again:
-                log.warning("classifier cleanup: %s", again)
             self._no_marking(str(exc))
             return
-        self._clf = clf
         self._alerts.pop("bpf_fallback", None)
 
     def _no_marking(self, why: str) -> None:
