@@ -126,7 +126,10 @@ def test_rate_change_is_a_change_not_a_teardown() -> None:
     new = P.build(cfg(upload="20000"), "wan0", NO_FQ)
     steps = P.diff(new, old)
     assert {s.op for s in steps} == {"change"}
-    assert all(isinstance(s.obj, P.Class) and s.old is not None for s in steps)
+    # classes change rate; pfifo fallback leaves change limit (sized by the rate)
+    assert all(s.old is not None for s in steps)
+    assert {type(s.obj) for s in steps} == {P.Class, P.Qdisc}
+    assert all(s.obj.kind == "pfifo" for s in steps if isinstance(s.obj, P.Qdisc))
 
 
 def test_new_flows_make_a_new_group_before_the_old_goes() -> None:
@@ -170,3 +173,12 @@ def test_diff_converges(uploads: list[str], down: str) -> None:
                 state[s.obj.key] = s.obj
         assert set(state) == {o.key for o in want.objects}
         have = P.Plan(tuple(state.values()))
+
+
+@given(st.integers(min_value=1, max_value=10_000_000))
+def test_pfifo_fallback_holds_about_50ms_at_the_rate(rate):
+    limit = P.pfifo_limit(rate)
+    assert limit >= P.MIN_PFIFO_LIMIT
+    if limit > P.MIN_PFIFO_LIMIT:
+        seconds = limit * P.MTU_BYTES * 8 / (rate * 1000)
+        assert 0.045 <= seconds <= 0.055
