@@ -168,10 +168,6 @@ def test_views_against_fixture(browser, tmp_path):
 
 @pytest.fixture
 def lab():
-    why = netns.require_root()
-    if why:
-        pytest.fail(f"kernel test cannot run: {why}")
-    netns.cleanup_prefix(PREFIX)
     with netns.three_hosts(PREFIX) as topo:
         yield topo
 

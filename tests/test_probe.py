@@ -38,7 +38,6 @@ def test_foreign_shaper(found: list[Foreign], expect: str | None) -> None:
 
 
 @pytest.mark.kernel
-@pytest.mark.skipif(bool(netns.require_root()), reason="needs root")
 def test_probe_in_a_namespace_leaves_nothing() -> None:
     from pyroute2 import NetNS
 

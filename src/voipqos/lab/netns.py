@@ -16,25 +16,42 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-# nft ruleset like OpenWrt's fw4: conntrack in use, NAT on the WAN side
-ROUTER_RULESET = """
-flush ruleset
-table inet voipqos_lab {
-  chain forward {
-    type filter hook forward priority filter; policy accept;
-    ct state established,related accept
-    ct state invalid drop
+
+def router_ruleset(wan: str, lan: str | None = None, nat: bool = True,
+                   sip_helper: bool = False) -> str:
+    """An nft ruleset like OpenWrt's fw4: conntrack in use (the kernel tracks nothing in
+    a namespace until a rule uses it), masquerade out of `wan`. With `lan`, new forwarded
+    connections only from the LAN (fw4's default zones); with `sip_helper`, the SIP ALG
+    (kmod-nf-nathelper-extra) so a SIP call's SDP addresses survive NAT."""
+    helper = """
+  ct helper sip5060 {
+    type "sip" protocol udp
+    l3proto inet
   }
-  chain input {
+  chain prerouting {
+    type filter hook prerouting priority filter; policy accept;
+    udp dport 5060 ct helper set "sip5060"
+  }""" if sip_helper else ""
+    policy, from_lan = ("drop", f'\n    iifname "{lan}" accept') if lan else ("accept", "")
+    return f"""
+flush ruleset
+table inet voipqos_lab {{{helper}
+  chain forward {{
+    type filter hook forward priority filter; policy {policy};
+    ct state established,related accept
+    ct state invalid drop{from_lan}
+  }}
+  chain input {{
     type filter hook input priority filter; policy accept;
     ct state established,related accept
-  }
-  chain postrouting {
+  }}
+  chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
-    oifname "%(wan)s" masquerade
-  }
-}
+    oifname "{wan}" {"masquerade" if nat else "accept"}
+  }}
+}}
 """
+
 
 
 def run(cmd: list[str] | str, check: bool = True, input: str | None = None,
@@ -147,6 +164,7 @@ ROUTER_LAN_DEV, ROUTER_WAN_DEV = "lan0", "wan0"
 def three_hosts(prefix: str, nat: bool = True) -> Topology:
     """lan -- router -- wan: the router forwards with an fw4-like conntrack ruleset,
     masquerades on wan0 (IPv4) and has nf_conntrack_acct=1. Caller must close()."""
+    cleanup_prefix(prefix)  # leftovers of a killed run with the same names
     t = Topology(prefix)
     try:
         for short in ("lan", "router", "wan"):
@@ -163,10 +181,7 @@ def three_hosts(prefix: str, nat: bool = True) -> Topology:
             t.route("wan", f"{LAN_NET4} via {ROUTER_WAN4}")
         t.sysctl("router", "net.ipv4.ip_forward", "1")
         t.sysctl("router", "net.ipv6.conf.all.forwarding", "1")
-        ruleset = ROUTER_RULESET % {"wan": ROUTER_WAN_DEV}
-        if not nat:
-            ruleset = ruleset.replace("masquerade", "accept")
-        t.nft("router", ruleset)
+        t.nft("router", router_ruleset(ROUTER_WAN_DEV, nat=nat))
         t.exec("router", "modprobe nf_conntrack", check=False)
         t.sysctl("router", "net.netfilter.nf_conntrack_acct", "1")
         time.sleep(0.05)

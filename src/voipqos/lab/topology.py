@@ -15,41 +15,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .netns import Topology
+from .netns import Topology, router_ruleset
 
 PHONE4, ROUTER_LAN4 = "192.168.88.2", "192.168.88.1"
 ROUTER_WAN4, ISP_CPE4 = "203.0.113.2", "203.0.113.1"
 ISP_NET4, FAR4 = "198.51.100.1", "198.51.100.2"
 ROUTER_LAN_DEV, ROUTER_WAN_DEV = "lan0", "wan0"
 ISP_CPE_DEV, ISP_NET_DEV = "cpe0", "net0"  # isp's side towards the router / the far end
-
-ROUTER_RULESET = """
-flush ruleset
-table inet voipqos_lab {
-  ct helper sip5060 {
-    type "sip" protocol udp
-    l3proto inet
-  }
-  chain prerouting {
-    type filter hook prerouting priority filter; policy accept;
-    udp dport 5060 ct helper set "sip5060"
-  }
-  chain forward {
-    type filter hook forward priority filter; policy drop;
-    ct state established,related accept
-    ct state invalid drop
-    iifname "%(lan)s" accept
-  }
-  chain input {
-    type filter hook input priority filter; policy accept;
-    ct state established,related accept
-  }
-  chain postrouting {
-    type nat hook postrouting priority srcnat; policy accept;
-    oifname "%(wan)s" masquerade
-  }
-}
-"""
 
 
 @dataclass(frozen=True)
@@ -92,7 +64,7 @@ def four_hosts(prefix: str, line: Line) -> Topology:
         t.route("far", f"default via {ISP_NET4}")
         for short in ("router", "isp"):
             t.sysctl(short, "net.ipv4.ip_forward", "1")
-        t.nft("router", ROUTER_RULESET % {"lan": ROUTER_LAN_DEV, "wan": ROUTER_WAN_DEV})
+        t.nft("router", router_ruleset(ROUTER_WAN_DEV, ROUTER_LAN_DEV, sip_helper=True))
         t.sysctl("router", "net.netfilter.nf_conntrack_acct", "1")
         _bottleneck(t, ISP_NET_DEV, line.up_kbit, line.fifo_bytes(line.up_kbit))
         _bottleneck(t, ISP_CPE_DEV, line.down_kbit, line.fifo_bytes(line.down_kbit))
