@@ -86,14 +86,21 @@ def _on_term(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    """The lab; SIGTERM ends it like Ctrl-C (cleanup first), only while it runs."""
+    old = signal.signal(signal.SIGTERM, _on_term)
+    try:
+        return _run(parse_args(argv))
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _run(args: argparse.Namespace) -> int:
     why = require_root()
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if why or missing:
         print(f"voipqos-lab: {why or 'needs ' + ', '.join(missing)} "
               "(run scripts/demo.sh, which installs everything)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _on_term)
     out = Path(args.out).resolve()
     raw = out / "raw"
     cleanup_prefix(args.prefix)
