@@ -51,3 +51,15 @@ def test_probe_in_a_namespace_leaves_nothing() -> None:
         assert feats.htb and feats.ifb and feats.clsact and feats.u32 and feats.mirred
         assert topo.exec("x", "ip -br link").stdout.split()[0] == "lo"
         assert len(topo.exec("x", "ip -br link").stdout.splitlines()) == 1
+
+
+def test_flow_offloading_in_fw4_config_is_a_check_warning(tmp_path) -> None:
+    fw = tmp_path / "firewall"
+    fw.write_text("config defaults\n\toption flow_offloading '1'\n\toption input 'ACCEPT'\n")
+    found = probe.flow_offload(str(fw))
+    assert found == "firewall flow_offloading is on"
+    rep = probe.report(probe.Features(htb=True), found)
+    [warning] = [w for w in rep["warnings"] if w["code"] == "offload"]
+    assert "flow_offloading=0" in warning["fix"]
+    fw.write_text("config defaults\n\toption flow_offloading '0'\n")
+    assert probe.flow_offload(str(fw)) is None  # and no flowtable in this namespace

@@ -127,9 +127,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .probe import format_report, probe, report
+    from .probe import flow_offload, format_report, probe, report
 
-    rep = report(probe())
+    rep = report(probe(), flow_offload())
     print(json.dumps(rep, indent=2) if args.json else format_report(rep))
     return 0
 

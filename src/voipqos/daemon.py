@@ -326,9 +326,9 @@ class Daemon:
         return {"mode": mode, "state": str(self.hyst.state), "active": self.applied}
 
     def check(self, args: dict[str, Any] | None = None) -> dict[str, Any]:
-        from .probe import probe, report
+        from .probe import flow_offload, probe, report
 
-        return report(probe())
+        return report(probe(), flow_offload())
 
     def dispatcher(self) -> Dispatcher:
         return Dispatcher({"status": self.status, "flows": self.flows, "check": self.check,

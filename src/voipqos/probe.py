@@ -16,6 +16,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -23,10 +24,12 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from .plan import TC_H_INGRESS, TC_H_ROOT, Alert, Features
 from .tc import Foreign
+from .uci import UciSyntaxError, parse_uci
 
-__all__ = ["Features", "foreign_shaper", "format_report", "probe", "report"]
+__all__ = ["Features", "flow_offload", "foreign_shaper", "format_report", "probe", "report"]
 
 ACCT_SYSCTL = "/proc/sys/net/netfilter/nf_conntrack_acct"
+FW4_CONFIG = "/etc/config/firewall"
 SHAPERS = {"htb", "hfsc", "cake", "tbf", "cbq", "drr", "qfq", "ets", "prio", "fq_pie", "netem"}
 
 # feature -> (OpenWrt package that provides it, what voipqos uses it for)
@@ -146,13 +149,37 @@ def probe(ipr: IPRoute | None = None, refresh: bool = False) -> Features:
     return feats
 
 
-def report(features: Features) -> dict[str, Any]:
-    """The `voipqos check --json` document."""
+def report(features: Features, offload: str | None = None) -> dict[str, Any]:
+    """The `voipqos check --json` document; `offload` is what flow_offload() found."""
     have = asdict(features)
     items = {name: {"present": have[name], "package": pkg, "used_for": why}
              for name, (pkg, why) in NEEDS.items()}
-    return {"ok": features.htb, "features": items,
-            "warnings": [a.as_dict() for a in alerts(features)]}
+    warnings = [a.as_dict() for a in alerts(features)]
+    if offload:
+        warnings.append(Alert(
+            "offload", f"{offload}: offloaded flows freeze their conntrack counters and "
+            "bypass the classifier", "uci set firewall.@defaults[0].flow_offloading=0; "
+            "uci set firewall.@defaults[0].flow_offloading_hw=0; uci commit firewall; "
+            "/etc/init.d/firewall restart").as_dict())
+    return {"ok": features.htb, "features": items, "warnings": warnings}
+
+
+def flow_offload(fw_config: str = FW4_CONFIG) -> str | None:
+    """What offloads forwarded flows past conntrack and tc, or None: fw4's
+    flow_offloading options, or any nftables flowtable (set up by hand or by fw4)."""
+    try:
+        sections = parse_uci(Path(fw_config).read_text(), fw_config)
+    except (OSError, UciSyntaxError):
+        sections = []
+    for sec in sections:
+        for opt in ("flow_offloading_hw", "flow_offloading"):
+            if sec.type == "defaults" and sec.options.get(opt) == "1":
+                return f"firewall {opt} is on"
+    if shutil.which("nft"):
+        res = subprocess.run(["nft", "list", "flowtables"], capture_output=True, text=True)
+        if "flowtable" in res.stdout:
+            return "an nftables flowtable is set up"
+    return None
 
 
 def alerts(features: Features) -> list[Alert]:
