@@ -112,3 +112,40 @@ def test_flood_and_bulk_are_not_calls(lab, tmp_path, name, pps, size):
     ours = [f for f in flows["flows"] if f["dport"] == 20000]
     assert ours and ours[0]["verdict"] == "other"
     assert "above" in ours[0]["reasons"][0]
+
+
+def tc_state(lab: netns.Topology) -> tuple[str, str, str]:
+    """Root qdiscs of wan0, voipqos IFBs, BPF filters on wan0 (what must not pile up)."""
+    qdiscs = lab.exec("router", f"tc qdisc show dev {netns.ROUTER_WAN_DEV}").stdout
+    links = lab.exec("router", "ip -o link show type ifb").stdout
+    filters = lab.exec("router", f"tc filter show dev {netns.ROUTER_WAN_DEV} egress").stdout
+    return qdiscs, links, filters
+
+
+def test_kill_9_with_profile_on_then_restart_leaves_one_tree(lab, tmp_path):
+    """The real backend (HTB + IFB + BPF): a daemon killed hard while shaping is adopted
+    or cleaned by the next one, and a clean stop leaves nothing."""
+    conf = write_config(tmp_path / "voipqos", tmp_path / "run", download="20000")
+    cmd = [sys.executable, "-m", "voipqos.cli", "run", "--foreground", "--config", str(conf)]
+    first = lab.popen("router", cmd)
+    wait_for(lambda d: d["metrics"]["polls"] >= 1, 10, conf)
+    assert cli("on", "--config", str(conf)).returncode == 0
+    wait_for(lambda d: d["active"] and d["profile"]["classifier"] == "bpf", 5, conf)
+    qdiscs, links, _ = tc_state(lab)
+    assert qdiscs.count("qdisc htb 5651: root") == 1 and links.count("vqi-") == 1
+    first.kill()  # SIGKILL: no cleanup at all
+    first.wait(5)
+    second = lab.popen("router", cmd)
+    wait_for(lambda d: d["metrics"]["polls"] >= 1, 10, conf)
+    # the new daemon starts off (auto, no call): the leftover profile is gone
+    qdiscs, links, filters = tc_state(lab)
+    assert "htb" not in qdiscs and "vqi-" not in links and "voipqos" not in filters
+    assert cli("on", "--config", str(conf)).returncode == 0
+    wait_for(lambda d: d["active"], 5, conf)
+    qdiscs, links, filters = tc_state(lab)
+    assert qdiscs.count("qdisc htb 5651: root") == 1 and links.count("vqi-") == 1
+    assert filters.count("voipqos_eth") == 1
+    second.terminate()
+    assert second.wait(10) == 0
+    qdiscs, links, filters = tc_state(lab)
+    assert "htb" not in qdiscs and "vqi-" not in links and "voipqos" not in filters
