@@ -22,8 +22,8 @@ class Recorder(LogProfile):
         self.log: list[str] = []
         self.fail_apply = False
 
-    def apply(self) -> None:
-        self.log.append("apply")
+    def apply(self, rate_scale: float = 1.0) -> None:
+        self.log.append("apply" if rate_scale == 1 else f"apply x{rate_scale:g}")
         if self.fail_apply:
             raise ProfileError("htb: kernel said no")
         super().apply()
@@ -72,7 +72,7 @@ class Clock:
 def rig(tmp_path):
     path = tmp_path / "voipqos"
     path.write_text("config voipqos 'main'\n\toption interface 'wan0'\n\toption on_polls '2'\n"
-                    "\toption off_hold '3'\n\toption min_on '0'\n")
+                    "\toption off_hold '3'\n\toption min_on '0'\n\toption drain_time '0'\n")
     clock, script, prof = Clock(), Script(), Recorder()
     d = Daemon(config.load(path), str(path), lambda c, dev: prof, script, clock)
     events: list[dict] = []
@@ -169,3 +169,18 @@ def test_flows_document_shape(rig):
     [row] = doc["flows"]
     assert {"proto", "src", "dst", "sport", "dport", "verdict", "reasons"} <= set(row)
     assert row["verdict"] == "media" and row["lan_side"] == "orig"
+
+
+def test_drain_burst_then_configured_rates(rig):
+    d, script, prof, tick, _, path = rig
+    path.write_text(path.read_text().replace("drain_time '0'", "drain_time '2'"))
+    d.reload()
+    script.talking = True
+    tick(3)
+    assert prof.log == ["apply x0.5"]
+    tick()
+    assert prof.log[-1] == "apply x0.5"  # 1 s into the 2 s drain
+    tick()
+    assert prof.log[-1] == "apply"  # configured rates, in place
+    tick(3)
+    assert prof.log.count("apply") == 1

@@ -135,6 +135,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("voice_rate", _int(8, 1_000_000), "1000",
            "Bandwidth in kbit/s guaranteed to the voice class (it may borrow up to the line).",
            "general", "and(uinteger,range(8,1000000))"),
+    Option("drain_time", _float(0, 30), "2",
+           "Seconds after switching on with the rates at drain_rate, to empty the modem's "
+           "buffer fast (0 = off).", "general", "range(0,30)"),
+    Option("drain_rate", _int(10, 100), "50",
+           "Percent of upload/download used during drain_time.", "general",
+           "and(uinteger,range(10,100))"),
     Option("sqm_section", _optional_name, "",
            "With backend sqm: the sqm queue section to switch (empty = the one on the "
            "interface).", "general", "string"),
@@ -213,6 +219,8 @@ class Config:
     upload: int
     download: int
     voice_rate: int
+    drain_time: float
+    drain_rate: int
     sqm_section: str
     poll_interval: float
     sip_ports: tuple[int, ...]

@@ -81,6 +81,7 @@ class Daemon:
         self.call_started: dict[str, float] = {}
         self.applied = False
         self.apply_failed_at: float | None = None
+        self.drain_until: float | None = None
         self.flows_set: frozenset[FiveTuple] = frozenset()
         self.warnings: dict[str, dict[str, str]] = {}
         self.sides = Sides()
@@ -220,8 +221,11 @@ class Daemon:
         if self.hyst.active and not self.applied:
             if self.apply_failed_at is not None and now - self.apply_failed_at < APPLY_RETRY:
                 return
+            # a drain burst first: the modem's buffer, filled before the call, holds
+            # seconds of queue that only the gap below the line rate can empty
+            drain = self.cfg.drain_time > 0 and self.cfg.drain_rate < 100
             try:
-                self.profile.apply()
+                self.profile.apply(self.cfg.drain_rate / 100 if drain else 1.0)
             except ProfileError as exc:
                 self.apply_failed_at = now
                 log.error("profile apply failed (line left unshaped, retry in %.0f s): %s",
@@ -230,10 +234,18 @@ class Daemon:
                     "profile_error", str(exc), "run `voipqos check` for missing features")
                 return
             self.applied, self.apply_failed_at = True, None
+            self.drain_until = now + self.cfg.drain_time if drain else None
             self.warnings.pop("profile_error", None)
         elif not self.hyst.active and self.applied:
             self.applied = not self._remove(self.profile)
             self.flows_set = frozenset()
+            self.drain_until = None
+        if self.applied and self.drain_until is not None and now >= self.drain_until:
+            try:
+                self.profile.apply()  # the configured rates, changed in place
+                self.drain_until = None
+            except ProfileError as exc:
+                log.error("leaving the drain rates failed, will retry: %s", exc)
         if self.applied:
             tuples = self.detection.tuples if self.detection else frozenset()
             if tuples != self.flows_set:

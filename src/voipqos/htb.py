@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ class HtbProfile:
         self.applied = False
         self.classifier = "none"  # bpf | u32 | none
         self.leaf = ""
+        self.rate_scale = 1.0
         self._clf: Any = None  # bpf.Classifier while the BPF path runs
         self._alerts: dict[str, P.Alert] = {}
 
@@ -55,7 +57,11 @@ class HtbProfile:
         return ("egress", "ingress") if self.cfg.download > 0 else ("egress",)
 
     def _reconcile(self, classifier: str) -> None:
-        want = P.build(self.cfg, self.device, self.features, classifier, self.flows)
+        cfg = self.cfg
+        if self.rate_scale < 1:
+            cfg = replace(cfg, upload=max(1, int(cfg.upload * self.rate_scale)),
+                          download=int(cfg.download * self.rate_scale))
+        want = P.build(cfg, self.device, self.features, classifier, self.flows)
         self.tc.apply(P.diff(want, self.tc.observe(self.device)))
         self._alerts.pop("leaf_fallback", None)
         self._alerts.update((a.code, a) for a in want.alerts)
@@ -84,7 +90,8 @@ class HtbProfile:
             "install kmod-sched-bpf and tc-bpf (or tc-full)")
         return False
 
-    def apply(self) -> None:
+    def apply(self, rate_scale: float = 1.0) -> None:
+        self.rate_scale = rate_scale
         refusal = probe.foreign_shaper(self.device, self.tc.foreign(self.device))
         if refusal:
             self._alerts["other_shaper"] = P.Alert("other_shaper", refusal,

@@ -5,7 +5,10 @@ every backend keeps and the kernel tests check:
 - `apply()` and `remove()` are idempotent; `remove()` touches only what voipqos made;
 - a failing `apply()` raises ProfileError after undoing its partial work, so the line
   is never left half-built or throttled by accident;
-- `set_flows()` replaces the classifier's table of call 5-tuples (both directions).
+- `set_flows()` replaces the classifier's table of call 5-tuples (both directions);
+- `apply(rate_scale)` with a scale below 1 shapes that much below the configured rates
+  (the daemon's drain burst right after switching on); backends that do not own the
+  rates (sqm) ignore it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ class ProfileError(RuntimeError):
 class Profile(Protocol):
     name: str
 
-    def apply(self) -> None: ...
+    def apply(self, rate_scale: float = 1.0) -> None: ...
 
     def remove(self) -> None: ...
 
@@ -44,7 +47,7 @@ class LogProfile:
         self.applied = False
         self.flows: frozenset[FiveTuple] = frozenset()
 
-    def apply(self) -> None:
+    def apply(self, rate_scale: float = 1.0) -> None:
         if not self.applied:
             log.info("profile on (log backend: nothing shaped)")
         self.applied = True

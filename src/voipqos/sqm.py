@@ -102,7 +102,8 @@ class SqmProfile:
             raise ProfileError(f"{self.run_sh} {action} {iface}: {why[-1]}")
 
     # ---- Profile ----
-    def apply(self) -> None:
+    def apply(self, rate_scale: float = 1.0) -> None:
+        """Enable and (re)start the queue; its rates are sqm's own, so no rate_scale."""
         iface, old = self._set_enabled(True)
         try:
             if old != "1" or not (self.state_dir / f"{iface}.state").exists():
