@@ -242,6 +242,20 @@ def test_failed_apply_rolls_back(lab: Lab) -> None:
     assert IFB in lab.links()
 
 
+def test_drain_burst_rates_then_configured_rates_in_place(lab: Lab) -> None:
+    prof = lab.profile()
+    prof.apply(0.5)
+    tc = Tc(lab.ns)
+    handles = {getattr(o, "handle", None) for o in tc.observe(netns.ROUTER_WAN_DEV).objects}
+    ifb_index = tc.index(IFB)
+    assert lab.classes()["5651:1"]["rate"] == 5_000_000 // 8
+    prof.apply()
+    assert lab.classes()["5651:1"]["rate"] == 10_000_000 // 8
+    assert tc.index(IFB) == ifb_index
+    assert {getattr(o, "handle", None)
+            for o in tc.observe(netns.ROUTER_WAN_DEV).objects} == handles
+
+
 def test_switch_time_is_short(lab: Lab) -> None:
     """Not a benchmark (see bench/profile_switch.py): a sanity bound only."""
     prof = lab.profile()
