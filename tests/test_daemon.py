@@ -184,3 +184,14 @@ def test_drain_burst_then_configured_rates(rig):
     assert prof.log[-1] == "apply"  # configured rates, in place
     tick(3)
     assert prof.log.count("apply") == 1
+
+
+def test_reload_during_a_call_changes_rates_in_place_without_drain(rig):
+    d, script, prof, tick, _, path = rig
+    script.talking = True
+    tick(3)
+    assert d.applied and prof.log == ["apply"]
+    path.write_text(path.read_text().replace("drain_time '0'", "drain_time '2'")
+                    + "\toption upload '20000'\n")
+    d.reload()
+    assert d.applied and prof.log == ["apply", "apply"] and d.cfg.upload == 20000

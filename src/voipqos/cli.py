@@ -82,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(cfg.log_level, args.foreground)
     if args.dry_run:
         def factory(c: config.Config, dev: str):
-            return LogProfile()
+            return LogProfile(c)
     else:
         from .backends import make_profile as factory
     try:

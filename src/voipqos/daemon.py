@@ -81,7 +81,7 @@ class Daemon:
         self.call_started: dict[str, float] = {}
         self.applied = False
         self.apply_failed_at: float | None = None
-        self.drain_until: float | None = None
+        self.reapply_at: float | None = None  # re-apply the configured rates then
         self.flows_set: frozenset[FiveTuple] = frozenset()
         self.warnings: dict[str, dict[str, str]] = {}
         self.sides = Sides()
@@ -101,7 +101,12 @@ class Daemon:
         """Adopt a validated config: resolve the device, make the profile backend.
         Nothing is assigned until both succeeded, so a failure keeps the running state."""
         device = self.system.resolve(cfg.interface)
-        profile = self.profile_factory(cfg, device)
+        old = getattr(self, "profile", None)
+        if old is not None and (device, cfg.backend) == (self.device, self.cfg.backend):
+            profile = old  # same backend and device: keep its kernel handles, new rates
+            profile.cfg = cfg
+        else:
+            profile = self.profile_factory(cfg, device)
         self.cfg, self.device, self.profile = cfg, device, profile
         self.dcfg = DetectConfig.from_config(cfg)
         self.hyst.cfg = HysteresisConfig.from_config(cfg)
@@ -138,10 +143,11 @@ class Daemon:
         self.warnings.pop("config_rejected", None)
         log.info("config reloaded from %s", self.config_path)
         if self.applied:
-            # apply() reconciles, so on the same device rates change in place
             if old[1:] != (self.device, self.cfg.backend):
                 self._remove(old[0])
-            self.applied = False
+                self.applied = False
+            else:  # apply() reconciles: the new rates are changed in place, no drain
+                self.reapply_at = self.clock()
             self.flows_set = frozenset()
             self._sync_profile(self.clock())
         return {"reloaded": True}
@@ -234,18 +240,18 @@ class Daemon:
                     "profile_error", str(exc), "run `voipqos check` for missing features")
                 return
             self.applied, self.apply_failed_at = True, None
-            self.drain_until = now + self.cfg.drain_time if drain else None
+            self.reapply_at = now + self.cfg.drain_time if drain else None
             self.warnings.pop("profile_error", None)
         elif not self.hyst.active and self.applied:
             self.applied = not self._remove(self.profile)
             self.flows_set = frozenset()
-            self.drain_until = None
-        if self.applied and self.drain_until is not None and now >= self.drain_until:
+            self.reapply_at = None
+        if self.applied and self.reapply_at is not None and now >= self.reapply_at:
             try:
                 self.profile.apply()  # the configured rates, changed in place
-                self.drain_until = None
+                self.reapply_at = None
             except ProfileError as exc:
-                log.error("leaving the drain rates failed, will retry: %s", exc)
+                log.error("re-applying the configured rates failed, will retry: %s", exc)
         if self.applied:
             tuples = self.detection.tuples if self.detection else frozenset()
             if tuples != self.flows_set:

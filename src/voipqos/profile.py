@@ -17,6 +17,7 @@ import logging
 from collections.abc import Collection
 from typing import Any, Protocol
 
+from .config import Config
 from .detect import FiveTuple
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class ProfileError(RuntimeError):
 
 class Profile(Protocol):
     name: str
+    cfg: Config  # replaced on a reload that keeps backend and device
 
     def apply(self, rate_scale: float = 1.0) -> None: ...
 
@@ -43,7 +45,8 @@ class LogProfile:
 
     name = "log"
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: Config | None = None) -> None:
+        self.cfg = cfg
         self.applied = False
         self.flows: frozenset[FiveTuple] = frozenset()
 
