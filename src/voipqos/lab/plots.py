@@ -35,11 +35,17 @@ def latency_over_time(results: list[dict[str, Any]], path: Path, subtitle: str) 
                             rotation=90, va="top", ha="right", fontsize=8)
         ax.axvline(res["call"]["end"] - first, color=COLORS.get(res["name"]), ls=":", lw=1)
     ax.set_yscale("log")
-    ax.set_xlabel("seconds since the call's first media packet (dotted: call end)")
-    ax.set_ylabel("VoIP round-trip time, ms (irtt, log scale)")
-    ax.set_title(f"Call latency under a saturated line\n{subtitle}", fontsize=10)
+    _finish(fig, ax, path, "seconds since the call's first media packet (dotted: call end)",
+            "VoIP round-trip time, ms (irtt, log scale)",
+            f"Call latency under a saturated line\n{subtitle}", "center right")
+
+
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="center right")
+    ax.legend(loc=legend)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -59,11 +65,5 @@ def latency_cdf(results: list[dict[str, Any]], path: Path, subtitle: str) -> Non
                 ax.plot(ys, [(i + 1) / len(ys) for i in range(len(ys))], ls=ls,
                         color=COLORS.get(res["name"]), label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("VoIP round-trip time, ms (log scale)")
-    ax.set_ylabel("fraction of packets")
-    ax.set_title(f"Latency CDF\n{subtitle}", fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish(fig, ax, path, "VoIP round-trip time, ms (log scale)", "fraction of packets",
+            f"Latency CDF\n{subtitle}", "lower right")
