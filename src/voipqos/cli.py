@@ -7,6 +7,7 @@ or usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import logging.handlers
@@ -178,10 +179,14 @@ def _client(args: argparse.Namespace):
 def _call(args: argparse.Namespace, method: str, params: dict[str, Any] | None = None) -> dict:
     from .rpc_client import RpcError
 
+    client = _client(args)
     try:
-        return _client(args).call(method, params or {})
+        return client.call(method, params or {})
     except RpcError as exc:
         raise CliError(str(exc)) from None
+    finally:  # a router keeps sessions until they expire: end ours
+        with contextlib.suppress(RpcError):
+            client.logout()
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -16,7 +16,6 @@ from functools import lru_cache
 
 PROC_PATH = "/proc/net/nf_conntrack"
 ACCT_SYSCTL = "/proc/sys/net/netfilter/nf_conntrack_acct"
-FLAGS = frozenset({"ASSURED", "UNREPLIED", "OFFLOAD", "HW_OFFLOAD", "SEEN_REPLY"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,7 +153,6 @@ class Topology:
 
 # Addresses of the three-host lab: lan -- router -- wan
 LAN_NET4, LAN_NET6 = "192.168.77.0/24", "fd77::/64"
-WAN_NET4, WAN_NET6 = "198.51.100.0/24", "2001:db8:77::/64"
 LAN_HOST4, LAN_HOST6 = "192.168.77.2", "fd77::2"
 ROUTER_LAN4, ROUTER_LAN6 = "192.168.77.1", "fd77::1"
 ROUTER_WAN4, ROUTER_WAN6 = "198.51.100.1", "2001:db8:77::1"
