@@ -253,6 +253,30 @@ def test_ingress_qdisc_is_used_for_ingress_but_has_no_egress(topo, obj, tmp_path
     assert "ingress ffff:" in t.exec("router", "tc qdisc show dev wan0").stdout
 
 
+def test_next_to_sqm_egress_goes_on_the_root_qdisc_and_marks_ef(topo, obj, tmp_path: Path):
+    """sqm's download redirect uses a plain `ingress` qdisc, so clsact (and its egress
+    hook) cannot be added: the egress classifier goes on the root qdisc instead, where
+    the shaper (HTB here, as sqm's simple.qos; cake alike) runs it before choosing."""
+    t = topo
+    t.exec("router", "tc qdisc add dev wan0 handle ffff: ingress")
+    htb(t, "wan0")
+    c = bpf.Classifier(str(tmp_path / "bpffs"), obj, netns=t.ns("router"))
+    try:
+        c.attach("wan0", "egress")
+        c.attach("wan0", "ingress")
+        c.set_rules(0, True, False, [])  # as the SQM backend: mark only
+        send(t, "lan", netns.LAN_HOST4, 40000, netns.WAN_HOST4, 5004, n=1)
+        c.set_flows(call_tuples(t, 40000))
+        cap = Capture(t, "wan", N)
+        send(t, "lan", netns.LAN_HOST4, 40000, netns.WAN_HOST4, 5004)
+        assert all(tos == 0xB9 and ok for _, _, tos, ok in cap.packets())
+        assert "voipqos_eth" in t.exec("router", "tc filter show dev wan0 parent 1:").stdout
+    finally:
+        c.close()
+    assert "bpf" not in t.exec("router", "tc filter show dev wan0 parent 1:").stdout
+    assert "ingress ffff:" in t.exec("router", "tc qdisc show dev wan0").stdout
+
+
 def test_detach_of_a_vanished_device_is_quiet(topo, obj, tmp_path: Path) -> None:
     t = topo
     t.exec("router", "ip link add vq0 type veth peer name vq1")

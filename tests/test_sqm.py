@@ -120,3 +120,40 @@ def test_bad_section(tree: Path, device: str, opts: dict, msg: str) -> None:
 def test_missing_sqm(tmp_path: Path) -> None:
     with pytest.raises(ProfileError, match="is sqm-scripts installed"):
         make(tmp_path).apply()
+
+
+# run.sh standing in for sqm's simple.qos in a namespace: an HTB root for upload and the
+# plain `ingress` qdisc sqm uses for its download redirect
+KERNEL_RUN_SH = """#!/bin/sh
+case "$1" in
+  start) ip netns exec {ns} tc qdisc replace dev $2 root handle 1: htb default 20
+         ip netns exec {ns} tc qdisc add dev $2 handle ffff: ingress
+         touch {state}/$2.state ;;
+  stop)  ip netns exec {ns} tc qdisc del dev $2 root 2>/dev/null
+         ip netns exec {ns} tc qdisc del dev $2 ingress 2>/dev/null
+         rm -f {state}/$2.state ;;
+esac
+exit 0
+"""
+
+
+@pytest.mark.kernel
+def test_real_classifier_marks_both_hooks_next_to_sqm(tree: Path) -> None:
+    from voipqos.lab import netns
+
+    (tree / "sqm").write_text(SQM_CONF.replace("'eth1'", "'wan0'"))
+    with netns.three_hosts("vqs-") as t:
+        (tree / "run.sh").write_text(KERNEL_RUN_SH.format(ns=t.ns("router"),
+                                                          state=tree / "state"))
+        prof = SqmProfile(config.from_options({"backend": "sqm"}), "wan0",
+                          str(tree / "bpffs"), config_path=str(tree / "sqm"),
+                          run_sh=str(tree / "run.sh"), state_dir=str(tree / "state"),
+                          netns=t.ns("router"))
+        prof.apply()
+        assert prof.status()["classifier"] == "bpf", prof.status()
+        assert "voipqos_eth" in t.exec("router", "tc filter show dev wan0 parent 1:").stdout
+        assert "voipqos_eth" in t.exec("router", "tc filter show dev wan0 ingress").stdout
+        prof.remove()
+        assert "bpf" not in t.exec("router", "tc filter show dev wan0 ingress",
+                                   check=False).stdout
+        assert "htb" not in t.exec("router", "tc qdisc show dev wan0").stdout

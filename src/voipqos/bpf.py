@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 OBJECT_DIRS = ("/usr/lib/voipqos/bpf",)
 HOOKS = ("egress", "ingress")
+# root qdiscs the kernel sets up by itself: no place for a filter
+DEFAULT_ROOTS = {"noqueue", "pfifo_fast", "mq", "fq_codel", "fq", "noop"}
 PREF = 1          # our filter runs first; later filters (IFB redirect) still see the packet
 HANDLE = 1
 MAX_RANGES = 16   # VOIPQOS_MAX_RANGES in voipqos.c
@@ -300,14 +302,31 @@ class Classifier:
             raise BpfError(f"device {dev} not found")
         return "tc" if link.get("link_type") == "ether" else "tc_l3"
 
-    def _our_filter(self, dev: str, hook: str) -> dict | None:
+    def _where(self, dev: str, hook: str, qdiscs: list[dict] | None = None) -> list[str]:
+        """Where the hook's filter sits: clsact's (or an ingress qdisc's) hook, or, for
+        egress next to a plain `ingress` qdisc (sqm's download redirect; clsact cannot be
+        added then), a filter on the device's root qdisc: cake and sqm's HTB run their
+        filters before picking a tin/class, so the EF mark still counts."""
+        if qdiscs is None:
+            qdiscs = self._json("qdisc", "show", "dev", dev)
+        kinds = {q.get("kind") for q in qdiscs}
+        if hook != "egress" or "clsact" in kinds or "ingress" not in kinds:
+            return [hook]
+        root = next((q for q in qdiscs if q.get("root")), None)
+        if root is None or root.get("kind") in DEFAULT_ROOTS:
+            raise BpfError(f"{dev} has an ingress qdisc, not clsact, and no root qdisc to "
+                           "hold the egress classifier")
+        return ["parent", root["handle"]]
+
+    def _our_filter(self, dev: str, where: list[str]) -> dict | None:
         """Our filter at PREF, None if the slot is free; BpfError if someone else's is there."""
-        for f in self._json("filter", "show", "dev", dev, hook, "pref", str(PREF)):
+        for f in self._json("filter", "show", "dev", dev, *where, "pref", str(PREF)):
             opts = f.get("options")
             if opts is None:
                 continue
             if f.get("kind") != "bpf" or opts.get("prog", {}).get("name") not in PROG_NAMES:
-                raise BpfError(f"{dev} {hook}: pref {PREF} holds another filter ({f.get('kind')})")
+                raise BpfError(f"{dev} {' '.join(where)}: pref {PREF} holds another filter "
+                               f"({f.get('kind')})")
             return f
         return None
 
@@ -317,18 +336,16 @@ class Classifier:
         if hook not in HOOKS:
             raise BpfError(f"hook {hook!r}: must be egress or ingress")
         obj = self.obj or find_object()
-        kinds = {q.get("kind") for q in self._json("qdisc", "show", "dev", dev)}
+        qdiscs = self._json("qdisc", "show", "dev", dev)
+        where = self._where(dev, hook, qdiscs)
         created = False
-        if "clsact" not in kinds:
-            if hook == "egress" and "ingress" in kinds:
-                raise BpfError(f"{dev} has an ingress qdisc, not clsact: no egress hook")
-            if "ingress" not in kinds:
-                self._tc("qdisc", "add", "dev", dev, "clsact")
-                created = True
+        if not {q.get("kind") for q in qdiscs} & {"clsact", "ingress"}:
+            self._tc("qdisc", "add", "dev", dev, "clsact")
+            created = True
         try:
             self._ensure_bpffs()
-            self._our_filter(dev, hook)
-            self._tc("filter", "replace", "dev", dev, hook, "pref", str(PREF), "handle",
+            self._our_filter(dev, where)
+            self._tc("filter", "replace", "dev", dev, *where, "pref", str(PREF), "handle",
                      str(HANDLE), "bpf", "da", "obj", str(obj), "sec", self._section(dev))
         except BpfError:
             if created:  # leave the device as we found it
@@ -343,8 +360,9 @@ class Classifier:
         that is gone counts as detached."""
         self.attached.discard((dev, hook))
         try:
-            if self._our_filter(dev, hook):
-                self._tc("filter", "del", "dev", dev, hook, "pref", str(PREF),
+            where = self._where(dev, hook)
+            if self._our_filter(dev, where):
+                self._tc("filter", "del", "dev", dev, *where, "pref", str(PREF),
                          "handle", str(HANDLE), "bpf")
             if dev in self._own_clsact and not any(
                     self._json("filter", "show", "dev", dev, h) for h in HOOKS):
@@ -356,7 +374,7 @@ class Classifier:
 
     def prog_id(self, dev: str, hook: str) -> int:
         """Kernel id of our program on (dev, hook), for bpftool and BPF_PROG_TEST_RUN."""
-        f = self._our_filter(dev, hook)
+        f = self._our_filter(dev, self._where(dev, hook))
         if f is None:
             raise BpfError(f"{dev} {hook}: classifier not attached")
         return int(f["options"]["prog"]["id"])

@@ -125,19 +125,24 @@ class SqmProfile:
             return
         try:  # voice class 0: cake/simple.qos pick the tin from the EF mark
             self._clf = bpf.start(bpf.Classifier(self.pin_dir, self.bpf_obj, self.netns),
-                                  self.device, ("egress",), 0, self.cfg.dscp_mark,
+                                  self.device, self._hooks(), 0, self.cfg.dscp_mark,
                                   self.cfg.trust_ef, self.cfg.voice_ports, self.flows)
         except bpf.BpfError as exc:
             self._no_marking(str(exc))
             return
         self._alerts.pop("bpf_fallback", None)
 
+    def _hooks(self) -> tuple[str, ...]:
+        """Egress always; ingress too when sqm shapes download, so the EF mark is set
+        before sqm's redirect to its IFB (our filter runs first, at pref 1)."""
+        download = self._queue(self._load()).options.get("download", "0")
+        return ("egress", "ingress") if download not in ("", "0") else ("egress",)
+
     def _no_marking(self, why: str) -> None:
         log.warning("EF marking unavailable with sqm: %s", why)
         self._alerts["bpf_fallback"] = Alert(
             "bpf_fallback", f"calls are not marked EF, sqm shapes without priority: {why}",
-            "install kmod-sched-bpf and tc-bpf; with download shaping sqm's ingress qdisc "
-            "leaves no egress hook on older setups")
+            "install kmod-sched-bpf and tc-bpf (or tc-full)")
 
     def remove(self) -> None:
         self._stop_marking()
@@ -153,7 +158,8 @@ class SqmProfile:
         clf = self._clf or bpf.Classifier(self.pin_dir, self.bpf_obj, self.netns)
         self._clf = None
         try:
-            clf.detach(self.device, "egress")
+            for dev, hook in sorted(clf.attached) or [(self.device, "egress")]:
+                clf.detach(dev, hook)
             clf.close()
         except bpf.BpfError as exc:
             log.warning("classifier removal: %s", exc)
