@@ -163,7 +163,7 @@ def test_objects_are_bpf_elf_with_both_sections(objects: Path, name: str, endian
 
 def test_both_sections_pass_the_verifier(loaded) -> None:
     c, _, _ = loaded
-    names = [c._our_filter(dev, "egress")["options"]["bpf_name"] for dev in ("d0", "t0")]
+    names = [c._our_filter(dev, ["egress"])["options"]["bpf_name"] for dev in ("d0", "t0")]
     assert names == ["voipqos-bpfel.o:[tc]", "voipqos-bpfel.o:[tc_l3]"]
 
 
