@@ -87,7 +87,9 @@ def test_call_detected_within_three_polls_and_dropped_after_hold(lab, tmp_path):
     assert took <= 3.5, f"call reported after {took:.1f} s (> 3 polls)"
     doc, _ = wait_for(lambda d: d["state"] == "on", 4, conf)
     time.sleep(1.2)  # a full poll interval: the first rate of a new entry is partial
-    call = status(conf)["calls"][0]
+    doc = status(conf)
+    assert doc["traffic"]["tx_bytes"] > 0 and doc["traffic"]["rx_packets"] > 0  # wan0's own
+    call = doc["calls"][0]
     assert call["lan_host"] == netns.LAN_HOST4 and call["far_host"] == netns.WAN_HOST4
     assert call["lan_known"] and 40 <= call["pps_out"] <= 60 and 40 <= call["pps_in"] <= 60
     # the stream stops after 8 s; the conntrack entry lingers with frozen counters

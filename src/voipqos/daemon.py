@@ -301,6 +301,7 @@ class Daemon:
                 {"at": self._wall(t.at), "state": str(t.state), "active": t.active,
                  "reason": t.reason} for t in reversed(self.hyst.transitions)],
             "profile": {k: v for k, v in prof.items() if k != "warnings"},
+            "traffic": self._traffic(),
             "warnings": warnings,
             "metrics": {
                 "cpu_percent": self.cpu_percent,
@@ -313,6 +314,15 @@ class Daemon:
             },
             "config": to_dict(self.cfg),
         }
+
+    def _traffic(self) -> dict[str, int] | None:
+        """The WAN device's own counters (rx = download), for throughput graphs that
+        also cover the time the profile is off."""
+        io = psutil.net_io_counters(pernic=True).get(self.device)
+        if io is None:
+            return None
+        return {"rx_bytes": io.bytes_recv, "tx_bytes": io.bytes_sent,
+                "rx_packets": io.packets_recv, "tx_packets": io.packets_sent}
 
     def _call_doc(self, c: Call, now: float) -> dict[str, Any]:
         started = self.call_started.get(c.id, now)

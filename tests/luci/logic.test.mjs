@@ -56,6 +56,9 @@ test('readCounters and graphSample: voice vs voice+other', () => {
 	assert.deepEqual(r2.total, { t: 2, packets: 100, bytes: 125000 });
 	assert.deepEqual(logic.graphSample(r1, r2, true), { t: 2, voice: 80, total: 1000, on: true });
 	assert.deepEqual(logic.graphSample(null, r1, false), { t: 1, voice: 0, total: 0, on: false });
+	// the WAN device's traffic, when reported, is the total (also while the profile is off)
+	const dev = { traffic: { rx_bytes: 1000, tx_bytes: 500, rx_packets: 3, tx_packets: 2 } };
+	assert.deepEqual(logic.readCounters(dev, 7).total, { t: 7, packets: 5, bytes: 1500 });
 	// a status without a profile section (daemon starting) reads as zeros
 	assert.deepEqual(logic.readCounters({}, 5).voice, { t: 5, packets: 0, bytes: 0 });
 });

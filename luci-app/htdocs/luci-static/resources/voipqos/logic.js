@@ -139,15 +139,22 @@ return baseclass.extend({
 		return { pps: dp / dt, kbps: db * 8 / 1000 / dt };
 	},
 
-	/* The counter readings of one status document, stamped with the time it was read. */
+	/*
+	 * The counter readings of one status document, stamped with the time it was read.
+	 * Total is the WAN device's own traffic (both ways) when the daemon reports it, so the
+	 * graph shows the line while the profile is off too; else voice + other.
+	 */
 	readCounters: function(status, t) {
 		var c = (status && status.profile && status.profile.counters) || {},
-		    voice = c.voice || {}, other = c.other || {};
+		    voice = c.voice || {}, other = c.other || {},
+		    dev = status && status.traffic;
 		return {
 			t: t,
 			voice: { t: t, packets: num(voice.packets), bytes: num(voice.bytes) },
-			total: { t: t, packets: num(voice.packets) + num(other.packets),
-			         bytes: num(voice.bytes) + num(other.bytes) }
+			total: dev ? { t: t, packets: num(dev.rx_packets) + num(dev.tx_packets),
+			               bytes: num(dev.rx_bytes) + num(dev.tx_bytes) }
+			           : { t: t, packets: num(voice.packets) + num(other.packets),
+			               bytes: num(voice.bytes) + num(other.bytes) }
 		};
 	},
 
