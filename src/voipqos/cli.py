@@ -260,7 +260,7 @@ def _num(v: float | None, fmt: str) -> str:
 
 def format_flows(doc: dict[str, Any]) -> str:
     out = [f"{doc['calls']} call(s); {len(doc['flows'])} flow(s)"
-           + (f" over {doc['interval']:g} s" if doc.get("interval") else ""),
+           + (f" over {doc['interval']:.1f} s" if doc.get("interval") else ""),
            f"{'VERDICT':<11}{'PROTO':<6}{'ORIG SRC -> DST':<52}{'PPS OUT/IN':>14}"
            f"{'SIZE OUT/IN':>13}  REASONS"]
     for f in doc["flows"]:

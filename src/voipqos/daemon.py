@@ -88,9 +88,8 @@ class Daemon:
         self.sides_at = -SIDES_REFRESH
         self.polls = 0
         self.poll_ms = 0.0
-        self.metrics_at = -METRICS_REFRESH
+        self.metrics_at: float | None = None
         self.process = psutil.Process()
-        self.process.cpu_percent(None)
         self.cpu_percent = 0.0
         self.send_event: Callable[[str, dict[str, Any]], None] = lambda event, data: None
         self._configure(cfg)
@@ -164,6 +163,8 @@ class Daemon:
             self.detection = detect(self.prev, snap, self.dcfg, self.sides)
             self.prev = snap
             self._note_offload(snap)
+        # what every poll costs (read + detect); switching the profile is the exception
+        self.poll_ms = (time.perf_counter() - start) * 1000
         calls = self.detection.calls if self.detection and snap is not None else ()
         self._track_calls(calls, now)
         was = self.hyst.active
@@ -172,8 +173,10 @@ class Daemon:
         if self.hyst.active != was:
             self._announce()
         self.polls += 1
-        self.poll_ms = (time.perf_counter() - start) * 1000
-        if now - self.metrics_at >= METRICS_REFRESH:
+        if self.metrics_at is None:  # start the CPU window after start-up's own work
+            self.process.cpu_percent(None)
+            self.metrics_at = now
+        elif now - self.metrics_at >= METRICS_REFRESH:
             self.cpu_percent = self.process.cpu_percent(None)
             self.metrics_at = now
 
