@@ -94,6 +94,8 @@ def test_call_switches_profile_on_and_off(rig):
     assert d.status()["calls"] and not d.applied  # one poll with a call, on_polls=2
     tick()
     assert d.applied and prof.log == ["apply"]
+    assert d.status()["calls"][0]["flow_list"] == [
+        {"proto": "udp", "src": LAN, "dst": FAR, "sport": 40000, "dport": 20000}]
     assert prof.flows == {(17, LAN, FAR, 40000, 20000), (17, FAR, WAN, 20000, 40000)}
     assert events[-1]["state"] == "start"
     script.talking = False

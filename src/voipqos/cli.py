@@ -238,6 +238,8 @@ def format_status(doc: dict[str, Any]) -> str:
                    f"out {c['pps_out']:.0f} pps {c['kbps_out']:.0f} kbit/s  "
                    f"in {c['pps_in']:.0f} pps {c['kbps_in']:.0f} kbit/s  "
                    f"{c['duration']:.0f} s{'  SIP' if c['sip'] else ''}")
+        out.extend(f"    {f['proto']} {f['src']}:{f['sport']} -> {f['dst']}:{f['dport']}"
+                   for f in c.get("flow_list", []))
     voice = prof.get("counters", {}).get("voice")
     if voice:
         out.append(f"voice class: {voice['packets']} packets, {voice['bytes']} bytes")

@@ -331,6 +331,8 @@ class Daemon:
         started = self.call_started.get(c.id, now)
         return {
             "id": c.id, "lan_host": c.lan_host, "far_host": c.far_host, "flows": len(c.flows),
+            "flow_list": [{"proto": k[0], "src": k[1], "dst": k[2], "sport": k[3], "dport": k[4]}
+                          for k in c.flows],
             "sip": c.sip, "lan_known": c.lan_known,
             "pps_out": round(c.out.pps, 1), "pps_in": round(c.inb.pps, 1),
             "kbps_out": round(c.out.bps * 8 / 1000, 1), "kbps_in": round(c.inb.bps * 8 / 1000, 1),
