@@ -113,3 +113,16 @@ def test_unreachable_daemon_is_one_line_exit_1(tmp_path):
     res = run_cli("status", "--config", str(conf))
     assert res.returncode == 1
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_endpoint_that_cannot_listen_is_one_line_and_nothing_applied(tmp_path):
+    busy = tmp_path / "not-a-socket"
+    busy.write_text("")
+    conf = tmp_path / "voipqos"
+    conf.write_text(f"config voipqos 'main'\n\toption interface 'lo'\n"
+                    f"\toption conntrack_acct '0'\n\toption run_dir '{tmp_path}/run'\n"
+                    f"\toption rpc_listen 'unix:{busy}'\n")
+    res = run_cli("run", "--foreground", "--dry-run", "--config", str(conf))
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1] == \
+        f"voipqos: rpc_listen: {busy} exists and is not a socket"

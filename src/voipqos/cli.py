@@ -92,9 +92,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(str(exc), 2) from None
     if not args.foreground:
         _daemonize()
+    from .endpoints import EndpointError
+
     try:
         return daemon.run(d)
-    except daemon.AlreadyRunning as exc:
+    except (daemon.AlreadyRunning, EndpointError) as exc:
         raise CliError(str(exc)) from None
 
 
