@@ -256,6 +256,17 @@ def test_drain_burst_rates_then_configured_rates_in_place(lab: Lab) -> None:
             for o in tc.observe(netns.ROUTER_WAN_DEV).objects} == handles
 
 
+def test_turning_download_off_detaches_the_ingress_classifier(lab: Lab) -> None:
+    prof = lab.profile()
+    prof.apply()
+    ingress = f"tc filter show dev {netns.ROUTER_WAN_DEV} ingress"
+    assert "voipqos_eth" in lab.topo.exec("router", ingress).stdout
+    prof.cfg = config.from_options({"upload": "10000", "download": "0"})  # a reload
+    prof.apply()
+    assert "voipqos_eth" not in lab.topo.exec("router", ingress, check=False).stdout
+    assert "vqi-" not in lab.topo.exec("router", "ip -o link show type ifb").stdout
+
+
 def test_switch_time_is_short(lab: Lab) -> None:
     """Not a benchmark (see bench/profile_switch.py): a sanity bound only."""
     prof = lab.profile()

@@ -106,8 +106,11 @@ class HtbProfile:
                 use_bpf = False
                 self._reconcile("u32")
             if self._clf is not None:  # hooks and rules may have changed with a reload
-                for hook in set(self._hooks()) - {h for _, h in self._clf.attached}:
+                have = {h for _, h in self._clf.attached}
+                for hook in set(self._hooks()) - have:
                     self._clf.attach(self.device, hook)
+                for hook in have - set(self._hooks()):  # download shaping turned off
+                    self._clf.detach(self.device, hook)
                 self._clf.set_rules(P.VOICE_CLASSID, self.cfg.dscp_mark, self.cfg.trust_ef,
                                     self.cfg.voice_ports)
             elif not use_bpf and "bpf_fallback" not in self._alerts:
