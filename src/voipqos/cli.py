@@ -19,7 +19,7 @@ from typing import Any
 
 from . import __version__, config
 from .conntrack import read_proc
-from .detect import DetectConfig, detect
+from .detect import DetectConfig, Detector
 
 DEFAULT_CONFIG = os.environ.get("VOIPQOS_CONFIG", config.DEFAULT_PATH)
 
@@ -151,7 +151,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         else config.defaults()
     before = read_proc(args.before, cfg.sip_ports, taken_at=0.0)
     after = read_proc(args.after, cfg.sip_ports, taken_at=args.interval)
-    det = detect(before, after, DetectConfig.from_config(cfg))
+    detector = Detector(DetectConfig.from_config(cfg))
+    detector.update(before)
+    det = detector.update(after, interval=args.interval)
     doc = flows_document(det)
     doc["malformed"] = before.malformed + after.malformed
     if args.json:

@@ -24,7 +24,7 @@ import psutil
 from . import __version__, conntrack, hostinfo
 from .api import Dispatcher, InvalidArgument
 from .config import Config, ConfigError, load, to_dict
-from .detect import Call, DetectConfig, Detection, FiveTuple, Flow, Sides, detect
+from .detect import Call, DetectConfig, Detection, Detector, FiveTuple, Flow, Sides
 from .hysteresis import Hysteresis, HysteresisConfig, Mode
 from .profile import Profile, ProfileError
 
@@ -76,7 +76,7 @@ class Daemon:
         self.clock = clock
         now = clock()
         self.hyst = Hysteresis(HysteresisConfig.from_config(cfg), now)
-        self.prev: conntrack.Snapshot | None = None
+        self.detector: Detector | None = None
         self.detection: Detection | None = None
         self.call_started: dict[str, float] = {}
         self.applied = False
@@ -107,7 +107,10 @@ class Daemon:
         else:
             profile = self.profile_factory(cfg, device)
         self.cfg, self.device, self.profile = cfg, device, profile
-        self.dcfg = DetectConfig.from_config(cfg)
+        dcfg = DetectConfig.from_config(cfg)
+        if self.detector is None:
+            self.detector = Detector(dcfg)
+        self.detector.cfg = dcfg
         self.hyst.cfg = HysteresisConfig.from_config(cfg)
         self.sides_at = -SIDES_REFRESH
         self._check_accounting()
@@ -160,8 +163,7 @@ class Daemon:
             self.sides_at = now
         snap = self._read(now)
         if snap is not None:
-            self.detection = detect(self.prev, snap, self.dcfg, self.sides)
-            self.prev = snap
+            self.detection = self.detector.update(snap, self.sides)
             self._note_offload(snap)
         # what every poll costs (read + detect); switching the profile is the exception
         self.poll_ms = (time.perf_counter() - start) * 1000
@@ -288,7 +290,7 @@ class Daemon:
         now = self.clock()
         prof = self.profile.status()
         warnings = [*self.warnings.values(), *prof.get("warnings", [])]
-        snap = self.prev
+        snap = self.detector.prev
         return {
             "version": __version__,
             "enabled": self.cfg.enabled,

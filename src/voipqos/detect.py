@@ -257,3 +257,19 @@ def detect(prev: Snapshot | None, cur: Snapshot, cfg: DetectConfig,
             tuples=frozenset(t for f in members for t in f.tuples()),
         ))
     return Detection(tuple(result), tuple(calls), interval)
+
+
+class Detector:
+    """Detection state across polls: the daemon and `voipqos analyze` feed it the same
+    snapshots in the same order, so offline analysis replays what the service decided."""
+
+    def __init__(self, cfg: DetectConfig) -> None:
+        self.cfg = cfg
+        self.prev: Snapshot | None = None
+
+    def update(self, snap: Snapshot, sides: Sides = Sides(),
+               interval: float | None = None) -> Detection:
+        """Account one snapshot (taken after the previous one) and decide on it."""
+        det = detect(self.prev, snap, self.cfg, sides, interval)
+        self.prev = snap
+        return det
