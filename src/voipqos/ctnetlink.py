@@ -56,31 +56,28 @@ def _attr(kind: int, payload: bytes) -> bytes:
     return data + b"\0" * (-len(data) % 4)
 
 
-def _dump_request(seq: int, family: int, filters: bytes = b"") -> bytes:
-    body = struct.pack("=BBH", family, 0, 0) + filters
-    return _HDR.pack(_HDR.size + len(body), CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
-
-
-def request(seq: int, family: int = socket.AF_UNSPEC, proto: int | None = None,
+def request(family: int = socket.AF_UNSPEC, proto: int | None = None,
             port: tuple[int, int] | None = None) -> bytes:
-    """A CT_GET dump request (AF_UNSPEC: both families); with `proto`, filtered in the
-    kernel to that protocol and, optionally, (CTA_PROTO_SRC_PORT or CTA_PROTO_DST_PORT,
-    port) of the original tuple. The kernel takes a filter only with a family."""
+    """The body of a CT_GET dump request (AF_UNSPEC: both families); with `proto`,
+    filtered in the kernel to that protocol and, optionally, (CTA_PROTO_SRC_PORT or
+    CTA_PROTO_DST_PORT, port) of the original tuple. The kernel takes a filter only with
+    a family."""
+    head = struct.pack("=BBH", family, 0, 0)
     if proto is None:
-        return _dump_request(seq, family)
+        return head
     l4 = _attr(CTA_PROTO_NUM, bytes([proto]))
     flags = FILTER_PROTO_NUM
     if port is not None:
         which, number = port
         l4 += _attr(which, _BE16.pack(number))
         flags |= FILTER_SRC_PORT if which == CTA_PROTO_SRC_PORT else FILTER_DST_PORT
-    return _dump_request(seq, family, _attr(CTA_TUPLE_ORIG | NLA_F_NESTED,
-                                    _attr(CTA_TUPLE_PROTO | NLA_F_NESTED, l4))
-                         + _attr(CTA_FILTER | NLA_F_NESTED,
-                                 _attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", flags))))
+    return head + (_attr(CTA_TUPLE_ORIG | NLA_F_NESTED,
+                         _attr(CTA_TUPLE_PROTO | NLA_F_NESTED, l4))
+                   + _attr(CTA_FILTER | NLA_F_NESTED,
+                           _attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", flags))))
 
 
-def _attrs(buf: memoryview, start: int, end: int) -> dict[int, tuple[int, int]]:
+def attr_spans(buf: memoryview, start: int, end: int) -> dict[int, tuple[int, int]]:
     """Attribute type -> (payload start, payload end) for one nesting level."""
     out = {}
     while start + 4 <= end:
@@ -100,12 +97,12 @@ def _ip(raw: bytes) -> str:
 
 def _tuple(buf: memoryview, span: tuple[int, int]) -> tuple[int, Tuple | None, int]:
     """(l4 proto number, Tuple or None if not UDP/TCP, tuple zone id or 0)."""
-    t = _attrs(buf, *span)
-    l4 = _attrs(buf, *t[CTA_TUPLE_PROTO])
+    t = attr_spans(buf, *span)
+    l4 = attr_spans(buf, *t[CTA_TUPLE_PROTO])
     num = buf[l4[CTA_PROTO_NUM][0]]
     if num not in (UDP, TCP):
         return num, None, 0
-    ip = _attrs(buf, *t[CTA_TUPLE_IP])
+    ip = attr_spans(buf, *t[CTA_TUPLE_IP])
     src, dst = (ip[1], ip[2]) if 1 in ip else (ip[3], ip[4])
     zone = _BE16.unpack_from(buf, t[CTA_TUPLE_ZONE][0])[0] if CTA_TUPLE_ZONE in t else 0
     return (num,
@@ -118,7 +115,7 @@ def _tuple(buf: memoryview, span: tuple[int, int]) -> tuple[int, Tuple | None, i
 def _counters(buf: memoryview, a: dict, kind: int) -> tuple[int | None, int | None]:
     if kind not in a:
         return None, None  # accounting was off when the entry was created
-    c = _attrs(buf, *a[kind])
+    c = attr_spans(buf, *a[kind])
     return _BE64.unpack_from(buf, c[1][0])[0], _BE64.unpack_from(buf, c[2][0])[0]
 
 
@@ -127,7 +124,7 @@ def decode(buf: memoryview, start: int, end: int) -> Entry | None:
     protocols other than UDP and TCP. Raises Malformed, KeyError, IndexError or
     struct.error on a message without what an entry must have."""
     family = {socket.AF_INET: 4, socket.AF_INET6: 6}[buf[start]]
-    a = _attrs(buf, start + 4, end)
+    a = attr_spans(buf, start + 4, end)
     num, orig, ozone = _tuple(buf, a[CTA_TUPLE_ORIG])
     if orig is None:
         return None
@@ -144,7 +141,7 @@ def decode(buf: memoryview, start: int, end: int) -> Entry | None:
         flags.add("ASSURED")
     state = ""
     if num == TCP and CTA_PROTOINFO in a:
-        tcp = _attrs(buf, *_attrs(buf, *a[CTA_PROTOINFO])[1])
+        tcp = attr_spans(buf, *attr_spans(buf, *a[CTA_PROTOINFO])[1])
         state = TCP_STATES[buf[tcp[1][0]]]
     # /proc omits the timeout of offloaded entries; match it
     timeout = 0 if status & IPS_OFFLOAD or CTA_TIMEOUT not in a else (
@@ -156,9 +153,12 @@ def decode(buf: memoryview, start: int, end: int) -> Entry | None:
                  timeout, frozenset(flags), state, mark, zone)
 
 
-def _dump(sock: socket.socket, req: bytes) -> Iterator[tuple[memoryview, int, int]]:
-    """Send one dump request; yield (buffer, body start, body end) per entry message."""
-    sock.send(req)
+def dump_messages(sock: socket.socket, kind: int, seq: int, body: bytes
+                  ) -> Iterator[tuple[memoryview, int, int]]:
+    """Send one netlink dump request of `kind` with `body`; yield (buffer, body start,
+    body end) per answer message (NLMSG_ERROR raises OSError)."""
+    sock.send(_HDR.pack(_HDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+              + body)
     buf = bytearray(RECV_SIZE)
     view = memoryview(buf)
     while True:
@@ -197,8 +197,8 @@ def read_netlink(sip_ports: Iterable[int] = (5060, 5061), taken_at: float = 0.0,
     ports = frozenset(sip_ports)
     wanted = [(UDP, None)] + [(TCP, (side, p)) for p in sorted(ports)
                               for side in (CTA_PROTO_DST_PORT, CTA_PROTO_SRC_PORT)]
-    requests = [request(i, family, proto, port) for i, (family, (proto, port)) in enumerate(
-        ((f, w) for f in (socket.AF_INET, socket.AF_INET6) for w in wanted), 1)]
+    requests = [request(family, proto, port)
+                for family in (socket.AF_INET, socket.AF_INET6) for proto, port in wanted]
     snap = Snapshot(taken_at=taken_at)
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
         if kernel_filter:
@@ -209,15 +209,15 @@ def read_netlink(sip_ports: Iterable[int] = (5060, 5061), taken_at: float = 0.0,
                 if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                     raise
             snap = Snapshot(taken_at=taken_at)
-        _collect(sock, [request(1)], ports, snap)
+        _collect(sock, [request()], ports, snap)
     return snap
 
 
 def _collect(sock: socket.socket, requests: list[bytes], ports: frozenset[int],
              snap: Snapshot) -> None:
     entries = snap.entries
-    for req in requests:
-        for buf, start, end in _dump(sock, req):
+    for seq, req in enumerate(requests, 1):
+        for buf, start, end in dump_messages(sock, CT_GET, seq, req):
             snap.lines += 1
             try:
                 e = decode(buf, start, end)
