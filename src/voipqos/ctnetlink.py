@@ -428,9 +428,13 @@ class Tracker:
         self.slice_s = min(SLICE_MAX_S, max(self.slice_s, self._work / CYCLE_POLLS))
         deadline = began + self.slice_s
         buf, view = self._buf, memoryview(self._buf)
+        restarted = False
         while time.perf_counter() < deadline:
             if self._dump is None:
                 if not self._queue:
+                    if restarted:
+                        break  # one cycle per poll at most: a small table costs little
+                    restarted = True
                     if self._cycle_start:
                         self.cycle_s = now - self._cycle_start
                         self.slice_s = min(SLICE_MAX_S, max(SLICE_MIN_S,
