@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from voipqos.tc import Tc
 
 pytestmark = pytest.mark.kernel
 
-PREFIX = "vqc-k"
+PREFIX = f"vqc{os.getpid() % 100000}-"  # unique: other worktrees run these too
 ROUTER = PREFIX + "router"
 IFB = P.ifb_name(netns.ROUTER_WAN_DEV)
 
@@ -374,3 +376,39 @@ def test_a_bug_in_apply_rolls_back_and_keeps_its_type(lab: Lab) -> None:
     with pytest.raises(AttributeError):  # not disguised as the kernel refusing
         tc.apply([P.Step("add", root), P.Step("add", broken)])
     assert tc.observe(wan).objects == ()
+
+
+TCP_UPLOAD = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], 5001))
+s.sendall(b"x" * 300_000)
+s.close()
+"""
+TCP_SINK = """
+import socket
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 5001))
+srv.listen(1)
+conn, _ = srv.accept()
+while conn.recv(65536):
+    pass
+"""
+
+
+def test_pure_acks_take_the_voice_class_with_pfifo_leaves(lab: Lab) -> None:
+    """An upload: its data segments are shaped in wan0's default class, the receiver's
+    pure ACKs coming back go through the IFB's voice class."""
+    feats = replace(lab.features, fq_codel=False)
+    cfg = config.from_options({"upload": "10000", "download": "20000"})
+    prof = HtbProfile(cfg, netns.ROUTER_WAN_DEV, lab.pins, tc=Tc(lab.ns), features=feats,
+                      netns=ROUTER, bpf_obj=Path("/nonexistent/voipqos.o"))
+    lab.made.append(prof)
+    prof.apply()
+    sink = lab.topo.popen("wan", [sys.executable, "-c", TCP_SINK])
+    time.sleep(0.3)
+    lab.topo.exec("lan", [sys.executable, "-c", TCP_UPLOAD, netns.WAN_HOST4])
+    sink.wait(timeout=10)
+    up, down = lab.classes(), lab.classes(IFB)
+    assert packets(up["5651:20"]) >= 150 > packets(up["5651:10"])  # the data segments
+    assert packets(down["5651:10"]) >= 50 > packets(down["5651:20"])  # the ACKs
