@@ -10,8 +10,9 @@ upload is saturated
 too (cubic), as in the lab: the download's ACKs queue behind it. Per setting the
 router gets the HTB profile of plan.py with its IFB default leaf replaced by
 KIND:LIMIT (pfifo / pfifo_head_drop packets, bfifo bytes) and the download shaped at
-SHARE % of the line. `off` is the same load with no profile (the baseline); `default` is
-plan.py's own tree. Printed per setting: p99 added one-way download delay (probe p99
+SHARE % of the line, plan.py's pure-ACK rules kept with +ack. `off` is the same load with
+no profile (the baseline), `default` plan.py's own tree, `before` the default before this
+bench (pfifo:74, no ACK rules). Printed per setting: p99 added one-way download delay (probe p99
 minus the idle line's median) and goodput as % of the shaped rate, median and spread
 (min–max) of --repeat runs, interleaved so drifts of the shared CPU hit every setting.
 Writes results.json and p99_vs_goodput.png.
@@ -49,10 +50,12 @@ class Setting:
     kind: str = ""  # "" = plan.py's own leaf; "off" = no profile
     limit: int = 0
     share: int = 90  # download shaped at this % of the line
-    ack: bool = False  # pure TCP ACKs in the upload's voice class (+ack)
+    ack: bool = False  # keep plan.py's pure-ACK rules (+ack); `default` always has them
 
     @classmethod
     def parse(cls, text: str) -> Setting:
+        if text == "before":  # the default before bench/download_latency.py: 50 ms, no ACKs
+            return cls(text, "pfifo", 74)
         if text.endswith("+ack"):
             s = cls.parse(text[:-4])
             return cls(text, s.kind, s.limit, s.share, True)
@@ -95,14 +98,13 @@ def shape(topo, s: Setting, line: Line) -> None:
     tc = Tc(NetNS(ns))
     try:
         want = P.build(lab_cfg(line, s.share), ROUTER_WAN_DEV, FEATURES, "u32")
+        if s.kind and not s.ack:  # without plan.py's pure-ACK rules
+            acks = (P.ACK4, P.ACK6)
+            want = P.Plan(tuple(o for o in want.objects if not (
+                isinstance(o, P.FilterGroup) and o.rules in acks)), want.alerts)
         tc.apply(P.diff(want, tc.observe(ROUTER_WAN_DEV)))
     finally:
         tc.close()
-    if s.ack:  # TCP, IP total length < 64, ACK flag only
-        topo.exec("router", f"tc filter add dev {ROUTER_WAN_DEV} parent {P.MAJOR:x}: prio 1 "
-                            "protocol ip u32 match ip protocol 6 0xff "
-                            "match u16 0x0000 0xffc0 at 2 match u8 0x10 0xff at 33 "
-                            f"flowid {P.MAJOR:x}:{P.VOICE:x}")
     if s.kind:
         topo.exec("router", f"tc qdisc replace dev {P.ifb_name(ROUTER_WAN_DEV)} "
                             f"parent {P.MAJOR:x}:{P.DEFAULT:x} "
@@ -165,8 +167,9 @@ def plot(rows: list[dict], path: Path, subtitle: str) -> None:
     plt.close(fig)
 
 
-DEFAULT_SETTINGS = ("off,default,pfifo:6,pfifo:10,pfifo:16,pfifo:24,pfifo:40,"
-                    "pfifo_head_drop:10,pfifo_head_drop:16,pfifo:10@85,pfifo:16@85,pfifo:10@95")
+DEFAULT_SETTINGS = ("off,before,default,pfifo:16,pfifo:24,pfifo:40,pfifo:12+ack,pfifo:16+ack,"
+                    "pfifo:24+ack,pfifo:32+ack,pfifo:74+ack,pfifo:20@85+ack,pfifo:24@80+ack,"
+                    "pfifo_head_drop:20+ack")
 
 
 def main() -> int:
