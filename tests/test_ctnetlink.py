@@ -4,6 +4,7 @@ a vqa- router namespace, where it must give exactly the Snapshot entries /proc g
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import sys
@@ -139,7 +140,7 @@ SEND = ("import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRA
 
 @pytest.mark.kernel
 def test_netlink_snapshot_equals_proc_in_a_router_namespace():
-    with netns.three_hosts("vqa-nl") as t:
+    with netns.three_hosts(f"vqa{os.getpid() % 100000}n-") as t:
         for args in INSERT:
             t.exec("router", f"conntrack -I {args}")
         sender = t.popen("lan", [sys.executable, "-c", SEND.format(dst=netns.WAN_HOST4)])
@@ -197,7 +198,7 @@ def test_tracker_watches_what_can_be_a_call_and_skips_idle_flows():
     their first poll to the last; idle entries never reach detection; a fresh entry with
     no more packets leaves after QUIET_POLLS; TCP on a SIP port stays; the entries are
     /proc's."""
-    with netns.three_hosts("vqa-tr") as t:
+    with netns.three_hosts(f"vqa{os.getpid() % 100000}t-") as t:
         for args in [*IDLE, FRESH, SIP_TCP]:
             t.exec("router", f"conntrack -I {args}")
         sender = t.popen("lan", [sys.executable, "-c", STREAMS.format(dst=netns.WAN_HOST4)])
