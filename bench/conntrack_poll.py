@@ -20,6 +20,7 @@ baseline. Times: median of --repeat runs, ms.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -259,19 +260,31 @@ def show(label: str, row: dict, base_rss: float) -> None:
 
 
 HASHSIZE = "/sys/module/nf_conntrack/parameters/hashsize"
+ROUTER_BUCKETS = 4096  # the kernel's default sizing for 128-256 MB of RAM
+
+
+@contextlib.contextmanager
+def router_hash(buckets: int = ROUTER_BUCKETS) -> Iterator[str]:
+    """The conntrack hash at `buckets` (global: all namespaces), restored afterwards;
+    yields the size it had."""
+    with open(HASHSIZE) as f:
+        before = f.read().strip()
+    try:
+        with open(HASHSIZE, "w") as f:
+            f.write(str(buckets))
+        yield before
+    finally:
+        with open(HASHSIZE, "w") as f:
+            f.write(before)
 
 
 def live(me: list[str], sizes: list[tuple[int, int]], hashsize: int, polls: int,
          base: float) -> None:
     from voipqos.lab.netns import WAN_HOST4, three_hosts
 
-    with open(HASHSIZE) as f:
-        before = f.read().strip()
-    print(f"live, router namespace, conntrack hash {hashsize} buckets (this VM: {before}); "
-          "tracker: 4 real 50 pps UDP flows + the table (ms):")
-    try:
-        with open(HASHSIZE, "w") as f:
-            f.write(str(hashsize))
+    with router_hash(hashsize) as before:
+        print(f"live, router namespace, conntrack hash {hashsize} buckets (this VM: "
+              f"{before}); tracker: 4 real 50 pps UDP flows + the table (ms):")
         for n, udp in sizes:
             with three_hosts("vqa-bench") as t:
                 t.exec("router", [*me, "--child", "fill", "--n", str(n), "--udp", str(udp)],
@@ -286,9 +299,6 @@ def live(me: list[str], sizes: list[tuple[int, int]], hashsize: int, polls: int,
                                  .stdout.splitlines()[-1])
                 row["n"] = n
                 show("  tracker", row, base)
-    finally:
-        with open(HASHSIZE, "w") as f:
-            f.write(before)
 
 
 def main() -> None:
@@ -296,7 +306,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000:100,5000:300,20500:500,60000:30000")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--polls", type=int, default=40)
-    ap.add_argument("--hashsize", type=int, default=4096)
+    ap.add_argument("--hashsize", type=int, default=ROUTER_BUCKETS)
     ap.add_argument("--no-kernel", action="store_true")
     ap.add_argument("--child", choices=("synthetic", "live", "tracker", "fill", "baseline"))
     ap.add_argument("--n", type=int, default=0)

@@ -8,7 +8,8 @@ the tc worker (the daemon's modules plus pyroute2 with an open IPRoute, held for
 daemon's whole life); and that design's real daemon (src/ of --before, by default the
 commit this branch started from, extracted with git archive) in the same rows. Each
 daemon (`voipqos run --foreground`) runs in a vqm- router namespace whose conntrack
-table holds TOTAL:UDP entries (bench/conntrack_poll.py's mix, plus 4 real 50 pps flows):
+table holds TOTAL:UDP entries (bench/conntrack_poll.py's mix, plus 4 real 50 pps flows;
+its router-sized hash):
 metrics.rss_bytes and poll_ms from `voipqos status` after --settle seconds of polls,
 then with the profile switched on (set_mode on; the tc worker's RSS beside it) and off
 again, then after --status-calls status requests (LuCI's 5 s poll for ~14 hours).
@@ -18,6 +19,7 @@ The interpreter running this script is the one measured (pyroute2 version printe
 from __future__ import annotations
 
 import argparse
+import itertools
 import subprocess
 import sys
 import tempfile
@@ -133,8 +135,9 @@ def main() -> int:
           f"{'+worker':>7} {'off':>5} {'after N status':>22} {'workers left':>12}")
     runs = [(source, ROOT / "src", "") for source in args.sources.split(",")]
     runs.append(("proc", before / "src", " (before)"))
-    for size in ((int(a), int(b)) for a, b in (x.split(":") for x in args.sizes.split(","))):
-        for source, src, label in runs:
+    sizes = [(int(a), int(b)) for a, b in (x.split(":") for x in args.sizes.split(","))]
+    with conntrack_poll.router_hash():
+        for size, (source, src, label) in itertools.product(sizes, runs):
             r = one(size, source, args, src)
             sc = r["status_calls"]
             print(f"{r['n']:>6}:{r['udp']:<6} {source + label:>13} {r['idle']['rss']:8.1f} "
