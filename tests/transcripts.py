@@ -20,8 +20,11 @@ def load(name: str) -> Any:
 
 def cli_status(row: dict[str, Any]) -> int:
     """The ubus status of a recorded `ubus call`, from the CLI's error line."""
-    m = re.search(r"\(([^)]+)\)$|Command failed: (.+)$", row["stderr"])
-    return 0 if not m else STATUS[m.group(1) or m.group(2)]
+    if not row["stderr"]:
+        return 0
+    m = re.search(r"\(([^()]+)\)$", row["stderr"]) or re.search(r"failed: (.+)$",
+                                                                 row["stderr"])
+    return STATUS[m.group(1)]
 
 
 def request_body(entry: dict[str, Any], sid: str) -> bytes:
