@@ -16,8 +16,11 @@ from test_rpc import stub_dispatcher
 from voipqos import rpc
 from voipqos.endpoints import MAX_BODY, EndpointError, Endpoints
 
+# a call the null session may make (it has only rpcd's `unauthenticated` group)
 STATUS = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "call",
-                     "params": [rpc.NULL_SESSION, "voipqos", "status", {}]}).encode()
+                     "params": [rpc.NULL_SESSION, "session", "access",
+                                {"scope": "ubus", "object": "voipqos",
+                                 "function": "status"}]}).encode()
 
 
 def post(body: bytes, extra: str = "") -> bytes:
@@ -70,7 +73,7 @@ def test_status_over_http(ep):
         resp = exchange(ep, s, post(STATUS))
     assert resp.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"Content-Type: application/json" in resp
-    assert body_of(resp) == {"jsonrpc": "2.0", "id": 1, "result": [0, {"state": "watching"}]}
+    assert body_of(resp) == {"jsonrpc": "2.0", "id": 1, "result": [0, {"access": False}]}
 
 
 def test_keep_alive_and_pipelining(ep):
