@@ -173,11 +173,12 @@ class UbusRpc:
                                                              **args})]
         except api.InvalidArgument as exc:
             log.warning("rpc: %s", exc)
-            return [STATUS_INVALID_ARGUMENT, {"error": str(exc)}]
+            return [STATUS_INVALID_ARGUMENT, {"error": str(exc), "status": STATUS_INVALID_ARGUMENT}]
         except Exception as exc:  # a handler bug must not take the daemon down
             log.error("rpc: %s.%s failed: %s: %s", api.OBJECT, method, type(exc).__name__,
                       exc)
-            return [STATUS_UNKNOWN_ERROR, {"error": f"{method} failed: {exc}"}]
+            return [STATUS_UNKNOWN_ERROR, {"error": f"{method} failed: {exc}",
+                                           "status": STATUS_UNKNOWN_ERROR}]
 
     def _session(self, method: str, args: dict[str, Any], sid: str) -> list[Any]:
         if method == "access":  # LuCI asks after a -32002; only `ubus` scope here

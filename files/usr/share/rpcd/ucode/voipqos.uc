@@ -38,15 +38,16 @@ function forward(method, defaults) {
 					return req.reply(reply);
 
 				/* the daemon answers a refusal as { error, status } with ubus status 9:
-				 * python-ubus cannot choose the status itself */
+				 * python-ubus cannot choose the status itself; the reply keeps both
+				 * (rpc.js hands a view the data, not the status) */
 				let status = (type(reply?.status) == 'int') ? reply.status : code;
 
-				req.reply(reply?.error ? { error: reply.error } : null, status);
+				req.reply(reply?.error ? { error: reply.error, status } : null, status);
 			});
 
 			if (deferred == null)
-				return req.reply({ error: 'the voipqos daemon is not running' },
-					UBUS_STATUS_NOT_FOUND);
+				return req.reply({ error: 'the voipqos daemon is not running',
+					status: UBUS_STATUS_NOT_FOUND }, UBUS_STATUS_NOT_FOUND);
 
 			return deferred;
 		}
