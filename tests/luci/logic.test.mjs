@@ -140,3 +140,16 @@ test('mode buttons send set_mode arguments the daemon accepts', () => {
 	assert.deepEqual(logic.modeArgs('auto'), { mode: 'auto', expires: 0 });
 	assert.throws(() => logic.modeArgs('maybe'));
 });
+
+test('replies tell not running from a failed call', () => {
+	assert.deepEqual(logic.classifyReply({ state: 'on' }), { kind: 'ok', message: '' });
+	// the rpcd plugin without a daemon; uhttpd without the plugin (tests/data/transcripts)
+	assert.equal(logic.classifyReply({ error: 'the voipqos daemon is not running', status: 4 }).kind, 'not_running');
+	assert.equal(logic.classifyReply(null, new Error('RPC call to voipqos/status failed with error -32000: Object not found')).kind, 'not_running');
+	assert.equal(logic.classifyReply(4).kind, 'not_running');
+	assert.deepEqual(logic.classifyReply({ error: 'set_mode: mode must be on, off or auto', status: 2 }),
+		{ kind: 'failed', message: 'set_mode: mode must be on, off or auto' });
+	assert.deepEqual(logic.classifyReply(2), { kind: 'failed', message: 'ubus status 2' });
+	assert.equal(logic.classifyReply(null, new Error('RPC call to voipqos/status failed with error -32002: Access denied')).kind, 'failed');
+	assert.equal(logic.classifyReply(undefined).kind, 'failed');
+});

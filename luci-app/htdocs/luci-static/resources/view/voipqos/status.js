@@ -13,10 +13,11 @@
  * daemon is always passed to E()/dom in an array: LuCI treats a bare string as markup.
  */
 
+/* No `expect`: a refusal's data ({ error, status }) or a bare status must reach
+ * logic.classifyReply, not be replaced by a default (docs/api.md). */
 var callStatus = rpc.declare({
 	object: 'voipqos',
-	method: 'status',
-	expect: { '': {} }
+	method: 'status'
 });
 
 var callSetMode = rpc.declare({
@@ -73,7 +74,16 @@ function table(headers, rows, emptyText) {
 
 return view.extend({
 	load: function() {
-		return L.resolveDefault(callStatus(), {});
+		return this.fetchStatus();
+	},
+
+	/* { reply, err } so a JSON-RPC error (rejected promise) is shown, not swallowed */
+	fetchStatus: function() {
+		return callStatus().then(function(reply) {
+			return { reply: reply };
+		}, function(err) {
+			return { err: err };
+		});
 	},
 
 	render: function(status) {
@@ -144,18 +154,27 @@ return view.extend({
 	},
 
 	refresh: function() {
-		return callStatus().then(L.bind(this.update, this));
+		return this.fetchStatus().then(L.bind(this.update, this));
 	},
 
-	update: function(st) {
-		var now = Date.now() / 1000;
+	update: function(answer) {
+		var now = Date.now() / 1000,
+		    st = answer.reply,
+		    verdict = logic.classifyReply(st, answer.err);
 
-		if (!st || !st.state) {
+		if (verdict.kind != 'ok') {
 			var b = logic.stateBadge(null);
 			this.badge.className = 'vq-badge ' + b.cls;
-			dom.content(this.badge, _('Not running'));
+			this.badge.setAttribute('data-state', verdict.kind);
 			dom.content(this.since, '');
-			dom.content(this.reason, _('The voipqos service does not answer. Start it with /etc/init.d/voipqos start.'));
+			if (verdict.kind == 'not_running') {
+				dom.content(this.badge, _('Not running'));
+				dom.content(this.reason, _('The voipqos service is not running. Start it with /etc/init.d/voipqos start.'));
+			}
+			else {
+				dom.content(this.badge, _('Error'));
+				dom.content(this.reason, [ _('The status call failed: %s').format(verdict.message) ]);
+			}
 			return;
 		}
 
@@ -228,12 +247,23 @@ return view.extend({
 	},
 
 	handleMode: function(mode) {
-		var args = logic.modeArgs(mode);
-		return callSetMode(args.mode, args.expires).then(L.bind(function(res) {
-			if (typeof res == 'number' && res !== 0)
-				ui.addNotification(null, E('p', _('Could not switch the mode: %s').format(rpc.getStatusText(res))), 'error');
-			return this.refresh();
-		}, this));
+		var args = logic.modeArgs(mode),
+		    refresh = L.bind(this.refresh, this);
+
+		function refused(reply, err) {
+			var verdict = logic.classifyReply(reply, err);
+			if (verdict.kind != 'ok')
+				ui.addNotification(null, E('p', { 'id': 'vq-mode-error' }, [
+					_('Could not switch the mode: %s').format(verdict.kind == 'not_running'
+						? _('the voipqos service is not running') : verdict.message) ]), 'error');
+			return refresh();
+		}
+
+		return callSetMode(args.mode, args.expires).then(function(reply) {
+			return refused(reply);
+		}, function(err) {
+			return refused(null, err);
+		});
 	},
 
 	handleSaveApply: null,
