@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+from voipqos.lab import netns
 
 ROOT = Path(__file__).resolve().parents[1]
 INIT = ROOT / "files/etc/init.d/voipqos"
@@ -33,16 +37,17 @@ def shell_files() -> list[Path]:
     return found
 
 
-def run_init(tmp_path: Path, action: str, uci: dict[str, str], shell: list[str]) -> list[str]:
+def run_init(tmp_path: Path, action: str, uci: dict[str, str], shell: list[str],
+             **env: str) -> list[str]:
     calls = tmp_path / "calls"
     calls.write_text("")
     script = (f". {STUBS}/procd.sh\n. {INIT}\n"
               'call "PROG=$PROG START=$START STOP=$STOP USE_PROCD=$USE_PROCD"\n'
               f"PROG=fake_voipqos\n{action}\n")
-    env = {"PATH": os.environ["PATH"], "CALLS": str(calls)}
+    env = {"PATH": os.environ["PATH"], "CALLS": str(calls), **env}
     env.update({f"UCI_{k.replace('.', '_')}": v for k, v in uci.items()})
     subprocess.run([*shell, "-c", script], env=env, check=True, stdin=subprocess.DEVNULL,
-                   timeout=10)
+                   timeout=10, cwd=tmp_path)
     return calls.read_text().splitlines()
 
 
@@ -71,22 +76,104 @@ def test_enabled_0_idles_and_removes_leftover_profile(tmp_path, shell):
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[-1])
-def test_stop_removes_profile_after_procd_killed_daemon(tmp_path, shell):
+def test_stop_waits_for_the_daemon_then_removes_what_is_left(tmp_path, shell):
     calls = run_init(tmp_path, "stop", ENABLED, shell)
-    assert calls[1:] == ["procd_kill", "logger -t voipqos voipqos remove"]
+    assert calls[1:] == ["procd_kill", "logger -t voipqos voipqos remove --wait 15"]
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[-1])
-def test_reload_reregisters_then_asks_daemon(tmp_path, shell):
-    calls = run_init(tmp_path, "reload", ENABLED, shell)
-    assert calls[1:] == ["open_service", *RUN, *TRIGGERS, "close_service",
-                         "ubus -t 5 call voipqos reload"]
+def test_reload_reregisters_then_signals_the_running_daemon(tmp_path, shell):
+    calls = run_init(tmp_path, "reload", ENABLED, shell, PROCD_RUNNING="1")
+    assert calls[1:] == ["procd_running voipqos", "open_service", *RUN, *TRIGGERS,
+                         "close_service", "procd_send_signal voipqos * HUP"]
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[-1])
+def test_reload_starts_a_stopped_daemon_without_signalling_it(tmp_path, shell):
+    """A daemon procd starts just now reads the config anyway; a SIGHUP before its
+    handler is set would kill it."""
+    calls = run_init(tmp_path, "reload", ENABLED, shell, PROCD_RUNNING="0")
+    assert calls[1:] == ["procd_running voipqos", "open_service", *RUN, *TRIGGERS,
+                         "close_service"]
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[-1])
+def test_reload_with_enabled_0_drops_the_instance_and_never_races_the_daemon(tmp_path, shell):
+    """procd stops the running daemon after the service is re-registered without an
+    instance; the remove before that does not wait (it would wait for itself) and, the
+    daemon still holding its lock, leaves the cleanup to it."""
+    calls = run_init(tmp_path, "reload", {**ENABLED, "voipqos.main.enabled": "0"}, shell,
+                     PROCD_RUNNING="1")
+    assert calls[1:] == ["procd_running voipqos", "open_service",
+                         "logger -t voipqos disabled (voipqos.main.enabled=0): not starting",
+                         "logger -t voipqos voipqos remove", *TRIGGERS, "close_service"]
+
+
+@pytest.mark.kernel
+def test_stop_right_after_sigterm_leaves_nothing_and_no_error(tmp_path):
+    """The real daemon shaping (HTB + IFB + BPF) in a namespace; the init script's stop
+    under busybox ash, its procd_kill sending the SIGTERM: `voipqos remove` runs at once,
+    as on a router, and must neither overlap the daemon's own removal nor fail."""
+    run_dir = tmp_path / "run"
+    conf = tmp_path / "voipqos"
+    conf.write_text(
+        f"config voipqos 'main'\n\toption interface '{netns.ROUTER_WAN_DEV}'\n"
+        f"\toption download '20000'\n\toption run_dir '{run_dir}'\n"
+        f"\toption rpc_listen 'unix:{run_dir}/rpc.sock'\n")
+    with netns.three_hosts("vqs-") as lab:
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return lab.exec("router", [sys.executable, "-m", "voipqos.cli", *args,
+                                       "--config", str(conf)], check=False)
+
+        def state() -> str:
+            """Root and clsact qdiscs of wan0, voipqos's IFB, BPF filters on wan0."""
+            return "".join(lab.exec("router", cmd).stdout for cmd in (
+                f"tc qdisc show dev {netns.ROUTER_WAN_DEV}", "ip -o link show type ifb",
+                f"tc filter show dev {netns.ROUTER_WAN_DEV} egress"))
+
+        def wait(pred, what: str) -> None:
+            deadline = time.monotonic() + 15
+            while not pred():
+                assert time.monotonic() < deadline, f"no {what} in 15 s"
+                time.sleep(0.1)
+
+        daemon = lab.popen("router", [sys.executable, "-m", "voipqos.cli", "run",
+                                      "--foreground", "--config", str(conf)])
+        wait(lambda: cli("on").returncode == 0, "daemon answering")
+        wait(lambda: all(w in state() for w in ("htb", "clsact", "vqi-", "voipqos")),
+             "profile on (BPF classifier: make bpf)")
+        # a second daemon is refused the lock and leaves the running one's profile alone
+        assert cli("run", "--foreground").returncode == 1
+        assert "htb" in state()
+        # nor does a remove without --wait: the daemon still holds its lock
+        res = cli("remove")
+        assert res.returncode == 1 and "already running" in res.stderr
+        assert "htb" in state()
+
+        prog = tmp_path / "voipqos-in-router"
+        prog.write_text(f'#!/bin/sh\nexec ip netns exec {lab.ns("router")} '
+                        f'{sys.executable} -m voipqos.cli "$@" --config {conf}\n')
+        prog.chmod(0o755)
+        calls = tmp_path / "calls"
+        calls.write_text("")
+        script = (f". {STUBS}/procd.sh\n. {INIT}\nPROG={prog}\n"
+                  f'procd_kill() {{ call procd_kill; kill -TERM {daemon.pid}; }}\nstop\n')
+        subprocess.run([*SHELLS[-1], "-c", script], check=True, timeout=60, cwd=tmp_path,
+                       env={"PATH": os.environ["PATH"], "CALLS": str(calls),
+                            "PYTHONPATH": str(ROOT / "src")})
+        assert daemon.wait(5) == 0
+        assert calls.read_text().splitlines() == [
+            "procd_kill", "logger -t voipqos voipqos: profile removed (htb)"]
+        assert not [w for w in ("htb", "clsact", "vqi-", "voipqos") if w in state()]
 
 
 @pytest.mark.parametrize(("iface", "uci", "trigger"), [
     ("wan", {}, None),  # no network.wan section: not a logical interface
     ("eth1", {}, None),  # a device name
     ("@wan6", {"network.wan6.TYPE": "interface"}, "wan6"),  # netifd alias syntax
+    ("pppoe-wan", {}, None),  # a device name: never passed to config_get's eval
+    ("eth0.2", {}, None),
+    ("$(touch${IFS}pwned)", {}, None),
     (None, {"network.wan.TYPE": "interface"}, "wan"),  # option unset: default wan
 ])
 def test_interface_trigger_only_for_logical_interfaces(tmp_path, iface, uci, trigger):
@@ -97,6 +184,7 @@ def test_interface_trigger_only_for_logical_interfaces(tmp_path, iface, uci, tri
              if c.startswith("interface_trigger")]
     want = [f"interface_trigger interface.* {trigger} /etc/init.d/voipqos reload"]
     assert calls == (want if trigger else [])
+    assert not (tmp_path / "pwned").exists()
 
 
 @pytest.mark.parametrize("path", shell_files(), ids=lambda p: str(p.relative_to(ROOT)))
