@@ -203,66 +203,53 @@ def test_shell_file_list_covers_what_ships():
 
 @pytest.fixture
 def defaults_env(tmp_path):
-    """Runs 90-voipqos in a private mount namespace where a scratch file stands in for
-    /proc/sys/net/netfilter/nf_conntrack_acct and a scratch dir for /etc/sysctl.d."""
-    acct, sysctl_d = tmp_path / "acct", tmp_path / "sysctl.d"
+    """Runs 90-voipqos in a private mount namespace where a scratch dir stands in for
+    /etc/sysctl.d, with the UCI stub."""
+    sysctl_d = tmp_path / "sysctl.d"
     sysctl_d.mkdir()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shutil.copy(STUBS / "uci", bin_dir / "uci")
-    (bin_dir / "logger").write_text('#!/bin/sh\necho "logger $*" >>"$CALLS"\n')
-    (bin_dir / "logger").chmod(0o755)
     state, calls = tmp_path / "uci", tmp_path / "calls"
 
-    def run(acct_value: str, uci_lines: list[str]) -> tuple[int, str]:
-        acct.write_text(acct_value + "\n")
+    def run(uci_lines: list[str]) -> int:
         state.write_text("".join(line + "\n" for line in uci_lines))
         calls.write_text("")
-        script = (f"mount --bind {acct} /proc/sys/net/netfilter/nf_conntrack_acct && "
-                  f"mount --bind {sysctl_d} /etc/sysctl.d && {' '.join(SHELLS[-1])} {DEFAULTS}")
+        script = f"mount --bind {sysctl_d} /etc/sysctl.d && {' '.join(SHELLS[-1])} {DEFAULTS}"
         env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls),
                "UCI_STATE": str(state)}
-        rc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                             script], env=env, timeout=10).returncode
-        return rc, acct.read_text().strip()
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               script], env=env, timeout=10).returncode
 
     return SimpleNamespace(run=run, state=state, sysctl_d=sysctl_d, calls=calls)
 
 
+LEGACY_SYSCTL = ("# voipqos: call detection needs conntrack counters\n"
+                 "net.netfilter.nf_conntrack_acct=1\n")
+
+
 @pytest.mark.kernel
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a mount namespace")
-def test_uci_defaults_turns_acct_on_and_persists_it(defaults_env):
+def test_uci_defaults_deletes_only_its_own_legacy_sysctl_file(defaults_env):
+    """0.1.0 wrote /etc/sysctl.d/90-voipqos.conf, owned by no package, left after
+    removal; the daemon turns accounting on itself, so the upgrade deletes that file
+    and never touches one the user wrote."""
     env = defaults_env
-    rc, acct = env.run("0", ["voipqos.main=voipqos"])
-    assert (rc, acct) == (0, "1")
     conf = env.sysctl_d / "90-voipqos.conf"
-    assert "net.netfilter.nf_conntrack_acct=1" in conf.read_text()
-    assert env.state.read_text() == "voipqos.main=voipqos\n"  # the user's config untouched
-
-
-@pytest.mark.kernel
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a mount namespace")
-def test_uci_defaults_respects_user_choices(defaults_env):
-    env = defaults_env
-    # conntrack_acct '0': voipqos must not touch the sysctl
-    rc, acct = env.run("0", ["voipqos.main=voipqos", "voipqos.main.conntrack_acct=0"])
-    assert (rc, acct) == (0, "0")
+    conf.write_text(LEGACY_SYSCTL)
+    assert env.run(["voipqos.main=voipqos"]) == 0
     assert not list(env.sysctl_d.iterdir())
-    # an existing sysctl.d entry is never rewritten
-    (env.sysctl_d / "90-voipqos.conf").write_text("# mine\n")
-    rc, acct = env.run("0", ["voipqos.main=voipqos"])
-    assert (rc, acct) == (0, "1")
-    assert (env.sysctl_d / "90-voipqos.conf").read_text() == "# mine\n"
+    assert env.state.read_text() == "voipqos.main=voipqos\n"  # the user's config untouched
+    conf.write_text(LEGACY_SYSCTL + "net.netfilter.nf_conntrack_helper=1\n")
+    assert env.run(["voipqos.main=voipqos"]) == 0
+    assert conf.read_text() == LEGACY_SYSCTL + "net.netfilter.nf_conntrack_helper=1\n"
 
 
 @pytest.mark.kernel
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a mount namespace")
 def test_uci_defaults_creates_missing_main_section_only(defaults_env):
     env = defaults_env
-    rc, acct = env.run("1", [])
-    assert (rc, acct) == (0, "1")
+    assert env.run([]) == 0
     assert env.state.read_text() == "voipqos.main=voipqos\n"
     assert "uci -q commit voipqos" in env.calls.read_text()
-    rc, _ = env.run("1", ["voipqos.main=voipqos", "voipqos.main.upload=5000"])
-    assert rc == 0
+    assert env.run(["voipqos.main=voipqos", "voipqos.main.upload=5000"]) == 0
     assert "set" not in env.calls.read_text()
+    assert not list(env.sysctl_d.iterdir())
