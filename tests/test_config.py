@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from voipqos import config
-from voipqos.uci import Section, UciSyntaxError, format_uci, parse_uci, quote
+from voipqos.uci import MAX_FILE, Section, UciSyntaxError, format_uci, parse_uci, quote
 
 SHIPPED = Path(__file__).parents[1] / "files/etc/config/voipqos"
 UCI_CASES = Path(__file__).parent / "data/uci/cases"
@@ -155,3 +156,72 @@ def test_readme_documents_every_option():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for opt in config.OPTIONS:
         assert f"| `{opt.name}`" in readme, opt.name
+
+
+# -- issues 14 and 16: the config as libuci reads it, bounded, every failure one line ----
+
+def load_error(path) -> str:
+    with pytest.raises(config.ConfigError) as exc:
+        config.load(path)
+    assert "\n" not in str(exc.value)
+    return str(exc.value)
+
+
+def test_same_named_sections_merge_later_options_override(tmp_path):
+    conf = tmp_path / "voipqos"
+    conf.write_text("config voipqos 'main'\n\toption upload '10000'\n\toption download '7'\n"
+                    "config voipqos 'main'\n\toption upload '20000'\n")
+    cfg = config.load(conf)
+    assert (cfg.upload, cfg.download) == (20000, 7)  # what `uci show` and LuCI show
+
+
+def test_same_name_other_type_is_refused(tmp_path):
+    conf = tmp_path / "voipqos"
+    conf.write_text("config voipqos 'main'\nconfig interface 'main'\n")
+    assert load_error(conf) == (f"{conf}:2: section of different type overwrites prior "
+                                "section with same name")
+
+
+@pytest.mark.parametrize("value", ["１２３４５", "١٢", "5²", "1e3", " 5"])
+def test_numbers_are_ascii_digits_only(value):
+    with pytest.raises(config.ConfigError, match=r"main\.upload: .* is not allowed"):
+        config.from_options({"upload": value})
+
+
+@pytest.mark.parametrize("data, line", [
+    (b"# caf\xe9\nconfig voipqos 'main'\n\toption interface 'caf\xe9'\n", 3),
+    (b"config voipqos 'main'\n\x89PNG\r\n\x1a\n\x00\x00\xff", 4),
+])
+def test_bytes_that_are_not_utf8_are_one_line_naming_the_line(tmp_path, data, line):
+    conf = tmp_path / "voipqos"
+    conf.write_bytes(data)
+    assert load_error(conf).startswith(f"{conf}:{line}: ")
+
+
+def test_a_latin1_comment_is_fine_as_for_uci(tmp_path):
+    conf = tmp_path / "voipqos"
+    conf.write_bytes(b"# r\xe9glages\nconfig voipqos 'main' # caf\xe9\n")
+    assert config.load(conf) == config.defaults()
+
+
+def test_only_regular_files_are_read(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # no writer: a plain open() would block forever
+    assert load_error(fifo) == f"{fifo}: cannot read config: not a regular file"
+    assert load_error(tmp_path).endswith("cannot read config: Is a directory")
+    assert "No such file" in load_error(tmp_path / "missing")
+
+
+def test_size_limit(tmp_path):
+    conf = tmp_path / "voipqos"
+    conf.write_bytes(b"config voipqos 'main'\n" + b"#" * MAX_FILE)
+    assert load_error(conf) == f"{conf}: cannot read config: larger than {MAX_FILE} bytes"
+
+
+def test_a_huge_value_is_quoted_by_a_short_prefix(tmp_path):
+    conf = tmp_path / "voipqos"
+    conf.write_text("config voipqos 'main'\n\toption upload '" + "9" * 1_000_000 + "'\n")
+    message = load_error(conf)  # linear: shlex took 18 s for this
+    assert message == "main.upload: '9999999999999999999999999999999999999999'... " \
+                      "(1000000 characters) is not allowed; expected a whole number from " \
+                      "0 to 10000000"

@@ -9,10 +9,8 @@ Every client has a deadline, so a slow or half-open client costs a socket, never
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
-import re
 import secrets
 import selectors
 import socket
@@ -22,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import api, rpc
+from . import api, config, rpc
 from .ubus import UbusObject
 
 log = logging.getLogger(__name__)
@@ -96,21 +94,11 @@ def response(code: int, reason: str, body: bytes, keep_alive: bool,
 
 
 def parse_listen(listen: str) -> tuple[socket.AddressFamily, Any]:
-    """`unix:/PATH`, `127.x.x.x:PORT`, `[::1]:PORT` or `localhost:PORT`; nothing else,
-    so the endpoint can never face the network (port 0 picks a free port, for tests)."""
-    if listen.startswith("unix:/"):
-        return socket.AF_UNIX, listen[5:]
-    m = re.fullmatch(r"(\[::1\]|localhost|[\d.]+):(\d{1,5})", listen)
-    if m and int(m.group(2)) < 65536:
-        host = {"[::1]": "::1", "localhost": "127.0.0.1"}.get(m.group(1), m.group(1))
-        try:
-            if ipaddress.ip_address(host).is_loopback:
-                family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                return family, (host, int(m.group(2)))
-        except ValueError:
-            pass
-    raise EndpointError(f"rpc_listen: {listen!r} is not allowed; expected unix:/PATH, "
-                        "127.0.0.1:PORT or [::1]:PORT (loopback only)")
+    """config.listen_address (port 0 allowed: tests bind a free port), as EndpointError."""
+    try:
+        return config.listen_address(listen, any_port=True)
+    except ValueError as exc:
+        raise EndpointError(f"rpc_listen: {listen!r} is not allowed; expected {exc}") from None
 
 
 def load_secret(path: str) -> str:

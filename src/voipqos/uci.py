@@ -16,14 +16,18 @@ care; we hand strings to Python), comments need not be. Errors name file and lin
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 
 _PLAIN = re.compile(rb"[^\s'\"\\#;]+")  # bytes parse_str copies one by one
 _DQ_PLAIN = re.compile(rb'[^"\\]+')  # bytes a double-quoted string copies one by one
 _BLANKS = re.compile(rb"[ \t]*")  # what strtok(" \t") skips before the command word
 _WORD_END = re.compile(rb"[ \t]")
 _SPACE = b" \t\n\v\f\r"  # C isspace() in the C locale
+MAX_FILE = 1 << 20  # a config is a few KiB; this bounds memory and time (~0.3 s here)
 _COMMANDS = {b"c": "config", b"config": "config", b"o": "option", b"option": "option",
              b"l": "list", b"list": "list", b"p": "package", b"package": "package"}
 
@@ -275,6 +279,22 @@ def parse_uci(data: bytes | str, source: str = "<config>") -> list[Section]:
     if isinstance(data, str):
         data = data.encode()
     return _Parser(data, source).parse()
+
+
+def read_uci(path: str | Path, limit: int = MAX_FILE) -> list[Section]:
+    """Read and parse a UCI file. Only a regular file is read (a FIFO would block the
+    daemon), at most `limit` bytes; every failure is a UciSyntaxError of one line."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise UciSyntaxError(f"{path}: cannot read config: not a regular file")
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise UciSyntaxError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise UciSyntaxError(f"{path}: cannot read config: larger than {limit} bytes")
+    return parse_uci(data, str(path))
 
 
 def quote(value: str) -> str:
