@@ -31,8 +31,8 @@ from .ubus import UbusObject
 
 log = logging.getLogger(__name__)
 
-MAX_CLIENTS = 32
-MAX_REFUSING = 32  # refused connections being closed gracefully at once
+MAX_CLIENTS = 32  # connections being served
+MAX_CLOSING = 32  # more connections being closed gracefully (answered or refused)
 OUT_HIGH = 64 * 1024  # answers buffered for one client before it is no longer read
 QUEUE_TIME = 0.5  # s new connections may wait in the backlog when all slots are busy
 LINGER = 1.0  # s to drain a refused or closed client's input so close() sends no reset
@@ -82,7 +82,6 @@ class _Client:
     outbuf: bytearray = field(default_factory=bytearray)
     closing: bool = False  # input is discarded; close once outbuf is sent
     shut: bool = False  # our side is shut down: waiting for the client's EOF
-    refused: bool = False
 
     def idle(self) -> bool:
         """A keep-alive between requests (or one that never sent any)."""
@@ -99,7 +98,6 @@ class Endpoints:
         self.dispatcher = dispatcher
         self.sel = selectors.DefaultSelector()
         self.clients: dict[socket.socket, _Client] = {}
-        self.refusing = 0  # clients in `clients` that were refused
         self.ready: list[_Client] = []  # clients with a whole request buffered
         self.listener: socket.socket | None = None
         self.listening = False  # the listener is in the selector
@@ -253,18 +251,18 @@ class Endpoints:
         """Take new connections while there is room; when full, leave them in the
         backlog (as uhttpd does) and after QUEUE_TIME refuse them with a 503."""
         assert self.listener is not None
-        for _ in range(MAX_CLIENTS + MAX_REFUSING):
+        for _ in range(MAX_CLIENTS + MAX_CLOSING):
+            if len(self.clients) >= MAX_CLIENTS + MAX_CLOSING:
+                self._watch_listener(False)  # the next _drop watches again
+                return
             refuse = False
-            if len(self.clients) - self.refusing >= MAX_CLIENTS and not self._make_room():
+            serving = sum(not c.closing for c in self.clients.values())
+            if serving >= MAX_CLIENTS and not self._make_room():
                 if self.full_since is None:
                     self.full_since = now
                 if now < self.full_since + QUEUE_TIME:
                     self._watch_listener(False)
                     self.accept_at = self.full_since + QUEUE_TIME
-                    return
-                if self.refusing >= MAX_REFUSING:  # the next _drop watches again
-                    self._watch_listener(False)
-                    self.accept_at = None
                     return
                 refuse = True
             try:
@@ -280,8 +278,6 @@ class Endpoints:
             self.clients[sock] = client
             self.sel.register(sock, selectors.EVENT_READ, client)
             if refuse:
-                self.refusing += 1
-                client.refused = True
                 self._close_after(client, error_response(503, "Service Unavailable",
                                                          "Retry-After: 1\r\n"))
                 self._flush(client)
@@ -416,8 +412,6 @@ class Endpoints:
         self.sel.unregister(client.sock)
         client.sock.close()
         del self.clients[client.sock]
-        if client.refused:
-            self.refusing -= 1
         self._watch_listener(True)  # a slot is free: the backlog is taken next round
 
     def _drop_ubus(self) -> None:
