@@ -345,3 +345,20 @@ def test_idle_clients_make_room_for_a_working_one(ep):
     assert len(ep.clients) <= MAX_CLIENTS
     for s in idle:
         s.close()
+
+
+def test_a_half_closed_client_still_gets_its_answers(ep):
+    with connect(ep) as s:
+        s.sendall(post(STATUS) * 3)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            ep.wait(0.01)
+            with contextlib.suppress(TimeoutError):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break  # closed by the endpoint, after the answers
+                got += chunk
+    assert got.count(b"HTTP/1.1 200") == 3
+    assert not ep.clients

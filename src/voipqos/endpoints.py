@@ -82,10 +82,11 @@ class _Client:
     outbuf: bytearray = field(default_factory=bytearray)
     closing: bool = False  # input is discarded; close once outbuf is sent
     shut: bool = False  # our side is shut down: waiting for the client's EOF
+    eof: bool = False  # the client shut its side: answer what it asked, then close
 
     def idle(self) -> bool:
         """A keep-alive between requests (or one that never sent any)."""
-        return not (self.inbuf or self.outbuf or self.closing)
+        return not (self.inbuf or self.outbuf or self.closing or self.eof)
 
 
 class Endpoints:
@@ -288,6 +289,8 @@ class Endpoints:
         for client in sorted((c for c in self.clients.values() if c.idle()),
                              key=lambda c: c.deadline):
             self._read(client)
+            if client.sock in self.clients:
+                self._flush(client)
             if client.sock not in self.clients:
                 return True  # it had gone
             if client.idle():
@@ -296,35 +299,34 @@ class Endpoints:
         return False
 
     @staticmethod
-    def _room(client: _Client) -> int:
-        """Bytes to read until the input holds one whole request (or a refusal); none
-        while its answers pile up unread."""
-        if len(client.outbuf) >= OUT_HIGH:
-            return 0
+    def _whole(client: _Client) -> bool:
+        """A whole request (or a refusal) is buffered: nothing more to read for now."""
         try:
-            if parse_request(client.inbuf) is not None:
-                return 0
+            return parse_request(client.inbuf) is not None
         except HttpError:
-            return 0
-        return max(0, MAX_HEADER + MAX_BODY - len(client.inbuf))
+            return True
 
     def _read(self, client: _Client) -> None:
         """Take what the client sent, as far as its buffers have room."""
-        size = RECV if client.closing else min(RECV, self._room(client))
-        if not size:
+        if client.eof:
             return
+        if client.closing:
+            size = RECV  # discarded
+        elif len(client.outbuf) >= OUT_HIGH or self._whole(client):
+            return  # it reads its answers first
+        else:
+            size = min(RECV, MAX_HEADER + MAX_BODY - len(client.inbuf))
         try:
             data = client.sock.recv(size)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:
-            data = b""
-        if not data:
+        except OSError:  # reset: nothing can be delivered any more
             self._drop(client)
+            return
+        if not data:
+            client.eof = True  # a half-close: what it asked for is still answered
         elif not client.closing:
             client.inbuf += data
-            if self._room(client) == 0 and client not in self.ready:
-                self.ready.append(client)
 
     def _serve(self, client: _Client, mask: int) -> None:
         if mask & selectors.EVENT_READ:
@@ -343,12 +345,9 @@ class Endpoints:
                 return
             if client.sock in self.clients:
                 self._answer(client)
-                if client.sock in self.clients:
-                    self._flush(client)
+                self._flush(client)
 
     def _answer(self, client: _Client) -> None:
-        if client.closing or len(client.outbuf) >= OUT_HIGH:
-            return
         try:
             parsed = parse_request(client.inbuf)
         except HttpError as exc:
@@ -365,8 +364,6 @@ class Endpoints:
             return
         client.outbuf += answer
         client.deadline = time.monotonic() + self.client_timeout
-        if self._room(client) == 0 and len(client.outbuf) < OUT_HIGH:
-            self.ready.append(client)  # pipelined: its next request in the next round
 
     def _close_after(self, client: _Client, answer: bytes) -> None:
         """Send `answer`, then close; what the client sends meanwhile is discarded."""
@@ -376,6 +373,8 @@ class Endpoints:
         client.deadline = time.monotonic() + self.client_timeout
 
     def _flush(self, client: _Client) -> None:
+        """Send what can be sent, then settle the client's state: queued for an answer,
+        closed, or registered for what it waits for."""
         if client.outbuf:
             try:
                 sent = client.sock.send(client.outbuf)
@@ -385,7 +384,7 @@ class Endpoints:
                 self._drop(client)
                 return
             del client.outbuf[:sent]
-        if client.closing and not client.outbuf and not client.shut:
+        if client.closing and not client.outbuf and not (client.shut or client.eof):
             # close() with unread input would send a reset that can destroy the answer
             # at the client: shut our side, read to its EOF (or LINGER), then close
             try:
@@ -395,11 +394,18 @@ class Endpoints:
                 return
             client.shut = True
             client.deadline = min(client.deadline, time.monotonic() + LINGER)
-        wants_read = client.closing or self._room(client) > 0
+        whole = not client.closing and self._whole(client)
+        if whole and len(client.outbuf) < OUT_HIGH and client not in self.ready:
+            self.ready.append(client)  # answered in this round (pipelined: the next)
+        if client.eof and not client.outbuf and not whole:
+            self._drop(client)
+            return
+        wants_read = not client.eof and (
+            client.closing or not (whole or len(client.outbuf) >= OUT_HIGH))
         events = (selectors.EVENT_READ if wants_read else 0) | \
             (selectors.EVENT_WRITE if client.outbuf else 0)
-        # (a client with a whole request buffered stays registered for reading:
-        # it is answered in this round, and _read takes nothing from it meanwhile)
+        # nothing to wait for means a request is queued for this round: keep the
+        # registration (selectors cannot hold none), _read takes nothing meanwhile
         events = events or selectors.EVENT_READ
         if self.sel.get_key(client.sock).events != events:
             self.sel.modify(client.sock, events, client)
