@@ -35,6 +35,7 @@ MAX_CLIENTS = 32  # connections being served
 MAX_CLOSING = 32  # more connections being closed gracefully (answered or refused)
 OUT_HIGH = 64 * 1024  # answers buffered for one client before it is no longer read
 QUEUE_TIME = 0.5  # s new connections may wait in the backlog when all slots are busy
+IDLE_GRACE = 0.1  # s a connection has to send its request before it may make room
 LINGER = 1.0  # s to drain a refused or closed client's input so close() sends no reset
 RECV = 65536
 UBUS_SLICE = 0.05  # poll python-ubus this often when its socket could not be found
@@ -258,7 +259,7 @@ class Endpoints:
                 return
             refuse = False
             serving = sum(not c.closing for c in self.clients.values())
-            if serving >= MAX_CLIENTS and not self._make_room():
+            if serving >= MAX_CLIENTS and not self._make_room(now):
                 if self.full_since is None:
                     self.full_since = now
                 if now < self.full_since + QUEUE_TIME:
@@ -283,10 +284,13 @@ class Endpoints:
                                                          "Retry-After: 1\r\n"))
                 self._flush(client)
 
-    def _make_room(self) -> bool:
+    def _make_room(self, now: float) -> bool:
         """Close the longest-idle keep-alive connection (HTTP lets a server do that at
-        any time; clients reconnect). One that has sent a request meanwhile stays."""
-        for client in sorted((c for c in self.clients.values() if c.idle()),
+        any time; clients reconnect), idle for IDLE_GRACE at least: a client that just
+        connected is sending its request. One that has sent a request meanwhile stays."""
+        idle_since = now - IDLE_GRACE + self.client_timeout  # as a deadline
+        for client in sorted((c for c in self.clients.values()
+                              if c.idle() and c.deadline <= idle_since),
                              key=lambda c: c.deadline):
             self._read(client)
             if client.sock in self.clients:
