@@ -74,6 +74,17 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _interface(v: str) -> str:
+    # exactly LuCI's datatype or(uciname,netdevname), as the settings page checks it: a
+    # logical interface (wan, wan6) or a device (eth0.2, pppoe-wan; @wan is netifd's
+    # alias syntax), so whatever LuCI saves the daemon takes, and the other way round
+    if re.fullmatch(r"[A-Za-z0-9_]+", v) or (
+            re.fullmatch(r"[^:/%\s]{1,15}", v) and v not in (".", "..")):
+        return v
+    raise ValueError("a logical interface (wan) or a device name (eth0.2, pppoe-wan: "
+                     "1-15 characters, no ':', '/', '%' or spaces)")
+
+
 def _name(v: str) -> str:
     # logical interface names (wan, wan6, @wan) and device names (eth0.2, pppoe-wan)
     if not re.fullmatch(r"@?[A-Za-z0-9_.:-]{1,31}", v):
@@ -156,9 +167,9 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     # General
     Option("enabled", _bool, "1", "Run the service (0 = installed but idle).", "general", "bool"),
-    Option("interface", _name, "wan",
+    Option("interface", _interface, "wan",
            "WAN logical interface (wan) or device (eth1, pppoe-wan) to shape.", "general",
-           "string"),
+           "or(uciname,netdevname)"),
     Option("backend", _choice("htb", "sqm"), "htb",
            "htb: built-in HTB shaper; sqm: switch an existing sqm-scripts queue.", "general",
            "string"),
