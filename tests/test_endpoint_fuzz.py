@@ -27,7 +27,7 @@ def daemon(tmp_path_factory):
 
 def test_byte_fuzzer(daemon):
     sent, problems = fuzz(daemon, BYTE_FUZZ)
-    assert not problems[:5]
+    assert sent == BYTE_FUZZ and not problems[:5]
     assert daemon.alive()
 
 
