@@ -421,12 +421,12 @@ def row_huge_value(d: Daemon, tmp: Path) -> tuple[bool, str]:
                       f"check-config {check_took:.2f} s, {len(check.stderr)} chars")
 
 
-def row_failed_logins(d: Daemon, tmp: Path) -> tuple[bool, str]:
+def row_failed_logins(d: Daemon, tmp: Path, seconds: float = 5) -> tuple[bool, str]:
     code = f"""
 import socket, time
 s = socket.create_connection(("127.0.0.1", {d.port}))
 req = {post(body(NULL, "session", "login", {"username": "root", "password": "guess"}))!r}
-n, end, buf = 0, time.monotonic() + 5, b""
+n, end, buf = 0, time.monotonic() + {seconds}, b""
 while time.monotonic() < end:
     s.sendall(req * 20)
     while buf.count(b"HTTP/1.1 ") < 20:
@@ -440,7 +440,8 @@ print(n)
         [sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
     time.sleep(0.3)
     lines = [ln for ln in d.log_lines()[before:] if "failed login" in ln]
-    return len(lines) <= 2 and d.alive(), f"{out} failed logins in 5 s -> {len(lines)} line(s)"
+    return len(lines) <= 2 and d.alive(), (f"{out} failed logins in {seconds:g} s -> "
+                                           f"{len(lines)} line(s)")
 
 
 def row_fuzz(d: Daemon, tmp: Path, count: int) -> tuple[bool, str]:
