@@ -126,6 +126,10 @@ class Daemon:
                                                    "password": self.secret})
         return res["result"][1]["ubus_rpc_session"]
 
+    def polls(self) -> int:
+        """How many polls the daemon has made (its cadence is 1 s here)."""
+        return self.call(NULL, "voipqos", "status", {})["result"][1]["metrics"]["polls"]
+
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -303,7 +307,14 @@ def row_non_utf8_config(d: Daemon, tmp: Path) -> tuple[bool, str]:
                 f"{len(check.stderr.splitlines())}/{len(start.stderr.splitlines())} line(s)")
 
 
+def cadence(d: Daemon, polls0: int, t0: float) -> tuple[bool, str]:
+    """Whether the daemon kept polling once a second since (polls0, t0)."""
+    polls, took = d.polls() - polls0, time.monotonic() - t0
+    return polls >= int(took) - 1, f"{polls} polls in {took:.1f} s"
+
+
 def row_non_reading_client(d: Daemon, tmp: Path, seconds: float) -> tuple[bool, str]:
+    polls0, t_start = d.polls(), time.monotonic()
     base = d.rss_kib()
     stop = threading.Event()
     sent = [0]
@@ -329,12 +340,13 @@ def row_non_reading_client(d: Daemon, tmp: Path, seconds: float) -> tuple[bool, 
         time.sleep(0.2)
     stop.set()
     t.join()
+    steady, polled = cadence(d, polls0, t_start)
     time.sleep(6)  # the hog's deadline passes: it is dropped
     after = d.rss_kib()
-    ok = peak - base < 4096 and after - base < 2048 and worst < 0.5
-    return ok, (f"{seconds:g} s, {sent[0] // 1024} KiB of requests sent: RSS {base // 1024}"
+    ok = peak - base < 4096 and after - base < 2048 and worst < 0.5 and steady
+    return ok, (f"{seconds:g} s, {sent[0] // 1024} KiB of requests sent: RSS {base / 1024:.1f}"
                 f" -> peak {peak / 1024:.1f} -> after {after / 1024:.1f} MiB; "
-                f"slowest other answer {worst * 1000:.0f} ms")
+                f"slowest other answer {worst * 1000:.0f} ms; {polled}")
 
 
 def row_parallel(d: Daemon, tmp: Path) -> tuple[bool, str]:
@@ -367,6 +379,7 @@ def row_idle_reconnect(d: Daemon, tmp: Path, seconds: float) -> tuple[bool, str]
                 with contextlib.suppress(OSError):
                     s.recv(1)  # sits until the endpoint closes it
 
+    polls0, t_start = d.polls(), time.monotonic()
     idlers = [threading.Thread(target=idler) for _ in range(100)]
     for t in idlers:
         t.start()
@@ -382,8 +395,10 @@ def row_idle_reconnect(d: Daemon, tmp: Path, seconds: float) -> tuple[bool, str]
     stop.set()
     for t in idlers:
         t.join()
-    return answered >= 0.95 * asked, (f"watcher got {answered} of {asked} answers, "
-                                      f"slowest {slowest * 1000:.0f} ms")
+    steady, polled = cadence(d, polls0, t_start)
+    return answered >= 0.95 * asked and steady, (
+        f"watcher got {answered} of {asked} answers, slowest {slowest * 1000:.0f} ms; "
+        f"{polled}")
 
 
 def row_fifo(d: Daemon, tmp: Path) -> tuple[bool, str]:
@@ -436,12 +451,14 @@ while time.monotonic() < end:
 print(n)
 """
     before = len(d.log_lines())
+    polls0, t_start = d.polls(), time.monotonic()
     out = as_nobody(code) if os.geteuid() == 0 else subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
     time.sleep(0.3)
+    steady, polled = cadence(d, polls0, t_start)
     lines = [ln for ln in d.log_lines()[before:] if "failed login" in ln]
-    return len(lines) <= 2 and d.alive(), (f"{out} failed logins in {seconds:g} s -> "
-                                           f"{len(lines)} line(s)")
+    return len(lines) <= 2 and d.alive() and steady, (
+        f"{out} failed logins in {seconds:g} s -> {len(lines)} line(s); {polled}")
 
 
 def row_fuzz(d: Daemon, tmp: Path, count: int) -> tuple[bool, str]:
