@@ -362,3 +362,12 @@ def test_a_half_closed_client_still_gets_its_answers(ep):
                 got += chunk
     assert got.count(b"HTTP/1.1 200") == 3
     assert not ep.clients
+
+
+def test_bad_arguments_are_logged_once_a_minute_and_short(ep, caplog):
+    bad = post(call(rpc.NULL_SESSION, "voipqos", "status", {"x" * 5000: 1}))
+    with connect(ep) as s:
+        resp = exchange(ep, s, bad * 20, want=20)
+    assert resp.count(b'"result":[2,') == 20
+    lines = [r.getMessage() for r in caplog.records if "unknown argument" in r.getMessage()]
+    assert len(lines) == 1 and len(lines[0]) < 300
