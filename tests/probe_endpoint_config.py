@@ -317,16 +317,19 @@ def row_non_reading_client(d: Daemon, tmp: Path, seconds: float) -> tuple[bool, 
     polls0, t_start = d.polls(), time.monotonic()
     base = d.rss_kib()
     stop = threading.Event()
-    sent = [0]
+    sent, closed = [0], [0]
 
-    def hog() -> None:
-        with d.connect() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.settimeout(0.2)
-            req = post(STATUS)
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    sent[0] += s.send(req)
+    def hog() -> None:  # closed by the daemon after 5 s of unread answers: comes back
+        req = post(STATUS)
+        while not stop.is_set():
+            with d.connect() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.settimeout(0.2)
+                with contextlib.suppress(ConnectionError):
+                    while not stop.is_set():
+                        with contextlib.suppress(TimeoutError):
+                            sent[0] += s.send(req)
+            closed[0] += not stop.is_set()
 
     t = threading.Thread(target=hog)
     t.start()
@@ -344,7 +347,8 @@ def row_non_reading_client(d: Daemon, tmp: Path, seconds: float) -> tuple[bool, 
     time.sleep(6)  # the hog's deadline passes: it is dropped
     after = d.rss_kib()
     ok = peak - base < 4096 and after - base < 2048 and worst < 0.5 and steady
-    return ok, (f"{seconds:g} s, {sent[0] // 1024} KiB of requests sent: RSS {base / 1024:.1f}"
+    return ok, (f"{seconds:g} s, {sent[0] // 1024} KiB of requests sent, closed by the daemon "
+                f"{closed[0]}x: RSS {base / 1024:.1f}"
                 f" -> peak {peak / 1024:.1f} -> after {after / 1024:.1f} MiB; "
                 f"slowest other answer {worst * 1000:.0f} ms; {polled}")
 
