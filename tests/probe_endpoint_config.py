@@ -227,9 +227,11 @@ def fuzz(d: Daemon, count: int, seed: int = 14) -> tuple[int, list[str]]:
 # -- the probes ---------------------------------------------------------------------------
 
 def as_nobody(code: str, timeout: float = 60) -> str:
-    """Run a Python snippet as user nobody; its stdout."""
-    res = subprocess.run([sys.executable, "-c", code], user="nobody", capture_output=True,
-                         text=True, timeout=timeout)
+    """Run a Python snippet as user nobody (the base interpreter, from /: a checkout
+    under /root is not readable for nobody); its stdout."""
+    python = getattr(sys, "_base_executable", sys.executable)
+    res = subprocess.run([python, "-c", code], user="nobody", capture_output=True,
+                         text=True, timeout=timeout, cwd="/")
     return res.stdout.strip() or res.stderr.strip()[-200:]
 
 
