@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 NULL = "0" * 32
-REPO = Path(__file__).resolve().parents[1]
+SRC = [str(Path(__file__).resolve().parents[1] / "src")]  # the voipqos under test
 
 
 def free_port() -> int:
@@ -88,7 +88,7 @@ class Daemon:
                      f"\toption rpc_listen '127.0.0.1:{self.port}'\n{options}")
         self.conf.write_text(self.good)
         self.log = tmp / "daemon.log"
-        env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+        env = dict(os.environ, PYTHONPATH=SRC[0])
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "voipqos.cli", "run", "--foreground", "--dry-run",
@@ -236,7 +236,7 @@ def as_nobody(code: str, timeout: float = 60) -> str:
 
 
 def cli(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    env = dict(os.environ, PYTHONPATH=SRC[0])
     t0 = time.monotonic()
     res = subprocess.run([sys.executable, "-m", "voipqos.cli", *args], capture_output=True,
                          text=True, timeout=timeout, env=env)
@@ -494,7 +494,7 @@ def config_row(tmp: Path, name: str, text: str, want_ok: bool,
     res, took = cli("check-config", "--config", str(path))
     got = (res.stdout + res.stderr).strip()
     if want_ok and res.returncode == 0:
-        env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+        env = dict(os.environ, PYTHONPATH=SRC[0])
         got = subprocess.run([sys.executable, "-c", "import sys, json; from voipqos import "
                               "config; print(json.dumps(config.to_dict(config.load("
                               "sys.argv[1]))))", str(path)], capture_output=True, text=True,
@@ -530,48 +530,59 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10,
                     help="length of the non-reading and reconnecting client rows (issue: 60/30)")
     ap.add_argument("--fuzz", type=int, default=2000, help="mutated requests to send")
+    ap.add_argument("--src", default=SRC[0],
+                    help="voipqos sources to probe, e.g. an older commit's (git archive)")
     args = ap.parse_args()
+    SRC[0] = args.src
     print(f"# {os.uname().nodename}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
-          f", uid {os.geteuid()}")
-    failed = 0
+          f", uid {os.geteuid()}, sources {SRC[0]}")
+    seconds, count = args.seconds, args.fuzz
+    rows: list[tuple[str, Callable[[Daemon, Path], tuple[bool, str]]]] = [
+        ("14 dies: Content-Length '²' from nobody, no login", row_unicode_length),
+        ("14 dies: Content-Length of 5,000 digits", row_long_length),
+        ("14 dies: JSON nested 30,000 deep", row_deep_json),
+        ("14 dies: session.login timeout 1e400", row_timeout_1e400),
+        ("14 dies: non-UTF-8 config on SIGHUP / start / check-config / RPC reload",
+         row_non_utf8_config),
+        ("14 serves badly: pipelining client that never reads",
+         lambda d, tmp: row_non_reading_client(d, tmp, seconds)),
+        ("14 serves badly: 200 parallel status calls", row_parallel),
+        ("14 serves badly: 100 idle clients reconnecting vs a watcher",
+         lambda d, tmp: row_idle_reconnect(d, tmp, seconds)),
+        ("14 serves badly: config path is a FIFO with no writer", row_fifo),
+        ("14 serves badly: a 1 MB option value (log)", row_huge_value),
+        ("16: failed logins on the local endpoint", row_failed_logins),
+        ("14: fuzzed requests", lambda d, tmp: row_fuzz(d, tmp, count)),
+    ]
+    rows += [(f"16: {title}", lambda d, tmp, n=name, t=text, w=want, c=check:
+              config_row(tmp, n, t, w, c))
+             for title, name, text, want, check in CONFIG_ROWS]
+    failed = exits = 0
     with tempfile.TemporaryDirectory() as tmpdir:
-        tmp = Path(tmpdir)
-        d = Daemon(tmp)
-        rows: list[tuple[str, Callable[[], tuple[bool, str]]]] = [
-            ("14 dies: Content-Length '²' from nobody, no login",
-             lambda: row_unicode_length(d, tmp)),
-            ("14 dies: Content-Length of 5,000 digits", lambda: row_long_length(d, tmp)),
-            ("14 dies: JSON nested 30,000 deep", lambda: row_deep_json(d, tmp)),
-            ("14 dies: session.login timeout 1e400", lambda: row_timeout_1e400(d, tmp)),
-            ("14 dies: non-UTF-8 config on SIGHUP / start / check-config / RPC reload",
-             lambda: row_non_utf8_config(d, tmp)),
-            ("14 serves badly: pipelining client that never reads",
-             lambda: row_non_reading_client(d, tmp, args.seconds)),
-            ("14 serves badly: 200 parallel status calls", lambda: row_parallel(d, tmp)),
-            ("14 serves badly: 100 idle clients reconnecting vs a watcher",
-             lambda: row_idle_reconnect(d, tmp, args.seconds)),
-            ("14 serves badly: config path is a FIFO with no writer", lambda: row_fifo(d, tmp)),
-            ("14 serves badly: a 1 MB option value (log)", lambda: row_huge_value(d, tmp)),
-            ("16: failed logins on the local endpoint", lambda: row_failed_logins(d, tmp)),
-            ("14: fuzzed requests", lambda: row_fuzz(d, tmp, args.fuzz)),
-        ]
-        rows += [(f"16: {title}", lambda n=name, t=text, w=want, c=check:
-                  config_row(tmp, n, t, w, c))
-                 for title, name, text, want, check in CONFIG_ROWS]
+        d = None
         try:
-            for title, probe in rows:
+            for i, (title, probe) in enumerate(rows):
+                if d is None or d.proc.poll() is not None:  # a row before killed it
+                    exits += d is not None
+                    tmp = Path(tmpdir, str(i))
+                    tmp.mkdir()
+                    d = Daemon(tmp)
                 t0 = time.monotonic()
                 try:
-                    ok, detail = probe()
+                    ok, detail = probe(d, tmp)
                 except Exception as exc:  # a probe that breaks is a FAIL, not a stop
                     ok, detail = False, f"{type(exc).__name__}: {exc}"
+                if d.proc.poll() is not None:
+                    ok, detail = False, f"the daemon exited ({d.proc.returncode}); {detail}"
                 failed += not ok
                 print(f"{'PASS' if ok else 'FAIL'}  {title}  [{time.monotonic() - t0:.1f} s]"
                       f"\n      {detail}", flush=True)
         finally:
-            tracebacks = sum("Traceback" in line for line in d.log_lines())
-            d.stop()
-            print(f"daemon exit code {d.proc.returncode}, {tracebacks} traceback(s) in its log")
+            if d is not None:
+                tracebacks = sum("Traceback" in line for line in d.log_lines())
+                d.stop()
+                print(f"daemons that exited during the rows: {exits}; last one's exit code "
+                      f"{d.proc.returncode}, {tracebacks} traceback(s) in its log")
     return 1 if failed else 0
 
 
