@@ -23,7 +23,7 @@ from typing import Any
 
 from .config import Config
 from .detect import FiveTuple
-from .plan import Alert
+from .alerts import Alert
 from .profile import ProfileError
 from .uci import Section, UciSyntaxError, format_uci, parse_uci
 
