@@ -36,6 +36,15 @@ def test_switch_on_drains_then_applies_rates_and_sets_flows_once():
     assert not sw.active and run(sw, 6, False) == []
 
 
+def test_what_a_failed_or_lost_profile_left_is_removed_when_off():
+    sw = Switch(SwitchConfig(0, 100, 10))
+    run(sw, 0, True, fail={Kind.APPLY})
+    assert run(sw, 1, False) == [Action(Kind.REMOVE)] and run(sw, 2, False) == []
+    run(sw, 3, True)
+    sw.lost()
+    assert run(sw, 4, False) == [Action(Kind.REMOVE)] and not sw.dirty
+
+
 def test_failed_apply_waits_for_retry_or_a_kernel_change():
     sw = Switch(SwitchConfig(0, 100, 10))
     assert run(sw, 0, True, A, fail={Kind.APPLY}) == [Action(Kind.APPLY, 1.0)]
@@ -96,18 +105,22 @@ def test_records_only_what_succeeded(seq):
     is the last one that was set successfully since the profile went on; a wanted-off
     profile is removed before anything else; nothing is applied while off is wanted."""
     sw = Switch(CFG)
-    on = False
+    on = dirty = False
     table: frozenset | None = None
     for i, (wanted, tuples, fail, event) in enumerate(seq):
         now = float(i)
         if event == "lost":
             sw.lost()
-            on, table = False, None
+            on, table, dirty = False, None, True
         elif event == "kick":
             sw.kick()
         acts = run(sw, now, wanted, tuples, fail)
         if not wanted:
             assert all(a.kind is Kind.REMOVE for a in acts)
+        if acts and acts[0].kind is Kind.APPLY:
+            dirty = True
+        if any(a.kind is Kind.REMOVE and a.kind not in fail for a in acts):
+            dirty = False
         for a in acts:
             ok = a.kind not in fail
             assert a.kind in (Kind.APPLY, Kind.REMOVE) or on, "rates/flows only while on"
@@ -121,8 +134,9 @@ def test_records_only_what_succeeded(seq):
         assert sw.flows == table
         if wanted and not on:
             assert acts or sw.next_deadline() is not None, "a wanted profile is retried"
-        if on and not wanted:
+        if (on or dirty) and not wanted:
             assert acts or sw.next_deadline() is not None, "an unwanted profile is removed"
+        assert sw.dirty == dirty
 
 
 @given(steps)

@@ -225,7 +225,7 @@ class HtbProfile:
         else:
             have = self._observe(dev)
             steps = P.diff(P.Plan(), have)
-            if ifb not in have.objects:  # renamed: observe looked for the new name's IFB
+            if dev != self.device:  # renamed: observe looked for the new name's IFB
                 steps.append(P.Step("delete", ifb))
             self.tc.apply(steps)
         if problem:

@@ -12,7 +12,9 @@ drain burst is due. It owns:
   later (or at once when the kernel changed, see `lost()`/`kick()`), never recorded as done;
 - the flow-set diff: the classifier's table is updated only when the call tuples changed.
 `active` is the one record of whether the profile is on: set by a successful apply, cleared
-by a successful remove or when a check of the kernel found it gone.
+by a successful remove or when a check of the kernel found it gone. What an apply that
+failed or a lost profile may have left (an IFB whose device went away, pinned maps) is
+`dirty` until a remove succeeds, so switching off always cleans up.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Switch:
     def __init__(self, cfg: SwitchConfig) -> None:
         self.cfg = cfg
         self.active = False
+        self.dirty = False  # something of the profile may be in the kernel
         self.retry_at: dict[Kind, float] = {}  # kind -> not before (after a failure)
         self.rates_at: float | None = None  # end of the drain burst
         self.flows: frozenset[FiveTuple] | None = None  # what the table holds; None: unknown
@@ -71,7 +74,8 @@ class Switch:
 
     def step(self, now: float, wanted: bool, tuples: frozenset[FiveTuple]) -> list[Action]:
         if not wanted:
-            return [Action(Kind.REMOVE)] if self.active and self._due(Kind.REMOVE, now) else []
+            on = self.active or self.dirty
+            return [Action(Kind.REMOVE)] if on and self._due(Kind.REMOVE, now) else []
         out = []
         if not self.active:
             if not self._due(Kind.APPLY, now):
@@ -87,6 +91,8 @@ class Switch:
 
     def done(self, action: Action, ok: bool, now: float) -> None:
         """Record what an action did; a failure changes nothing but the retry time."""
+        if action.kind is Kind.APPLY:
+            self.dirty = True
         if not ok:
             self.retry_at[action.kind] = now + self.cfg.retry
             if action.kind is Kind.RATES:
@@ -108,13 +114,14 @@ class Switch:
 
     def _forget(self) -> None:
         self.active, self.rates_at, self.flows, self.failed_flows = False, None, None, None
+        self.dirty = False
         self.retry_at.clear()
 
     def lost(self) -> None:
         """A check of the kernel found the profile gone (device re-created, tree deleted):
         not active any more; restore it at once, at the configured rates."""
         self._forget()
-        self.recovering = True
+        self.recovering = self.dirty = True
 
     def kick(self) -> None:
         """The kernel changed (a device came back): retry a failed action now."""
