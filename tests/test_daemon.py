@@ -6,13 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_rpc import Clock
 
+from test_rpc import Clock
 from voipqos import config
 from voipqos.api import InvalidArgument
-from voipqos.daemon import ReloadRejected
 from voipqos.conntrack import Entry, Snapshot, Tuple
-from voipqos.daemon import Daemon, System
+from voipqos.daemon import Daemon, ReloadRejected, System
 from voipqos.detect import Sides
 from voipqos.profile import LogProfile, ProfileError
 
