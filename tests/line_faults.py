@@ -91,8 +91,8 @@ class Router:
 
     @classmethod
     def make(cls, lab: netns.Topology, tmp: Path, **opts: str) -> Router:
-        conf = write_config(tmp / "voipqos", tmp / "run", download="20000", upload="10000",
-                            drain_time="0", **opts)
+        conf = write_config(tmp / "voipqos", tmp / "run", **{
+            "download": "20000", "upload": "10000", "drain_time": "0", **opts})
         return cls(lab, tmp, conf)
 
     def start(self) -> None:
@@ -193,6 +193,26 @@ def probe_ifb_deleted(r: Router) -> Result:
         next((ln for ln in down.stdout.splitlines() if "packet loss" in ln), "no ping")))
 
 
+def probe_wan_gone_during_drain(r: Router) -> Result:
+    """Issue 16: the re-apply at the end of the drain burst fails (device briefly gone);
+    the next attempt must bring back the classifier too, and say so truthfully."""
+    r.on()
+    r.sh(f"ip link del {WAN}")
+    time.sleep(2.5)  # the drain's end (2 s) passes while the device is gone
+    r.recreate_wan()
+    took = until(r.shaped, 10)
+    doc = status(r.conf)
+    ok = took is not None and took <= RESTORE_S and doc["profile"]["classifier"] == "bpf"
+    return Result(ok, took, f"classifier {doc['profile']['classifier']}")
+
+
+def probe_classifier_detached(r: Router) -> Result:
+    r.on()
+    r.sh(f"tc filter del dev {WAN} egress pref 1")
+    took = until(r.shaped, 10)
+    return Result(took is not None and took <= RESTORE_S, took, "")
+
+
 def probe_root_deleted(r: Router) -> Result:
     r.on()
     r.sh(f"tc qdisc del dev {WAN} root")
@@ -269,6 +289,9 @@ PROBES: dict[str, tuple[Callable[[Router], Result], dict[str, str]]] = {
     "WAN device deleted and re-created: re-applied, logged once": (probe_wan_recreated, {}),
     "IFB deleted: re-created, redirect never left dangling": (probe_ifb_deleted, {}),
     "tc qdisc del dev WAN root: restored": (probe_root_deleted, {}),
+    "classifier filter deleted by hand: re-attached": (probe_classifier_detached, {}),
+    "WAN device gone during the drain burst: classifier back too":
+        (probe_wan_gone_during_drain, {"drain_time": "2"}),
     "WAN device renamed: renamed device cleaned": (probe_wan_renamed, {}),
     "IFB left behind when the WAN device is gone: removed": (probe_ifb_left_when_wan_gone, {}),
     "far host with 2000 other UDP flows: table bounded": (probe_far_host_with_many_flows, {}),

@@ -4,14 +4,75 @@ again (the probes live in line_faults.py, which also runs them as a script)."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
+from pyroute2 import NetNS
 
 from line_faults import PROBES, run_probe
+from voipqos import config, probe
+from voipqos.htb import HtbProfile
+from voipqos.lab import netns
+from voipqos.profile import ProfileError
+from voipqos.tc import Tc
 
 pytestmark = pytest.mark.kernel
+PREFIX = "vqfh-"
 
 
 @pytest.mark.parametrize("name", list(PROBES))
 def test_fault_is_repaired(name, tmp_path):
     res = run_probe(name, tmp_path, f"vqf{list(PROBES).index(name)}-")
     assert res.ok, f"{name}: restore {res.restore_s}, {res.detail}"
+
+
+@pytest.fixture
+def router(tmp_path):
+    """The lab's router namespace and a private bpffs for the classifier's pins."""
+    pins = tmp_path / "pins"
+    pins.mkdir()
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(pins)], check=True)
+    try:
+        with netns.three_hosts(PREFIX) as topo:
+            yield topo, str(pins)
+    finally:
+        subprocess.run(["umount", str(pins)], check=False)
+
+
+def htb(topo: netns.Topology, pins: str) -> HtbProfile:
+    cfg = config.from_options({"upload": "10000", "download": "20000"})
+    ns = NetNS(topo.ns("router"))
+    return HtbProfile(cfg, netns.ROUTER_WAN_DEV, pins, tc=Tc(ns), features=probe.probe(ns),
+                      netns=topo.ns("router"))
+
+
+def test_a_detached_classifier_is_reported_as_such(router):
+    topo, pins = router
+    prof = htb(topo, pins)
+    prof.apply()
+    try:
+        assert prof.check() is None and prof.status()["classifier"] == "bpf"
+        topo.exec("router", f"tc filter del dev {netns.ROUTER_WAN_DEV} ingress pref 1")
+        assert "classifier is not attached" in (prof.check() or "")
+        assert prof.status()["classifier"] == "none"
+        prof.apply()  # compares with the kernel, not with what it attached before
+        assert prof.check() is None and prof.status()["classifier"] == "bpf"
+    finally:
+        prof.remove()
+        prof.tc.close()
+
+
+def test_a_failed_flow_table_update_keeps_the_previous_set(router):
+    topo, pins = router
+    prof = htb(topo, pins)
+    prof.apply()
+    try:
+        call = {(17, "192.168.1.2", "203.0.113.9", 4000, 5000)}
+        prof.set_flows(call)
+        too_many = {(17, "192.168.1.2", "203.0.113.9", 4000, p) for p in range(2000)}
+        with pytest.raises(ProfileError, match="table full"):
+            prof.set_flows(too_many)
+        assert prof.flows == call  # not the set the kernel refused
+    finally:
+        prof.remove()
+        prof.tc.close()

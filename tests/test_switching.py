@@ -58,12 +58,12 @@ def test_failed_flow_update_is_not_recorded_and_retried():
     sw = Switch(SwitchConfig(0, 100, 10))
     run(sw, 0, True, A)
     assert run(sw, 1, True, B, fail={Kind.FLOWS}) == [Action(Kind.FLOWS, flows=B)]
-    assert sw.flows == A and sw.status()["flows_pending"]
+    assert sw.flows == A and sw.failed_flows == B
     assert run(sw, 2, True, B) == []  # the same set: not every poll
     assert run(sw, 3, True, A) == []  # back to what the table holds
     assert run(sw, 4, True, B) == []
     assert run(sw, 11, True, B) == [Action(Kind.FLOWS, flows=B)]
-    assert sw.flows == B and not sw.status()["flows_pending"]
+    assert sw.flows == B and sw.failed_flows is None
 
 
 def test_lost_profile_is_restored_at_once_without_drain():

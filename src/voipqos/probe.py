@@ -24,13 +24,13 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from . import alerts as A
 from .alerts import Alert
+from .conntrack import ACCT_SYSCTL
 from .plan import TC_H_INGRESS, TC_H_ROOT, Features
 from .tc import Foreign
 from .uci import UciSyntaxError, parse_uci
 
 __all__ = ["Features", "flow_offload", "foreign_shaper", "format_report", "probe", "report"]
 
-ACCT_SYSCTL = "/proc/sys/net/netfilter/nf_conntrack_acct"
 FW4_CONFIG = "/etc/config/firewall"
 SHAPERS = {"htb", "hfsc", "cake", "tbf", "cbq", "drr", "qfq", "ets", "prio", "fq_pie", "netem"}
 

@@ -145,10 +145,6 @@ class Switch:
             times.append(self.rates_at)
         return min(times, default=None)
 
-    def status(self) -> dict[str, object]:
-        return {"active": self.active, "draining": self.rates_at is not None and self.active,
-                "flows": len(self.flows or ()), "flows_pending": self.failed_flows is not None}
-
 
 # a call is a few media flows (audio, video, screen share, each with RTCP) per direction;
 # a far host's other UDP flows must not fill the classifier's table (1024 directed tuples)
