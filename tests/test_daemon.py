@@ -13,6 +13,7 @@ from voipqos.api import InvalidArgument
 from voipqos.conntrack import Entry, Snapshot, Tuple
 from voipqos.daemon import Daemon, ReloadRejected, System
 from voipqos.detect import Sides
+from voipqos.linkwatch import Events
 from voipqos.profile import LogProfile, ProfileError
 
 LAN, FAR, WAN = "192.168.1.20", "203.0.113.9", "198.51.100.1"
@@ -56,10 +57,10 @@ class Script(System):
         self.packets = 0
         self.broken = False
         self.acct: bool | None = True
-        self.changed = False
+        self.changed: Events = Events()
 
-    def kernel_changed(self) -> bool:
-        changed, self.changed = self.changed, False
+    def kernel_events(self) -> Events:
+        changed, self.changed = self.changed, Events()
         return changed
 
     def traffic(self, device: str) -> None:
@@ -166,7 +167,10 @@ def test_a_kernel_change_retries_a_failed_apply_at_once(rig):
     rig.script.talking = True
     rig.tick(3)
     rig.prof.fail_apply = False
-    rig.script.changed = True  # e.g. the WAN device is back
+    rig.script.changed = Events(True, frozenset({"other0"}))
+    rig.tick()
+    assert not active(rig.d)  # another device: no retry before APPLY_RETRY
+    rig.script.changed = Events(True, frozenset({"wan0"}))  # the WAN device is back
     rig.tick()
     assert active(rig.d)
 
@@ -176,11 +180,11 @@ def test_a_lost_profile_is_restored_and_logged_once(rig, caplog):
     rig.script.talking = True
     rig.tick(3)
     prof.lost = "device wan0 was re-created"
-    rig.script.changed = True
+    rig.script.changed = Events(True)
     rig.d.tend(rig.clock.now)
     assert prof.log[-2:] == ["apply", "apply"] and active(d)
     prof.lost = None
-    rig.script.changed = True
+    rig.script.changed = Events(True)
     rig.tick()
     assert prof.log.count("apply") == 2
     assert sum("profile lost" in r.getMessage() for r in caplog.records) == 1

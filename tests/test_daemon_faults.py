@@ -4,7 +4,9 @@ again (the probes live in line_faults.py, which also runs them as a script)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 
 import pytest
 from pyroute2 import NetNS
@@ -76,3 +78,27 @@ def test_a_failed_flow_table_update_keeps_the_previous_set(router):
     finally:
         prof.remove()
         prof.tc.close()
+
+
+WATCH = """
+import json, subprocess
+from voipqos.linkwatch import LinkWatch
+w = LinkWatch()
+out = [w.events()]
+subprocess.run("ip link add vqt0 type veth peer name vqt1", shell=True, check=True)
+out.append(w.events())
+subprocess.run("tc qdisc add dev vqt0 root pfifo", shell=True, check=True)
+out.append(w.events())
+subprocess.run("ip link set vqt0 name vqt2", shell=True, check=True)
+out.append(w.events())
+print(json.dumps([[e.seen, sorted(e.links)] for e in out]))
+"""
+
+
+def test_link_watch_sees_links_and_tc_in_its_namespace(router):
+    topo, _ = router
+    got = json.loads(topo.exec("router", [sys.executable, "-c", WATCH]).stdout)
+    assert got[0] == [False, []]
+    assert got[1][0] and {"vqt0", "vqt1"} <= set(got[1][1])
+    assert got[2] == [True, []]  # a tc change: seen, no device announced
+    assert got[3][0] and "vqt2" in got[3][1]

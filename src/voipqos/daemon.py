@@ -30,6 +30,7 @@ from .config import Config, ConfigError, load, to_dict
 from .detect import Call, DetectConfig, Detection, Detector, Sides
 from .documents import call_doc, flows_document
 from .hysteresis import Hysteresis, HysteresisConfig, Mode
+from .linkwatch import Events
 from .profile import Profile, ProfileError
 from .switching import Action, Kind, Switch, SwitchConfig, call_tuples
 
@@ -41,6 +42,7 @@ APPLY_RETRY = 10.0  # seconds between attempts when a profile action failed
 SIDES_REFRESH = 30.0  # seconds between re-reads of the router's addresses
 METRICS_REFRESH = 5.0
 WATCH_INTERVAL = 0.25  # while shaping, look for kernel changes this often between polls
+CHECK_INTERVAL = 0.5  # at most this often read the kernel back after events (busy routers)
 
 
 class System:
@@ -69,13 +71,13 @@ class System:
     def enable_accounting(self) -> None:
         conntrack.enable_accounting()
 
-    def kernel_changed(self) -> bool:
-        """Whether links or tc objects changed since the last call (rtnetlink events)."""
+    def kernel_events(self) -> Events:
+        """Link and tc changes since the last call (rtnetlink events)."""
         if self._watch is None:
             from .linkwatch import LinkWatch
 
             self._watch = LinkWatch()
-        return self._watch.changed()
+        return self._watch.events()
 
     def traffic(self, device: str) -> dict[str, int] | None:
         """The device's own counters (rx = download), also while the profile is off."""
@@ -132,6 +134,9 @@ class Daemon:
         self.metrics_at: float | None = None
         self.cpu_percent = 0.0
         self.send_event: Callable[[str, dict[str, Any]], None] = lambda event, data: None
+        self.tuples: frozenset = frozenset()  # what the calls put in the classifier
+        self.unchecked = False  # kernel events not yet followed by a check
+        self.checked_at = float("-inf")
         self._configure(cfg)
 
     # -- configuration -------------------------------------------------------------------
@@ -204,6 +209,7 @@ class Daemon:
         snap = self._read(now)
         if snap is not None:
             self.detection = self.detector.update(snap, self.sides)
+            self.tuples = call_tuples(self.detection)
             self._note_offload(snap)
         self._check_accounting()
         # what every poll costs (read + detect); switching the profile is the exception
@@ -226,17 +232,19 @@ class Daemon:
 
     def tend(self, now: float) -> None:
         """Between polls too: restore a profile the kernel lost, retry what is due."""
-        if self.system.kernel_changed():
-            if self.switch.active:
-                try:
-                    lost = self.profile.check()
-                except ProfileError as exc:
-                    lost = str(exc)
-                if lost:
-                    log.warning("profile lost on %s (%s): restoring it", self.device, lost)
-                    self.switch.lost()
-            else:
-                self.switch.kick()  # e.g. the device a failed apply needed is back
+        events = self.system.kernel_events()
+        self.unchecked |= events.seen
+        if self.device in events.links:
+            self.switch.kick()  # e.g. the device a failed apply needed is back
+        if self.switch.active and self.unchecked and now - self.checked_at >= CHECK_INTERVAL:
+            self.unchecked, self.checked_at = False, now
+            try:
+                lost = self.profile.check()
+            except ProfileError as exc:
+                lost = str(exc)
+            if lost:
+                log.warning("profile lost on %s (%s): restoring it", self.device, lost)
+                self.switch.lost()
         self._switch(now)
 
     def _read(self, now: float) -> conntrack.Snapshot | None:
@@ -284,7 +292,7 @@ class Daemon:
 
     def _switch(self, now: float) -> None:
         wanted = self.cfg.enabled and self.hyst.active
-        actions = self.switch.step(now, wanted, call_tuples(self.detection))
+        actions = self.switch.step(now, wanted, self.tuples)
         for action in actions:
             ok = self._execute(action, self.profile)
             self.switch.done(action, ok, now)
