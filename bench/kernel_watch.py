@@ -23,7 +23,7 @@ from voipqos.htb import HtbProfile
 from voipqos.lab import netns
 from voipqos.linkwatch import LinkWatch
 
-PREFIX = "vqc-w"
+PREFIX = "vqzw-"
 
 
 def timed(fn, n: int) -> float:

@@ -319,7 +319,7 @@ def main(argv: list[str]) -> int:
     for i, name in enumerate(names):
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                res = run_probe(name, Path(tmp), f"vqlf{i}-")
+                res = run_probe(name, Path(tmp), f"vqzl{i:02d}-")
             except (AssertionError, RuntimeError, subprocess.SubprocessError) as exc:
                 res = Result(False, None, f"error: {str(exc)[:200]}")
         failed += not res.ok

@@ -19,12 +19,12 @@ from voipqos.profile import ProfileError
 from voipqos.tc import Tc
 
 pytestmark = pytest.mark.kernel
-PREFIX = "vqfh-"
+PREFIX = "vqzh-"
 
 
 @pytest.mark.parametrize("name", list(PROBES))
 def test_fault_is_repaired(name, tmp_path):
-    res = run_probe(name, tmp_path, f"vqf{list(PROBES).index(name)}-")
+    res = run_probe(name, tmp_path, f"vqzf{list(PROBES).index(name):02d}-")
     assert res.ok, f"{name}: restore {res.restore_s}, {res.detail}"
 
 
