@@ -107,8 +107,11 @@ class Switch:
             self.flows = None  # set again right after: the profile may hold an old set
         elif action.kind is Kind.RATES:
             self.rates_at = None
-        elif action.kind is Kind.REMOVE:
+        elif action.kind is Kind.REMOVE:  # a failed apply still waits for its retry time
+            apply_at = self.retry_at.get(Kind.APPLY)
             self._forget()
+            if apply_at is not None:
+                self.retry_at[Kind.APPLY] = apply_at
         else:
             self.flows, self.failed_flows = action.flows, None
 
