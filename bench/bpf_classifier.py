@@ -23,11 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from voipqos import bpf
+from voipqos import bpf, bpf_syscall
 
 NS = "vqb-bench"
 ROOT = Path(__file__).resolve().parents[1]
-BPF_PROG_LOAD, BPF_PROG_TYPE_SCHED_CLS = 5, 3
+BPF_PROG_TYPE_SCHED_CLS = 3
 
 
 def machine() -> str:
@@ -45,7 +45,7 @@ def load_empty_prog() -> int:
     lic = ctypes.create_string_buffer(b"GPL")
     attr = struct.pack("=IIQQIIQII", BPF_PROG_TYPE_SCHED_CLS, 2, ctypes.addressof(code),
                        ctypes.addressof(lic), 0, 0, 0, 0, 0)
-    return bpf.bpf_syscall(BPF_PROG_LOAD, attr)[0]
+    return bpf_syscall.bpf(bpf_syscall.PROG_LOAD, attr)[0]
 
 
 def frame(sport: int, proto: int = 17, dport: int = 5004) -> bytes:
@@ -62,7 +62,7 @@ def frame(sport: int, proto: int = 17, dport: int = 5004) -> bytes:
 
 def ns_per_packet(fd: int, data: bytes, repeat: int) -> float:
     """Best of three runs of `repeat` repetitions (mean ns per repetition)."""
-    return min(bpf.prog_test_run(fd, data, repeat).duration_ns for _ in range(3))
+    return min(bpf_syscall.prog_test_run(fd, data, repeat).duration_ns for _ in range(3))
 
 
 def timed(fn, n: int) -> float:
@@ -89,7 +89,7 @@ def main() -> None:
         t0 = time.perf_counter()
         c.attach("d0", "egress")
         attach_ms = (time.perf_counter() - t0) * 1e3
-        fds += [bpf.prog_fd_by_id(c.prog_id("d0", "egress")), load_empty_prog()]
+        fds += [bpf_syscall.prog_fd_by_id(c.prog_id("d0", "egress")), load_empty_prog()]
         prog, empty = fds
         c.set_rules(0x00010010, True, False, [])
         flows = [(17, "198.51.100.1", "198.51.100.2", 40000 + i, 5004) for i in range(8)]
@@ -113,8 +113,8 @@ def main() -> None:
               f"{ns_per_packet(empty, frame(40000), args.repeat):7.1f}")
 
         fd = c._fd("voipqos_flows")
-        keys = [bpf.flow_key((17, "192.0.2.1", "192.0.2.2", i, 1)) for i in range(1000)]
-        per_ctypes = timed(lambda i: bpf.map_update(fd, keys[i % 1000], b"\x01"), 20000)
+        keys = [c.maps.flow_key((17, "192.0.2.1", "192.0.2.2", i, 1)) for i in range(1000)]
+        per_ctypes = timed(lambda i: bpf_syscall.map_update(fd, keys[i % 1000], b"\x01"), 20000)
         path = str(c.globals_dir / "voipqos_flows")
 
         def by_bpftool(i: int) -> None:

@@ -32,8 +32,8 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#define VOIPQOS_MAX_FLOWS	1024
-#define VOIPQOS_MAX_RANGES	16
+#include "voipqos.h"
+
 #define VOIPQOS_MAX_EXTHDRS	6
 #define DSCP_EF			46
 
@@ -49,39 +49,6 @@
 #define IPPROTO_FRAGMENT	44
 #define IPPROTO_AH		51
 #define IPPROTO_DSTOPTS		60
-
-/* key of voipqos_flows: addresses as 16 bytes (IPv4 as ::ffff:a.b.c.d), all fields in
- * network byte order, padding zero */
-struct flow_key {
-	__u32 saddr[4];
-	__u32 daddr[4];
-	__be16 sport;
-	__be16 dport;
-	__u8 proto;
-	__u8 pad[3];
-};
-
-struct port_range {
-	__u16 lo;	/* host byte order, inclusive */
-	__u16 hi;
-};
-
-/* written by the daemon; all zero = classify nothing */
-struct voipqos_config {
-	__u32 voice_prio;	/* HTB classid major:minor for skb->priority; 0 = leave */
-	__u8 dscp_mark;		/* rewrite voice packets to EF */
-	__u8 trust_ef;		/* packets already marked EF are voice */
-	__u8 nranges;		/* used entries of ranges[] */
-	__u8 pad;
-	struct port_range ranges[VOIPQOS_MAX_RANGES];
-};
-
-struct counter {
-	__u64 packets;
-	__u64 bytes;
-};
-
-enum { COUNT_VOICE, COUNT_OTHER, COUNT_MAX };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -103,8 +70,8 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__type(key, __u32);
-	__type(value, struct counter);
-	__uint(max_entries, COUNT_MAX);
+	__type(value, struct voipqos_stats);
+	__uint(max_entries, 1);
 } voipqos_stats SEC(".maps");
 
 /* what the L3/L4 parsers found */
@@ -116,14 +83,17 @@ struct pkt {
 	__u8 has_ports;
 };
 
-static __always_inline void count(struct __sk_buff *skb, __u32 idx)
+static __always_inline void count(struct __sk_buff *skb, int voice)
 {
-	struct counter *c = bpf_map_lookup_elem(&voipqos_stats, &idx);
+	__u32 zero = 0;
+	struct voipqos_stats *s = bpf_map_lookup_elem(&voipqos_stats, &zero);
+	struct counter *c;
 
-	if (c) {
-		c->packets++;
-		c->bytes += skb->len;
-	}
+	if (!s)
+		return;
+	c = voice ? &s->voice : &s->other;
+	c->packets++;
+	c->bytes += skb->len;
 }
 
 /* L4 ports at off (UDP and TCP both start with source, destination) */
@@ -279,14 +249,14 @@ static __always_inline int classify(struct __sk_buff *skb, __u32 l3, __u16 proto
 	else
 		err = -1;
 	if (err || !is_voice(cfg, &p)) {
-		count(skb, COUNT_OTHER);
+		count(skb, 0);
 		return TC_ACT_UNSPEC;
 	}
 	if (cfg->voice_prio)
 		skb->priority = cfg->voice_prio;
 	if (cfg->dscp_mark)
 		mark_ef(skb, &p);
-	count(skb, COUNT_VOICE);
+	count(skb, 1);
 	return TC_ACT_UNSPEC;	/* let later filters (the IFB redirect) run */
 }
 
@@ -301,7 +271,7 @@ int voipqos_eth(struct __sk_buff *skb)
 #pragma unroll
 	for (i = 0; i < 3; i++) {
 		if (bpf_skb_load_bytes(skb, off, &type, sizeof(type))) {
-			count(skb, COUNT_OTHER);
+			count(skb, 0);
 			return TC_ACT_UNSPEC;
 		}
 		if (type != bpf_htons(ETH_P_8021Q) && type != bpf_htons(ETH_P_8021AD))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from voipqos import bpf, conntrack
+from voipqos import bpf, bpf_syscall, conntrack
 from voipqos.lab import netns
 from voipqos.lab.netns import run
 
@@ -209,9 +209,9 @@ def test_restart_adopts_pins_and_filters(topo, obj, tmp_path: Path) -> None:
         filters = t.exec("router", "tc filter show dev wan0 egress").stdout
         assert filters.count("voipqos_eth") == 1
         new.set_flows([(17, "192.0.2.1", "192.0.2.2", 3, 4), (17, "2001:db8::1", "::1", 5, 6)])
-        keys = set(bpf.map_keys(new._fd("voipqos_flows"), 40))
-        assert keys == {bpf.flow_key((17, "192.0.2.1", "192.0.2.2", 3, 4)),
-                        bpf.flow_key((17, "2001:db8::1", "::1", 5, 6))}
+        keys = set(bpf_syscall.map_keys(new._fd("voipqos_flows"), 40))
+        assert keys == {new.maps.flow_key((17, "192.0.2.1", "192.0.2.2", 3, 4)),
+                        new.maps.flow_key((17, "2001:db8::1", "::1", 5, 6))}
         new.detach("wan0", "egress")  # never attached by `new` in its own right: still ours
         assert t.exec("router", "tc filter show dev wan0 egress").stdout == ""
         new.close()

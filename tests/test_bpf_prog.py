@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voipqos import bpf
+from voipqos import bpf, bpf_syscall
 from voipqos.lab.netns import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def loaded(objects: Path, tmp_path_factory: pytest.TempPathFactory):
         run(["ip", "-n", NS, "tuntap", "add", "dev", "t0", "mode", "tun"])
         c.attach("d0", "egress")
         c.attach("t0", "egress")
-        fds += [bpf.prog_fd_by_id(c.prog_id(dev, "egress")) for dev in ("d0", "t0")]
+        fds += [bpf_syscall.prog_fd_by_id(c.prog_id(dev, "egress")) for dev in ("d0", "t0")]
         yield c, fds[0], fds[1]
     finally:
         for fd in fds:
@@ -125,13 +125,13 @@ def clf(loaded):
     c.set_rules(VOICE, True, False, [])
     c.set_flows([])
 
-    def go(frame: bytes) -> bpf.RunResult:
-        return bpf.prog_test_run(fd, frame)
+    def go(frame: bytes) -> bpf_syscall.RunResult:
+        return bpf_syscall.prog_test_run(fd, frame)
     go.classifier = c  # type: ignore[attr-defined]
     return go
 
 
-def assert_voice(res: bpf.RunResult, sent: bytes, ecn: int = 0, l3: int = 14) -> None:
+def assert_voice(res: bpf_syscall.RunResult, sent: bytes, ecn: int = 0, l3: int = 14) -> None:
     assert res.retval == UNSPEC
     assert res.priority == VOICE
     assert tos_of(res.data, l3) == (46 << 2) | ecn
@@ -143,7 +143,7 @@ def assert_voice(res: bpf.RunResult, sent: bytes, ecn: int = 0, l3: int = 14) ->
     assert set(changed) <= allowed
 
 
-def assert_other(res: bpf.RunResult, sent: bytes) -> None:
+def assert_other(res: bpf_syscall.RunResult, sent: bytes) -> None:
     assert res.retval == UNSPEC
     assert res.priority == 0
     assert res.data == sent
@@ -383,7 +383,7 @@ def test_l3_section_reads_ip_at_offset_zero(loaded) -> None:
     # address: 8.0.x.x reads as ETH_P_IP
     c.set_flows([(UDP, "8.0.2.10", B4, 40000, 5004)])
     packet = ipv4("8.0.2.10", B4, UDP, l4(UDP, 40000, 5004))
-    res = bpf.prog_test_run(fd_l3, packet)
+    res = bpf_syscall.prog_test_run(fd_l3, packet)
     assert res.priority == VOICE and res.data[1] == 46 << 2
 
 
@@ -397,7 +397,7 @@ def test_any_bytes_pass_untouched_without_rules(loaded, junk: bytes,
     c.set_flows([])
     ethertype, least = kind
     frame = bytes(12) + ethertype + junk + bytes(max(0, least - len(junk)))
-    assert_other(bpf.prog_test_run(fd, frame), frame)
+    assert_other(bpf_syscall.prog_test_run(fd, frame), frame)
 
 
 def test_objects_are_rebuilt_from_source(objects: Path) -> None:
@@ -423,6 +423,6 @@ def test_any_tuple_in_the_table_matches_both_ways(loaded, proto, addrs, sport, d
             return eth(0x0800) + ipv4(src, dst, proto, l4(proto, sport, dp))
         return eth(0x86DD) + ipv6(src, dst, proto, l4(proto, sport, dp))
     hit = frame(dport)
-    assert_voice(bpf.prog_test_run(fd, hit), hit)
+    assert_voice(bpf_syscall.prog_test_run(fd, hit), hit)
     miss = frame(dport + 1)  # neither the entry nor its reverse, whatever the addresses
-    assert_other(bpf.prog_test_run(fd, miss), miss)
+    assert_other(bpf_syscall.prog_test_run(fd, miss), miss)

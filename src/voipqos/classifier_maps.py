@@ -1,0 +1,107 @@
+"""The classifier's maps: their names, and keys and values packed with the layouts that
+bpf/voipqos.h declares, as read from the object's BTF (btf.py), not mirrored by hand.
+
+Pure (no syscalls): the argument checks that name the bad field live here, so a bad
+config is refused before anything touches the kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Sequence
+from pathlib import Path
+
+from .btf import Btf, BtfError, Layout, MapDef
+
+FLOWS, CONFIG, STATS = "voipqos_flows", "voipqos_config", "voipqos_stats"
+MAP_NAMES = (FLOWS, CONFIG, STATS)
+PERCPU_TYPES = {5, 6, 10}   # BPF_MAP_TYPE_PERCPU_HASH, _PERCPU_ARRAY, _LRU_PERCPU_HASH
+FiveTuple = tuple[int, str, str, int, int]   # (ipproto, src, dst, sport, dport)
+
+
+class LayoutError(ValueError):
+    """A flow or rule that does not fit the maps; the message names the field."""
+
+
+def _v6(addr: str) -> bytes:
+    a = ipaddress.ip_address(addr)
+    return (b"\0" * 10 + b"\xff\xff" + a.packed) if a.version == 4 else a.packed
+
+
+class ClassifierMaps:
+    """The layouts of one classifier object's maps."""
+
+    def __init__(self, btf: Btf) -> None:
+        maps = btf.maps()
+        missing = [name for name in MAP_NAMES if name not in maps]
+        if missing:
+            raise BtfError(f"maps {', '.join(missing)} not in the object")
+        self.defs: dict[str, MapDef] = {name: maps[name] for name in MAP_NAMES}
+        self.flow_key_layout = self._struct(FLOWS, "key")
+        self.config_layout = self._struct(CONFIG, "value")
+        self.stats_layout = self._struct(STATS, "value")
+        self.max_ranges = self.config_layout.fields["ranges"].count
+
+    def _struct(self, name: str, part: str) -> Layout:
+        t = getattr(self.defs[name], part)
+        if not isinstance(t, Layout):
+            raise BtfError(f"{name}: {part} is not a struct")
+        return t
+
+    def size(self, name: str, part: str) -> int:
+        t = getattr(self.defs[name], part)
+        return t.size if isinstance(t, Layout) else t
+
+    def flow_key(self, flow: FiveTuple) -> bytes:
+        """voipqos_flows key of (ipproto, src, dst, sport, dport); IPv4 as ::ffff:a.b.c.d."""
+        proto, src, dst, sport, dport = flow
+        try:
+            return self.flow_key_layout.pack({"saddr": _v6(src), "daddr": _v6(dst),
+                                              "sport": sport, "dport": dport, "proto": proto})
+        except (ValueError, OverflowError) as e:
+            raise LayoutError(f"bad flow {flow!r}: {e}") from None
+
+    def config_value(self, voice_classid: int, dscp_mark: bool, trust_ef: bool,
+                     voice_ports: Sequence[tuple[int, int]]) -> bytes:
+        """voipqos_config[0] for the rules."""
+        if not 0 <= voice_classid <= 0xFFFFFFFF:
+            raise LayoutError(f"voice_classid {voice_classid:#x} out of range")
+        if voice_classid and not voice_classid & 0xFFFF:
+            raise LayoutError(f"voice_classid {voice_classid >> 16:x}:0 is HTB's unshaped "
+                              "direct class")
+        if len(voice_ports) > self.max_ranges:
+            raise LayoutError(f"voice_ports: {len(voice_ports)} ranges, at most "
+                              f"{self.max_ranges}")
+        for lo, hi in voice_ports:
+            if not 0 < lo <= hi <= 65535:
+                raise LayoutError(f"voice_ports: bad range {lo}-{hi}")
+        return self.config_layout.pack({
+            "voice_prio": voice_classid, "dscp_mark": int(dscp_mark),
+            "trust_ef": int(trust_ef), "nranges": len(voice_ports),
+            "ranges": [{"lo": lo, "hi": hi} for lo, hi in voice_ports]})
+
+    def stats(self, per_cpu: bytes, ncpu: int) -> dict[str, dict[str, int]]:
+        """voipqos_stats[0] summed over the CPUs' slots (each rounded up to 8 bytes)."""
+        slot = -(-self.stats_layout.size // 8) * 8
+        total: dict[str, dict[str, int]] = {}
+        for cpu in range(ncpu):
+            for name, counter in self.stats_layout.unpack(per_cpu, cpu * slot).items():
+                into = total.setdefault(name, dict.fromkeys(counter, 0))
+                for k, v in counter.items():
+                    into[k] += v
+        return total
+
+    def memory(self, ncpu: int) -> dict[str, int]:
+        """Bytes of key + value times max_entries per map (per-CPU values once per CPU):
+        what the maps hold when full; the kernel adds its own per-element overhead."""
+        out = {}
+        for name, d in self.defs.items():
+            value = self.size(name, "value") * (ncpu if d.type in PERCPU_TYPES else 1)
+            out[name] = d.max_entries * (self.size(name, "key") + value)
+        return out
+
+
+@functools.lru_cache(maxsize=4)
+def for_object(obj: Path) -> ClassifierMaps:
+    return ClassifierMaps(Btf.from_object(obj))
