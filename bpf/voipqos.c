@@ -67,6 +67,14 @@ struct {
 } voipqos_config SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct voipqos_ports);
+	__uint(max_entries, 1);
+} voipqos_ports SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__type(key, __u32);
@@ -92,8 +100,23 @@ static __always_inline void count(struct __sk_buff *skb, int voice)
 	if (!s)
 		return;
 	c = voice ? &s->voice : &s->other;
-	c->packets++;
+	/* a GSO/GRO aggregate is gso_segs packets on the wire */
+	c->packets += skb->gso_segs > 1 ? skb->gso_segs : 1;
 	c->bytes += skb->len;
+}
+
+/* len bytes at off: straight from the linear head when it holds them (the usual case,
+ * and much cheaper than a helper call), else through bpf_skb_load_bytes (paged data) */
+static __always_inline int load(struct __sk_buff *skb, __u32 off, void *to, const __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	if (off < 0x1000 && data + off + len <= end) {
+		__builtin_memcpy(to, data + off, len);
+		return 0;
+	}
+	return bpf_skb_load_bytes(skb, off, to, len);
 }
 
 /* L4 ports at off (UDP and TCP both start with source, destination) */
@@ -103,7 +126,7 @@ static __always_inline void load_ports(struct __sk_buff *skb, __u32 off, struct 
 
 	if (p->key.proto != IPPROTO_UDP && p->key.proto != IPPROTO_TCP)
 		return;
-	if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
+	if (load(skb, off, ports, sizeof(ports)))
 		return;
 	p->key.sport = ports[0];
 	p->key.dport = ports[1];
@@ -115,7 +138,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 	__u8 h[20];	/* fixed IPv4 header, read as bytes: no endian-dependent bitfields */
 	__u32 ihl;
 
-	if (bpf_skb_load_bytes(skb, p->l3, h, sizeof(h)))
+	if (load(skb, p->l3, h, sizeof(h)))
 		return -1;
 	ihl = (h[0] & 0x0f) * 4;
 	if ((h[0] >> 4) != 4 || ihl < sizeof(h))
@@ -139,8 +162,8 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p)
 	__u8 next;
 	int i;
 
-	if (bpf_skb_load_bytes(skb, p->l3, h, sizeof(h)) ||
-	    bpf_skb_load_bytes(skb, p->l3 + 8, p->key.saddr, 32))
+	if (load(skb, p->l3, h, sizeof(h)) ||
+	    load(skb, p->l3 + 8, p->key.saddr, 32))
 		return -1;
 	if ((h[0] >> 4) != 6)
 		return -1;
@@ -155,7 +178,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p)
 		if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
 		    next != IPPROTO_DSTOPTS && next != IPPROTO_FRAGMENT && next != IPPROTO_AH)
 			break;
-		if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
+		if (load(skb, off, ext, sizeof(ext)))
 			return 0;	/* truncated: classify by addresses/DSCP only */
 		if (next == IPPROTO_FRAGMENT) {
 			if ((ext[2] << 5 | ext[3] >> 3) != 0)
@@ -173,31 +196,32 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p)
 	return 0;
 }
 
-static __always_inline int in_ranges(const struct voipqos_config *cfg, __u16 port)
+static __always_inline int in_set(const __u64 *set, __be16 port)
 {
-	int i;
+	__u16 p = bpf_ntohs(port);
 
-#pragma unroll
-	for (i = 0; i < VOIPQOS_MAX_RANGES; i++) {
-		if (i >= cfg->nranges)
-			break;
-		if (port >= cfg->ranges[i].lo && port <= cfg->ranges[i].hi)
-			return 1;
-	}
-	return 0;
+	return (set[(p >> 6) & (VOIPQOS_PORT_WORDS - 1)] >> (p & 63)) & 1;
 }
 
 static __always_inline int is_voice(const struct voipqos_config *cfg, struct pkt *p)
 {
+	struct voipqos_ports *ports;
 	struct flow_key rev;
+	__u32 zero = 0;
 
 	if (cfg->trust_ef && (p->dsfield >> 2) == DSCP_EF)
 		return 1;
 	if (!p->has_ports)
 		return 0;
+	ports = bpf_map_lookup_elem(&voipqos_ports, &zero);
+	if (!ports)
+		return 0;
 	if (p->key.proto == IPPROTO_UDP &&
-	    (in_ranges(cfg, bpf_ntohs(p->key.sport)) || in_ranges(cfg, bpf_ntohs(p->key.dport))))
+	    (in_set(ports->voice, p->key.sport) || in_set(ports->voice, p->key.dport)))
 		return 1;
+	/* a flow (either way round) has both of the packet's ports */
+	if (!in_set(ports->flows, p->key.sport) || !in_set(ports->flows, p->key.dport))
+		return 0;
 	if (bpf_map_lookup_elem(&voipqos_flows, &p->key))
 		return 1;
 	rev = p->key;
@@ -216,7 +240,7 @@ static __always_inline void mark_ef(struct __sk_buff *skb, const struct pkt *p)
 	__u8 ds = (DSCP_EF << 2) | (p->dsfield & 0x03);
 	__u8 w[2];
 
-	if (p->dsfield == ds || bpf_skb_load_bytes(skb, p->l3, w, sizeof(w)))
+	if (p->dsfield == ds || load(skb, p->l3, w, sizeof(w)))
 		return;
 	if (p->ipv6) {
 		__u8 n[2] = { (w[0] & 0xf0) | (ds >> 4), (ds << 4) | (w[1] & 0x0f) };
@@ -270,7 +294,7 @@ int voipqos_eth(struct __sk_buff *skb)
 
 #pragma unroll
 	for (i = 0; i < 3; i++) {
-		if (bpf_skb_load_bytes(skb, off, &type, sizeof(type))) {
+		if (load(skb, off, &type, sizeof(type))) {
 			count(skb, 0);
 			return TC_ACT_UNSPEC;
 		}

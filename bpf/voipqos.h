@@ -9,7 +9,7 @@
 #define VOIPQOS_H
 
 #define VOIPQOS_MAX_FLOWS	1024
-#define VOIPQOS_MAX_RANGES	16
+#define VOIPQOS_PORT_WORDS	(65536 / 64)
 
 /* key of voipqos_flows: addresses as 16 bytes (IPv4 as ::ffff:a.b.c.d), all fields in
  * network byte order, padding zero */
@@ -22,19 +22,20 @@ struct flow_key {
 	__u8 pad[3];
 };
 
-struct port_range {
-	__u16 lo;	/* host byte order, inclusive */
-	__u16 hi;
-};
-
 /* voipqos_config[0], written by the daemon; all zero = classify nothing */
 struct voipqos_config {
 	__u32 voice_prio;	/* HTB classid major:minor for skb->priority; 0 = leave */
 	__u8 dscp_mark;		/* rewrite voice packets to EF */
 	__u8 trust_ef;		/* packets already marked EF are voice */
-	__u8 nranges;		/* used entries of ranges[] */
-	__u8 pad;
-	struct port_range ranges[VOIPQOS_MAX_RANGES];
+	__u8 pad[2];
+};
+
+/* voipqos_ports[0]: port sets as bitmaps (bit p % 64 of word p / 64, port in host
+ * order), so a packet is tested in constant time whatever the number of ranges or
+ * flows: a non-call packet (TCP above all) costs two bit tests, no hash lookup. */
+struct voipqos_ports {
+	__u64 voice[VOIPQOS_PORT_WORDS];	/* static voice port ranges (UDP, either port) */
+	__u64 flows[VOIPQOS_PORT_WORDS];	/* every port of voipqos_flows' keys */
 };
 
 /* packets count GSO segments (what goes on the wire), bytes the skb's length */

@@ -59,33 +59,59 @@ def test_bad_flows_name_the_flow(maps, flow) -> None:
 
 
 def test_config_layout(maps) -> None:
-    raw = maps.config_value(0x00010010, True, False, [(10000, 20000)])
-    assert len(raw) == 72  # sizeof(struct voipqos_config), as bpftool shows
-    assert struct.unpack_from("=IBBB", raw) == (0x00010010, 1, 0, 1)
-    assert struct.unpack_from("=HH", raw, 8) == (10000, 20000)
-    assert raw[12:] == bytes(60)
+    raw = maps.config_value(0x00010010, True, False)
+    assert len(raw) == 8  # sizeof(struct voipqos_config), as bpftool shows
+    assert struct.unpack_from("=IBBxx", raw) == (0x00010010, 1, 0)
 
 
 @pytest.mark.parametrize(("args", "field"), [
-    ((0x00010000, True, False, []), "direct class"),
-    ((1 << 32, True, False, []), "voice_classid"),
-    ((0x00010010, True, False, [(1, 2)] * 17), "at most 16"),
-    ((0x00010010, True, False, [(20, 10)]), "bad range 20-10"),
-    ((0x00010010, True, False, [(0, 10)]), "bad range 0-10"),
+    ((0x00010000, True, False), "direct class"),
+    ((1 << 32, True, False), "voice_classid"),
 ])
 def test_bad_rules_are_refused(maps, args, field) -> None:
     with pytest.raises(classifier_maps.LayoutError, match=field):
         maps.config_value(*args)
 
 
+@pytest.mark.parametrize(("ranges", "bad"), [([(20, 10)], "20-10"), ([(0, 10)], "0-10"),
+                                             ([(1, 65536)], "1-65536")])
+def test_bad_port_ranges_are_refused(ranges, bad) -> None:
+    with pytest.raises(classifier_maps.LayoutError, match=f"bad range {bad}"):
+        classifier_maps.ClassifierMaps.voice_ports(ranges)
+
+
 def test_classid_zero_means_mark_only(maps) -> None:
-    assert struct.unpack_from("=I", maps.config_value(0, True, False, []))[0] == 0
+    assert struct.unpack_from("=I", maps.config_value(0, True, False))[0] == 0
+
+
+@given(st.sets(ports, max_size=40))
+def test_port_set_bit_p_of_word_p_over_64(maps, chosen: set[int]) -> None:
+    for m in (maps, classifier_maps.for_object(OUT / "voipqos-bpfeb.o")):
+        raw = m.port_set("flows", chosen)
+        order = m.ports_layout.byteorder
+        assert len(raw) == 8192
+        got = {64 * w + b for w in range(1024) for b in range(64)
+               if int.from_bytes(raw[8 * w:8 * w + 8], order) >> b & 1} if chosen else set()
+        assert got == chosen
+
+
+def test_ports_value_replaces_one_bitmap_keeps_the_other(maps) -> None:
+    voice = maps.port_set("voice", {5060})
+    both = maps.ports_value(None, voice=voice, flows=maps.port_set("flows", {1, 2}))
+    again = maps.ports_value(both, flows=maps.port_set("flows", {3}))
+    assert maps.ports_value(again, voice=voice) == again
+    assert again[maps.ports_layout.fields["voice"].offset:][:8192] == voice
+
+
+def test_flow_ports_are_both_ports_of_every_key(maps) -> None:
+    keys = [maps.flow_key((17, "192.0.2.1", "192.0.2.2", 40000, 5004)),
+            maps.flow_key((6, "::1", "::2", 443, 50000))]
+    assert maps.flow_ports(keys) == {40000, 5004, 443, 50000}
 
 
 def test_big_endian_object_packs_host_fields_big_endian(maps, maps_be) -> None:
-    raw = maps_be.config_value(0x00010010, True, False, [(10000, 20000)])
-    assert struct.unpack_from(">IBBB", raw) == (0x00010010, 1, 0, 1)
-    assert struct.unpack_from(">HH", raw, 8) == (10000, 20000)
+    raw = maps_be.config_value(0x00010010, True, False)
+    assert struct.unpack_from(">IBB", raw) == (0x00010010, 1, 0)
     # network-order fields are big-endian in both objects
     flow = (17, "192.0.2.1", "::2", 1, 2)
     assert maps_be.flow_key(flow) == maps.flow_key(flow)
@@ -94,9 +120,10 @@ def test_big_endian_object_packs_host_fields_big_endian(maps, maps_be) -> None:
 def test_layouts_come_from_the_header(maps) -> None:
     """Sizes and limits are the header's, not constants repeated in Python."""
     header = (ROOT / "bpf" / "voipqos.h").read_text()
-    assert f"#define VOIPQOS_MAX_RANGES\t{maps.max_ranges}" in header
+    assert "#define VOIPQOS_PORT_WORDS\t(65536 / 64)" in header
+    assert maps.ports_layout.fields["voice"].count == 1024
     assert f"#define VOIPQOS_MAX_FLOWS\t{maps.defs['voipqos_flows'].max_entries}" in header
-    assert maps.flow_key_layout.size == 40 and maps.config_layout.size == 72
+    assert maps.flow_key_layout.size == 40 and maps.config_layout.size == 8
     assert set(maps.stats_layout.fields) == {"voice", "other"}
 
 
@@ -111,7 +138,8 @@ def test_stats_sum_over_cpus(maps) -> None:
 def test_map_memory(maps) -> None:
     mem = maps.memory(ncpu=4)
     assert mem["voipqos_stats"] == 4 + 4 * 32  # one entry, one value per CPU
-    assert mem["voipqos_config"] == 4 + 72
+    assert mem["voipqos_config"] == 4 + 8
+    assert mem["voipqos_ports"] == 4 + 2 * 8192
 
 
 def test_object_without_btf_is_refused(tmp_path: Path) -> None:

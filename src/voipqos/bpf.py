@@ -25,6 +25,7 @@ from .classifier_maps import (
     CONFIG,
     FLOWS,
     MAP_NAMES,
+    PORTS,
     STATS,
     ClassifierMaps,
     FiveTuple,
@@ -245,18 +246,29 @@ class Classifier:
         to only mark DSCP; voice_ports: static UDP (lo, hi) ranges, either port matches."""
         maps = self.maps
         try:
-            value = maps.config_value(voice_classid, dscp_mark, trust_ef, voice_ports)
+            value = maps.config_value(voice_classid, dscp_mark, trust_ef)
+            voice = maps.port_set("voice", maps.voice_ports(voice_ports))
         except LayoutError as e:
             raise BpfError(str(e)) from None
+        self._update_ports(voice=voice)
         try:
             bpf_syscall.map_update(self._fd(CONFIG), bytes(maps.size(CONFIG, "key")), value)
         except OSError as e:
             raise BpfError(f"{CONFIG} update: {e.strerror}") from None
 
+    def _update_ports(self, **sets: bytes) -> None:
+        maps, fd, key = self.maps, self._fd(PORTS), bytes(4)
+        try:
+            old = bpf_syscall.map_lookup(fd, key, maps.size(PORTS, "value"))
+            bpf_syscall.map_update(fd, key, maps.ports_value(old, **sets))
+        except OSError as e:
+            raise BpfError(f"{PORTS} update: {e.strerror}") from None
+
     def set_flows(self, flows: Collection[FiveTuple]) -> None:
         """Make the flow table hold exactly these directed 5-tuples; the program also
         matches each reversed, so orig + reply tuples cover both directions and NAT.
-        Entries that stay keep their value; new ones start from zero."""
+        Entries that stay keep their value; new ones start from zero. The flows' port
+        set covers old and new keys while the table changes, so no call packet misses."""
         maps = self.maps
         try:
             want = {maps.flow_key(f) for f in flows}
@@ -266,6 +278,9 @@ class Classifier:
         fresh = bytes(maps.size(FLOWS, "value"))
         try:
             have = set(bpf_syscall.map_keys(fd, maps.size(FLOWS, "key")))
+            if want == have:
+                return
+            self._update_ports(flows=maps.port_set("flows", maps.flow_ports(want | have)))
             for key in have - want:
                 bpf_syscall.map_delete(fd, key)
             for key in want - have:
@@ -273,6 +288,7 @@ class Classifier:
         except OSError as e:
             cause = "table full" if e.errno == errno.E2BIG else e.strerror
             raise BpfError(f"{FLOWS} update: {cause}") from None
+        self._update_ports(flows=maps.port_set("flows", maps.flow_ports(want)))
 
     def counters(self) -> dict[str, dict[str, int]]:
         """{"voice"|"other": {"packets", "bytes"}} summed over CPUs; packets count GSO

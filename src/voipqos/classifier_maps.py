@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .btf import Btf, BtfError, Layout, MapDef
 
-FLOWS, CONFIG, STATS = "voipqos_flows", "voipqos_config", "voipqos_stats"
-MAP_NAMES = (FLOWS, CONFIG, STATS)
+FLOWS, CONFIG, PORTS, STATS = "voipqos_flows", "voipqos_config", "voipqos_ports", "voipqos_stats"
+MAP_NAMES = (FLOWS, CONFIG, PORTS, STATS)
 PERCPU_TYPES = {5, 6, 10}   # BPF_MAP_TYPE_PERCPU_HASH, _PERCPU_ARRAY, _LRU_PERCPU_HASH
 FiveTuple = tuple[int, str, str, int, int]   # (ipproto, src, dst, sport, dport)
 
@@ -40,8 +40,8 @@ class ClassifierMaps:
         self.defs: dict[str, MapDef] = {name: maps[name] for name in MAP_NAMES}
         self.flow_key_layout = self._struct(FLOWS, "key")
         self.config_layout = self._struct(CONFIG, "value")
+        self.ports_layout = self._struct(PORTS, "value")
         self.stats_layout = self._struct(STATS, "value")
-        self.max_ranges = self.config_layout.fields["ranges"].count
 
     def _struct(self, name: str, part: str) -> Layout:
         t = getattr(self.defs[name], part)
@@ -62,24 +62,49 @@ class ClassifierMaps:
         except (ValueError, OverflowError) as e:
             raise LayoutError(f"bad flow {flow!r}: {e}") from None
 
-    def config_value(self, voice_classid: int, dscp_mark: bool, trust_ef: bool,
-                     voice_ports: Sequence[tuple[int, int]]) -> bytes:
+    def config_value(self, voice_classid: int, dscp_mark: bool, trust_ef: bool) -> bytes:
         """voipqos_config[0] for the rules."""
         if not 0 <= voice_classid <= 0xFFFFFFFF:
             raise LayoutError(f"voice_classid {voice_classid:#x} out of range")
         if voice_classid and not voice_classid & 0xFFFF:
             raise LayoutError(f"voice_classid {voice_classid >> 16:x}:0 is HTB's unshaped "
                               "direct class")
-        if len(voice_ports) > self.max_ranges:
-            raise LayoutError(f"voice_ports: {len(voice_ports)} ranges, at most "
-                              f"{self.max_ranges}")
-        for lo, hi in voice_ports:
+        return self.config_layout.pack({"voice_prio": voice_classid,
+                                        "dscp_mark": int(dscp_mark), "trust_ef": int(trust_ef)})
+
+    def port_set(self, field: str, ports: Iterable[int]) -> bytes:
+        """One bitmap of voipqos_ports: bit p % 64 of 64-bit word p / 64."""
+        f = self.ports_layout.fields[field]
+        words = [0] * f.count
+        for p in ports:
+            words[p >> 6] |= 1 << (p & 63)
+        return b"".join(w.to_bytes(f.size, self.ports_layout.byteorder) for w in words)
+
+    def ports_value(self, old: bytes | None, **sets: bytes) -> bytes:
+        """voipqos_ports[0] with the given bitmaps replaced and the others kept."""
+        raw = bytearray(old or bytes(self.ports_layout.size))
+        for name, bits in sets.items():
+            at = self.ports_layout.fields[name].offset
+            raw[at:at + len(bits)] = bits
+        return bytes(raw)
+
+    def flow_ports(self, keys: Iterable[bytes]) -> set[int]:
+        """Every port of these voipqos_flows keys."""
+        out: set[int] = set()
+        for key in keys:
+            k = self.flow_key_layout.unpack(key)
+            out |= {k["sport"], k["dport"]}
+        return out
+
+    @staticmethod
+    def voice_ports(ranges: Sequence[tuple[int, int]]) -> set[int]:
+        """The ports of static UDP voice ranges (lo, hi), checked."""
+        out: set[int] = set()
+        for lo, hi in ranges:
             if not 0 < lo <= hi <= 65535:
                 raise LayoutError(f"voice_ports: bad range {lo}-{hi}")
-        return self.config_layout.pack({
-            "voice_prio": voice_classid, "dscp_mark": int(dscp_mark),
-            "trust_ef": int(trust_ef), "nranges": len(voice_ports),
-            "ranges": [{"lo": lo, "hi": hi} for lo, hi in voice_ports]})
+            out.update(range(lo, hi + 1))
+        return out
 
     def stats(self, per_cpu: bytes, ncpu: int) -> dict[str, dict[str, int]]:
         """voipqos_stats[0] summed over the CPUs' slots (each rounded up to 8 bytes)."""
