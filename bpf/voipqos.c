@@ -119,6 +119,19 @@ static __always_inline int load(struct __sk_buff *skb, __u32 off, void *to, cons
 	return bpf_skb_load_bytes(skb, off, to, len);
 }
 
+/* len bytes at off to read in place: a pointer into the linear head when it holds them,
+ * else buf filled by bpf_skb_load_bytes; NULL if the packet is shorter */
+static __always_inline const __u8 *peek(struct __sk_buff *skb, __u32 off, __u8 *buf,
+					const __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	if (off < 0x1000 && data + off + len <= end)
+		return data + off;
+	return bpf_skb_load_bytes(skb, off, buf, len) ? NULL : buf;
+}
+
 /* L4 ports at off (UDP and TCP both start with source, destination) */
 static __always_inline void load_ports(struct __sk_buff *skb, __u32 off, struct pkt *p)
 {
@@ -135,13 +148,14 @@ static __always_inline void load_ports(struct __sk_buff *skb, __u32 off, struct 
 
 static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 {
-	__u8 h[20];	/* fixed IPv4 header, read as bytes: no endian-dependent bitfields */
+	__u8 buf[20];	/* fixed IPv4 header, read as bytes: no endian-dependent bitfields */
+	const __u8 *h = peek(skb, p->l3, buf, sizeof(buf));
 	__u32 ihl;
 
-	if (load(skb, p->l3, h, sizeof(h)))
+	if (!h)
 		return -1;
 	ihl = (h[0] & 0x0f) * 4;
-	if ((h[0] >> 4) != 4 || ihl < sizeof(h))
+	if ((h[0] >> 4) != 4 || ihl < sizeof(buf))
 		return -1;
 	p->dsfield = h[1];
 	p->key.proto = h[9];

@@ -8,6 +8,7 @@ captured on the far host with tcpdump -v (DSCP, IPv4 header checksum).
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -288,3 +289,53 @@ def test_detach_of_a_vanished_device_is_quiet(topo, obj, tmp_path: Path) -> None
     finally:
         c.close()
     assert c.attached == set()
+
+
+SINK = """
+import socket, sys
+s = socket.create_server(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+c, _ = s.accept()
+while c.recv(1 << 16):
+    pass
+"""
+
+STREAM = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+block = b"x" * (1 << 16)
+for _ in range(int(sys.argv[3]) // len(block)):
+    c.sendall(block)
+c.close()
+"""
+
+
+def nstat(t: netns.Topology, host: str, name: str) -> int:
+    """A SNMP counter of the host's namespace (absolute, not since last call)."""
+    out = t.exec(host, ["nstat", "-a", "-z", "-j", name]).stdout
+    return int(json.loads(out)["kernel"][name])
+
+
+def test_counters_count_segments_of_gso_packets(topo, obj, tmp_path: Path) -> None:
+    """TSO/GSO on along the path: wan0's egress sees 64 KB aggregates, and the
+    classifier counts the segments they become on the wire (≈ the sender's TcpOutSegs,
+    which counts GSO segments), not the skbs."""
+    t = topo
+    for host, dev in (("lan", "eth0"), ("router", "lan0"), ("router", "wan0"), ("wan", "eth0")):
+        t.exec(host, f"ethtool -K {dev} tso on gso on gro on tx on")
+    sink = t.popen("wan", [sys.executable, "-c", SINK, "5201"], stdout=subprocess.PIPE, text=True)
+    assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+    c = bpf.Classifier(str(tmp_path / "bpffs"), obj, netns=t.ns("router"))
+    try:
+        c.attach("wan0", "egress")
+        c.set_rules(VOICE_CLASS, True, False, [])
+        segs_before = nstat(t, "lan", "TcpOutSegs")
+        t.exec("lan", [sys.executable, "-c", STREAM, netns.WAN_HOST4, "5201", str(16 << 20)])
+        sink.wait(timeout=30)
+        segs = nstat(t, "lan", "TcpOutSegs") - segs_before
+        other = c.counters()["other"]
+    finally:
+        c.close()
+    assert segs > (16 << 20) // 1500  # full-sized segments arrived
+    assert abs(other["packets"] - segs) <= 0.02 * segs + 10, (other, segs)
+    assert other["bytes"] / other["packets"] <= 1514  # counted per segment, not per skb

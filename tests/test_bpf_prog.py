@@ -374,6 +374,44 @@ def test_counters_count_voice_and_other(clf) -> None:
     assert after["other"]["packets"] - before["other"]["packets"] == 1
 
 
+def test_counters_count_gso_segments(clf, loaded) -> None:
+    """An skb that is a GSO aggregate counts as the segments it goes out as."""
+    c, fd, _ = loaded
+    c.set_flows([(UDP, A4, B4, 40000, 5004)])
+    before = c.counters()
+    bpf_syscall.prog_test_run(fd, udp4(), gso_segs=7)
+    bpf_syscall.prog_test_run(fd, udp4(sport=1, proto=TCP), gso_segs=44)
+    after = c.counters()
+    assert after["voice"]["packets"] - before["voice"]["packets"] == 7
+    assert after["other"]["packets"] - before["other"]["packets"] == 44
+    assert after["voice"]["bytes"] - before["voice"]["bytes"] == len(udp4())
+
+
+def test_any_number_of_port_ranges(clf) -> None:
+    """Ranges are a port bitmap: 100 ranges cost and match like one."""
+    clf.classifier.set_rules(VOICE, True, False, [(10000 + 10 * i, 10001 + 10 * i)
+                                                 for i in range(100)])
+    for sport, voice in ((10990, True), (10991, True), (10992, False), (9999, False)):
+        frame = udp4(sport=sport, dport=443)
+        (assert_voice if voice else assert_other)(clf(frame), frame)
+
+
+def test_flow_ports_without_the_flow_are_other(clf) -> None:
+    """Both ports in the flows' port set, but not a flow (the set lets it through to the
+    hash lookup, which says no)."""
+    clf.classifier.set_flows([(UDP, A4, B4, 40000, 5004), (UDP, A6, B6, 5004, 40000)])
+    frame = udp4(src="192.0.2.99")
+    assert_other(clf(frame), frame)
+    assert_voice(clf(udp4()), udp4())
+
+
+def test_removed_flow_no_longer_matches(clf) -> None:
+    clf.classifier.set_flows([(UDP, A4, B4, 40000, 5004)])
+    assert_voice(clf(udp4()), udp4())
+    clf.classifier.set_flows([(UDP, A4, B4, 40001, 5004)])
+    assert_other(clf(udp4()), udp4())
+
+
 def test_l3_section_reads_ip_at_offset_zero(loaded) -> None:
     """tc_l3 (PPPoE/tun devices): the test run hands it an Ethernet frame, so a frame
     whose bytes from offset 0 form an IPv4 packet shows it parses there."""
