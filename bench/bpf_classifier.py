@@ -48,11 +48,13 @@ def load_empty_prog() -> int:
     return bpf_syscall.bpf(bpf_syscall.PROG_LOAD, attr)[0]
 
 
-def frame(sport: int, proto: int = 17, dport: int = 5004) -> bytes:
-    """A 202-byte UDP/IPv4 frame (RTP-like payload) or a 1514-byte TCP/IPv4 one."""
+def frame(sport: int, proto: int = 17, dport: int = 5004, rtp: bool = False) -> bytes:
+    """A 202-byte UDP/IPv4 frame (an RTP packet with `rtp`) or a 1514-byte TCP/IPv4 one."""
     eth = b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00"
     if proto == 17:
-        l4 = struct.pack("!HHHH", sport, dport, 8 + 160, 0) + b"v" * 160
+        payload = (struct.pack("!BBHII", 0x80, 0, 1, 160, 0x1234) + b"v" * 148 if rtp
+                   else b"v" * 160)
+        l4 = struct.pack("!HHHH", sport, dport, 8 + 160, 0) + payload
     else:
         l4 = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x10, 1000, 0, 0) + b"t" * 1460
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0, 64, proto, 0,
@@ -103,7 +105,8 @@ def main() -> None:
         rows = [("empty tc program (baseline)", empty, frame(40000)),
                 ("classifier, TCP non-call (1514 B)", prog, frame(50000, 6, 443)),
                 ("classifier, UDP non-call", prog, frame(50000)),
-                ("classifier, call match", prog, frame(40000))]
+                ("classifier, call match, not RTP", prog, frame(40000)),
+                ("classifier, call match, RTP", prog, frame(40000, rtp=True))]
         for label, fd, data in rows:
             print(f"  {label:42s} {ns_per_packet(fd, data, args.repeat):7.1f}")
         c.set_rules(0x00010010, True, False, ranges)

@@ -38,6 +38,57 @@ struct voipqos_ports {
 	__u64 flows[VOIPQOS_PORT_WORDS];	/* every port of voipqos_flows' keys */
 };
 
+/*
+ * Call quality, per flow-table entry and direction at the WAN device, from the RTP
+ * header (in clear text in SRTP too): RFC 3550 A.1's sequence accounting and A.8's
+ * interarrival jitter, in the kernel so no packet is copied to the daemon. The daemon
+ * derives loss = expected - received (src/voipqos/quality.py). Reset with the entry:
+ * a flow that leaves the table and comes back starts from zero.
+ */
+#define RTP_PROBATION		4	/* packets in sequence, one SSRC: it is RTP */
+#define RTP_MAX_DROPOUT		3000	/* a larger jump forward restarts the sequence */
+#define RTP_MAX_MISORDER	100	/* a later packet further back restarts too */
+#define RTP_SSRC_TIMEOUT_NS	1000000000ULL	/* silent that long: a new SSRC may take over */
+#define RTP_RATE_WINDOW_NS	1000000000ULL	/* dynamic payload types: clock rate from 1 s */
+
+enum { DIR_EGRESS, DIR_INGRESS, DIR_MAX };	/* leaving / arriving through the WAN */
+enum { RTP_NONE, RTP_PROBING, RTP_LOCKED };
+
+struct rtp_dir {
+	__u64 packets;		/* every packet of the flow this way (GSO segments) */
+	__u64 bytes;
+	__u64 last_ns;		/* arrival of the last RTP packet of the locked SSRC */
+	__u64 first_ns;		/* arrival when the SSRC was locked: clock rate estimate */
+	__u64 seen;		/* bit i: sequence max_seq - i arrived (duplicates vs late) */
+	__u64 jitter16_ns;	/* RFC 3550 J in nanoseconds, times 16 (A.8) */
+	__u32 ssrc;
+	__u32 cycles;		/* sequence wrap-arounds, times 65536 */
+	__u32 base_seq;		/* extended sequence number of the first counted packet */
+	__u32 received;		/* distinct sequence numbers that arrived since base_seq */
+	__u32 expected_prior;	/* expected and received of earlier sequence runs/SSRCs */
+	__u32 received_prior;
+	__u32 duplicates;
+	__u32 reordered;	/* arrived after a later sequence number */
+	__u32 other_ssrc;	/* packets of other SSRCs (bundled video, RTX): not counted */
+	__u32 restarts;		/* SSRC changes and sequence jumps */
+	__u32 last_ts;		/* RTP timestamp of the packet at last_ns */
+	__u32 first_ts;
+	__u32 clock_hz;		/* RTP clock: static payload type, or estimated; 0 unknown */
+	__u16 max_seq;
+	__u16 bad_seq;		/* a jump to here, confirmed by the next packet, restarts */
+	__u8 state;		/* RTP_NONE, RTP_PROBING (probation left), RTP_LOCKED */
+	__u8 probation;
+	__u8 pt;		/* payload type of the locked SSRC */
+	__u8 pad[5];
+};
+
+/* value of voipqos_flows */
+struct flow_state {
+	struct bpf_spin_lock lock;
+	__u32 pad;
+	struct rtp_dir dir[DIR_MAX];
+};
+
 /* packets count GSO segments (what goes on the wire), bytes the skb's length */
 struct counter {
 	__u64 packets;

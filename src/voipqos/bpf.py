@@ -19,7 +19,7 @@ import sys
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from . import bpf_syscall
+from . import bpf_syscall, quality
 from .btf import BtfError
 from .classifier_maps import (
     CONFIG,
@@ -300,6 +300,22 @@ class Classifier:
         except OSError as e:
             raise BpfError(f"{STATS} lookup: {e.strerror}") from None
         return maps.stats(raw or bytes(slot * ncpu), ncpu)
+
+    def flow_quality(self) -> dict[FiveTuple, dict[str, quality.Direction]]:
+        """Per flow-table entry (a call's orig or reply tuple), per direction at the WAN
+        device ("egress" leaving, "ingress" arriving): packets and RTP quality counters.
+        One batch read of the table; `quality.call_quality` combines a call's entries."""
+        maps = self.maps
+        key_size, value_size = maps.size(FLOWS, "key"), maps.size(FLOWS, "value")
+        try:
+            items = bpf_syscall.map_items(self._fd(FLOWS), key_size, value_size,
+                                          maps.defs[FLOWS].max_entries, bpf_syscall.F_LOCK)
+        except OSError as e:
+            raise BpfError(f"{FLOWS} read: {e.strerror}") from None
+        return {maps.flow_tuple(key): {name: quality.direction(raw) for name, raw in
+                                       zip(quality.DIRECTIONS, maps.flow_directions(value),
+                                           strict=True)}
+                for key, value in items}
 
     def close(self) -> None:
         """Detach everywhere, unpin the maps (also a crashed run's), unmount what we

@@ -25,8 +25,11 @@ _NR_BPF = {
 (MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY, PROG_LOAD, OBJ_GET,
  PROG_TEST_RUN, PROG_GET_FD_BY_ID, MAP_LOOKUP_BATCH) = (1, 2, 3, 4, 5, 7, 10, 13, 24)
 NOEXIST = 1  # BPF_NOEXIST: update only if the key is new
+F_LOCK = 4   # BPF_F_LOCK: copy a value under its bpf_spin_lock
 # struct __sk_buff (UAPI, stable): the fields a tc test run reads back or feeds in
 SKB_PRIORITY_OFFSET = 32
+SKB_INGRESS_IFINDEX_OFFSET = 36
+LOOPBACK_IFINDEX = 1   # a test run's skb->dev when the context names none
 SKB_GSO_SEGS_OFFSET = 164
 SK_BUFF_SIZE = 192   # kernel 5.16+; older kernels copy less
 
@@ -123,15 +126,15 @@ def map_keys(fd: int, key_size: int) -> Iterator[bytes]:
         cur = ctypes.create_string_buffer(nxt.raw, key_size)
 
 
-def map_items(fd: int, key_size: int, value_size: int,
-              max_entries: int) -> list[tuple[bytes, bytes]]:
-    """Every (key, value) of a hash map in one BPF_MAP_LOOKUP_BATCH call (kernel 5.6+):
-    one consistent-enough read of a table the program updates meanwhile."""
+def map_items(fd: int, key_size: int, value_size: int, max_entries: int,
+              elem_flags: int = 0) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of a hash map in one BPF_MAP_LOOKUP_BATCH call (kernel 5.6+);
+    F_LOCK in elem_flags copies each value under its spin lock."""
     keys = ctypes.create_string_buffer(key_size * max_entries)
     values = ctypes.create_string_buffer(value_size * max_entries)
     out_batch = ctypes.create_string_buffer(max(key_size, 8))
     attr = struct.pack("=QQQQIIQQ", 0, _addr(out_batch), _addr(keys), _addr(values),
-                       max_entries, fd, 0, 0)
+                       max_entries, fd, elem_flags, 0)
     ret, err, after = _call(MAP_LOOKUP_BATCH, attr)
     if ret < 0 and err != errno.ENOENT:  # ENOENT: read to the end, count is still set
         raise OSError(err, os.strerror(err))
@@ -148,13 +151,17 @@ class RunResult:
     duration_ns: int  # mean per repetition
 
 
-def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, gso_segs: int = 0) -> RunResult:
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, gso_segs: int = 0,
+                  ingress: bool = False) -> RunResult:
     """Run a tc program on one Ethernet frame with BPF_PROG_TEST_RUN; `gso_segs` makes
-    the skb look like a GSO aggregate of that many segments."""
+    the skb look like a GSO aggregate of that many segments, `ingress` like a packet
+    received on its device (skb->ingress_ifindex == skb->ifindex)."""
     din = ctypes.create_string_buffer(data, len(data))
     dout = ctypes.create_string_buffer(len(data) + 256)
     ctx = ctypes.create_string_buffer(SK_BUFF_SIZE)
     struct.pack_into("=I", ctx, SKB_GSO_SEGS_OFFSET, gso_segs)
+    if ingress:
+        struct.pack_into("=I", ctx, SKB_INGRESS_IFINDEX_OFFSET, LOOPBACK_IFINDEX)
     attr = struct.pack("=IIIIQQIIIIQQIII", prog_fd, 0, len(data), len(dout), _addr(din),
                        _addr(dout), repeat, 0, SK_BUFF_SIZE, SK_BUFF_SIZE, _addr(ctx),
                        _addr(ctx), 0, 0, 0)

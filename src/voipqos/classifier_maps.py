@@ -40,6 +40,7 @@ class ClassifierMaps:
         self.defs: dict[str, MapDef] = {name: maps[name] for name in MAP_NAMES}
         self.flow_key_layout = self._struct(FLOWS, "key")
         self.config_layout = self._struct(CONFIG, "value")
+        self.flow_state_layout = self._struct(FLOWS, "value")
         self.ports_layout = self._struct(PORTS, "value")
         self.stats_layout = self._struct(STATS, "value")
 
@@ -87,6 +88,19 @@ class ClassifierMaps:
             at = self.ports_layout.fields[name].offset
             raw[at:at + len(bits)] = bits
         return bytes(raw)
+
+    def flow_tuple(self, key: bytes) -> FiveTuple:
+        """The (ipproto, src, dst, sport, dport) of a voipqos_flows key."""
+        k = self.flow_key_layout.unpack(key)
+        addrs = []
+        for raw in (key[:16], key[16:32]):
+            a = ipaddress.IPv6Address(raw)
+            addrs.append(str(a.ipv4_mapped or a))
+        return (k["proto"], addrs[0], addrs[1], k["sport"], k["dport"])
+
+    def flow_directions(self, value: bytes) -> list[dict[str, int]]:
+        """The unpacked `struct rtp_dir`s of a voipqos_flows value, in DIR_* order."""
+        return self.flow_state_layout.unpack(value)["dir"]
 
     def flow_ports(self, keys: Iterable[bytes]) -> set[int]:
         """Every port of these voipqos_flows keys."""
