@@ -98,12 +98,10 @@ def r_factor(loss_percent: float, delay_ms: float, ie: float = 0.0, bpl: float =
 
 
 def mos(r: float) -> float:
-    """G.107 Annex B: R to MOS-CQE."""
-    if r <= 0:
-        return 1.0
+    """G.107 Annex B: R to MOS-CQE (the polynomial dips just under 1 for small R)."""
     if r >= 100:
         return 4.5
-    return 1.0 + 0.035 * r + 7e-6 * r * (r - 60.0) * (100.0 - r)
+    return max(1.0, 1.0 + 0.035 * r + 7e-6 * r * (r - 60.0) * (100.0 - r)) if r > 0 else 1.0
 
 
 def visible_delay_ms(d: Direction, beyond_ms: float = 0.0) -> float:
