@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from voipqos import bpf, bpf_syscall, conntrack
+from voipqos import bpf, bpf_syscall, conntrack, quality
 from voipqos.lab import netns
 from voipqos.lab.netns import run
 
@@ -339,3 +339,100 @@ def test_counters_count_segments_of_gso_packets(topo, obj, tmp_path: Path) -> No
     assert segs > (16 << 20) // 1500  # full-sized segments arrived
     assert abs(other["packets"] - segs) <= 0.02 * segs + 10, (other, segs)
     assert other["bytes"] / other["packets"] <= 1514  # counted per segment, not per skb
+
+
+RTP_STREAM = """
+import socket, struct, time
+
+def stream(s, dst, n, skip, ssrc):
+    t0 = time.monotonic()
+    for i in range(n):
+        # 20 ms packets leaving 0-8 ms late, as a busy phone or Wi-Fi would
+        time.sleep(max(0.0, t0 + 0.02 * i + (0, 0.008, 0.002, 0.005)[i % 4] - time.monotonic()))
+        if i not in skip:
+            s.sendto(struct.pack("!BBHII", 0x80, 0, i, 160 * i, ssrc) + bytes(160), dst)
+"""
+
+RTP_SEND = RTP_STREAM + """
+import sys
+src, sport, dst, dport, n, skip = sys.argv[1:]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, int(sport)))
+s.sendto(b"hello", (dst, int(dport)))            # not RTP: opens the conntrack entry
+time.sleep(0.5)
+stream(s, (dst, int(dport)), int(n), {int(x) for x in skip.split(",")}, 1111)
+"""
+
+RTP_ANSWER = RTP_STREAM + """
+import json, sys, threading
+n, skip = sys.argv[2:]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS (not in the socket module)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.settimeout(3)
+print("ready", flush=True)
+_, peer = s.recvfrom(100)                         # "hello": answer where it came from
+time.sleep(0.5)                                   # as the caller: flows are set by then
+threading.Thread(target=stream, args=(s, peer, int(n), {int(x) for x in skip.split(",")},
+                                      2222)).start()
+got = []
+try:
+    while True:
+        data, anc, _, _ = s.recvmsg(2048, 1024)
+        if len(data) < 12 or data[0] >> 6 != 2:
+            continue
+        sec, nsec = struct.unpack("=qq", anc[0][2][:16])
+        seq, ts = struct.unpack_from("!HI", data, 2)
+        got.append((seq, ts, sec + nsec / 1e9))
+except socket.timeout:
+    pass
+print(json.dumps(got))
+"""
+
+
+def test_rtp_call_through_nat_quality_per_direction(topo, obj, tmp_path: Path) -> None:
+    """A real RTP call across the router (NAT): loss before the router (packets the phone
+    never got out) shows on egress, loss on the far side on ingress, and the egress
+    jitter matches RFC 3550 computed from the far end's receive timestamps."""
+    t = topo
+    sink = t.popen("wan", [sys.executable, "-c", RTP_ANSWER, "5004", "100", "7,50,51"],
+                   stdout=subprocess.PIPE, text=True)
+    assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+    c = bpf.Classifier(str(tmp_path / "bpffs"), obj, netns=t.ns("router"))
+    try:
+        c.attach("wan0", "egress")
+        c.attach("wan0", "ingress")
+        c.set_rules(VOICE_CLASS, True, False, [])
+        up = t.popen("lan", [sys.executable, "-c", RTP_SEND, netns.LAN_HOST4, "40000",
+                             netns.WAN_HOST4, "5004", "150", "5,17,18,40"])
+        deadline = time.monotonic() + 5
+        while True:  # the conntrack entry of the call, as the daemon would find it
+            try:
+                tuples = call_tuples(t, 40000)
+                break
+            except AssertionError:
+                assert time.monotonic() < deadline, "no conntrack entry for the call"
+                time.sleep(0.05)
+        c.set_flows(tuples)   # before the stream starts (the sender waits 0.5 s)
+        assert up.wait(timeout=20) == 0
+        received = json.loads(sink.communicate(timeout=10)[0].splitlines()[-1])
+        entries = c.flow_quality()
+    finally:
+        c.close()
+    q = bpf_quality(entries, tuples)
+    assert q.egress is not None and q.ingress is not None
+    assert (q.egress.ssrc, q.egress.expected, q.egress.lost) == (1111, 150, 4)
+    assert q.egress.packets == 146 and q.egress.duplicates == q.egress.reordered == 0
+    # the far end's stream, 3 lost on its way: the internet side
+    assert (q.ingress.ssrc, q.ingress.expected, q.ingress.lost) == (2222, 100, 3)
+    ref = quality.RtpReceiver(received[3][0], received[3][1], received[3][2], 8000, run=4)
+    for seq, ts, at in received[4:]:
+        ref.packet(seq, ts, at)
+    assert ref.lost == q.egress.lost
+    assert q.egress.jitter_ms is not None and ref.jitter_ms > 1
+    assert abs(q.egress.jitter_ms - ref.jitter_ms) <= max(0.2 * ref.jitter_ms, 0.5)
+    assert q.summary() == "losing 3 % on the Wi-Fi/LAN side; losing 3 % on the internet side"
+
+
+def bpf_quality(entries, tuples) -> quality.CallQuality:
+    return quality.call_quality(entries[tp] for tp in tuples if tp in entries)
