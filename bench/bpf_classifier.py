@@ -117,12 +117,14 @@ def main() -> None:
 
         fd = c._fd("voipqos_flows")
         keys = [c.maps.flow_key((17, "192.0.2.1", "192.0.2.2", i, 1)) for i in range(1000)]
-        per_ctypes = timed(lambda i: bpf_syscall.map_update(fd, keys[i % 1000], b"\x01"), 20000)
+        value = bytes(c.maps.size("voipqos_flows", "value"))
+        per_ctypes = timed(lambda i: bpf_syscall.map_update(fd, keys[i % 1000], value), 20000)
         path = str(c.globals_dir / "voipqos_flows")
 
         def by_bpftool(i: int) -> None:
             subprocess.run(["bpftool", "map", "update", "pinned", path, "key", "hex",
-                            *(f"{b:02x}" for b in keys[i]), "value", "hex", "01"],
+                            *(f"{b:02x}" for b in keys[i]), "value", "hex",
+                            *(f"{b:02x}" for b in value)],
                            check=True, capture_output=True)
         per_tool = timed(by_bpftool, 100)
         many = [(17, "192.0.2.1", "192.0.2.2", i, 2) for i in range(100)]
