@@ -222,6 +222,30 @@ def test_restart_adopts_pins_and_filters(topo, obj, tmp_path: Path) -> None:
         run(["umount", str(pin)], check=False)
 
 
+def test_pins_of_another_version_are_replaced(topo, obj, tmp_path: Path) -> None:
+    """A crashed older daemon left maps with another layout pinned (here the flow table
+    with 1-byte values, as before call quality): tc could not reuse them, so they are
+    unpinned and the attach works."""
+    t = topo
+    pin = tmp_path / "bpffs"
+    pin.mkdir()
+    run(["mount", "-t", "bpf", "bpf", str(pin)])
+    try:
+        (pin / "tc" / "globals").mkdir(parents=True)
+        run(["bpftool", "map", "create", str(pin / "tc/globals/voipqos_flows"), "type", "hash",
+             "key", "40", "value", "1", "entries", "1024", "name", "voipqos_flows"])
+        c = bpf.Classifier(str(pin), obj, netns=t.ns("router"))
+        try:
+            c.attach("wan0", "egress")
+            c.set_flows([(17, "192.0.2.1", "192.0.2.2", 1, 2)])
+            info = bpf_syscall.map_info(c._fd("voipqos_flows"))
+            assert info.value_size == c.maps.size("voipqos_flows", "value")
+        finally:
+            c.close()
+    finally:
+        run(["umount", str(pin)], check=False)
+
+
 def test_user_filters_and_qdiscs_are_left_alone(topo, obj, tmp_path: Path) -> None:
     t = topo
     t.exec("router", "tc qdisc add dev wan0 clsact")

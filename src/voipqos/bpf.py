@@ -196,6 +196,7 @@ class Classifier:
             created = True
         try:
             self._ensure_bpffs()
+            self._drop_stale_pins()
             self._our_filter(dev, where)
             self._tc("filter", "replace", "dev", dev, *where, "pref", str(PREF), "handle",
                      str(HANDLE), "bpf", "da", "obj", str(obj), "sec", self._section(dev))
@@ -206,6 +207,28 @@ class Classifier:
         if created:
             self._own_clsact.add(dev)
         self.attached.add((dev, hook))
+
+    def _drop_stale_pins(self) -> None:
+        """Unpin maps another version of the program left (a crash before an upgrade):
+        tc cannot reuse them ("Unable to load program") and would fail every attach.
+        Programs still using them keep them until they are replaced."""
+        maps = self.maps
+        for name in MAP_NAMES:
+            path = self.globals_dir / name
+            if name in self._fds or not path.exists():
+                continue
+            try:
+                fd = bpf_syscall.obj_get(path)
+            except OSError:
+                continue
+            try:
+                i = bpf_syscall.map_info(fd)
+            finally:
+                os.close(fd)
+            if not maps.matches(name, i.type, i.key_size, i.value_size, i.max_entries):
+                log.warning("pinned map %s is from another version of the classifier: "
+                            "replaced", path)
+                path.unlink()
 
     def detach(self, dev: str, hook: str) -> None:
         """Remove our filter, and the clsact if we added it and it is now empty. A device

@@ -23,7 +23,8 @@ _NR_BPF = {
     "ppc": 361, "ppc64": 361, "ppc64le": 361, "s390x": 351,
 }
 (MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY, PROG_LOAD, OBJ_GET,
- PROG_TEST_RUN, PROG_GET_FD_BY_ID, MAP_LOOKUP_BATCH) = (1, 2, 3, 4, 5, 7, 10, 13, 24)
+ PROG_TEST_RUN, PROG_GET_FD_BY_ID, OBJ_GET_INFO_BY_FD, MAP_LOOKUP_BATCH) = (
+    1, 2, 3, 4, 5, 7, 10, 13, 15, 24)
 NOEXIST = 1  # BPF_NOEXIST: update only if the key is new
 F_LOCK = 4   # BPF_F_LOCK: copy a value under its bpf_spin_lock
 # struct __sk_buff (UAPI, stable): the fields a tc test run reads back or feeds in
@@ -84,6 +85,23 @@ def obj_get(path: str | Path) -> int:
     """fd of a pinned BPF object."""
     p = ctypes.create_string_buffer(os.fsencode(path))
     return bpf(OBJ_GET, struct.pack("=QII", _addr(p), 0, 0))[0]
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+
+
+def map_info(fd: int) -> MapInfo:
+    """The kernel's definition of a map (the head of struct bpf_map_info)."""
+    info = ctypes.create_string_buffer(64)
+    bpf(OBJ_GET_INFO_BY_FD, struct.pack("=IIQ", fd, len(info), _addr(info)))
+    typ, _, key, value, entries, flags = struct.unpack_from("=6I", info.raw)
+    return MapInfo(typ, key, value, entries, flags)
 
 
 def prog_fd_by_id(prog_id: int) -> int:

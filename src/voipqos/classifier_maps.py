@@ -50,6 +50,14 @@ class ClassifierMaps:
             raise BtfError(f"{name}: {part} is not a struct")
         return t
 
+    def matches(self, name: str, typ: int, key_size: int, value_size: int,
+                max_entries: int) -> bool:
+        """Whether a map with this kernel definition has this object's layout (a pinned
+        map left by another version of the program does not)."""
+        d = self.defs[name]
+        return (typ, key_size, value_size, max_entries) == (
+            d.type, self.size(name, "key"), self.size(name, "value"), d.max_entries)
+
     def size(self, name: str, part: str) -> int:
         t = getattr(self.defs[name], part)
         return t.size if isinstance(t, Layout) else t
