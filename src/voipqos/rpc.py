@@ -18,6 +18,8 @@ import fnmatch
 import hmac
 import json
 import logging
+import math
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -43,6 +45,13 @@ STATUS_NAMES = {
     4: "not found", 5: "no data", 6: "permission denied", 7: "timeout",
     8: "not supported", 9: "unknown error", 10: "connection failed",
 }
+
+# bounds of what a request may hold, so no body can make the daemon raise or stall
+MAX_DEPTH = 32  # json-c's default nesting limit, as uhttpd parses
+MAX_BATCH = 32  # calls in one batch request
+INT64 = 2**63 - 1  # json-c's integer range
+LOG_INTERVAL = 60.0  # s between two lines about failed logins (or bad arguments)
+_NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)  # strings skipped
 
 # JSON-RPC errors uhttpd-mod-ubus answers instead of a result
 PARSE_ERROR = (-32700, "Parse error")
@@ -110,6 +119,25 @@ class Sessions:
         return timeout, max(0, round(expiry - self._clock()))
 
 
+class _Throttled:
+    """At most one warning per LOG_INTERVAL, counting the ones held back: a local user
+    looping over passwords or bad requests must not flood the log."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._held = 0
+        self._last = -math.inf
+
+    def warning(self, fmt: str, *args: Any) -> None:
+        now = self._clock()
+        if now < self._last + LOG_INTERVAL:
+            self._held += 1
+            return
+        more = f" ({self._held} more since the last such line)" if self._held else ""
+        log.warning(fmt + "%s", *args, more)
+        self._held, self._last = 0, now
+
+
 def _error(rid: Any, err: tuple[int, str]) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": rid, "error": {"code": err[0], "message": err[1]}}
 
@@ -121,16 +149,21 @@ def _result(rid: Any, result: Any) -> dict[str, Any]:
 class UbusRpc:
     """Answers `call` and `list` like uhttpd + rpcd with the voipqos plugin (see above)."""
 
-    def __init__(self, dispatcher: api.Dispatcher, sessions: Sessions) -> None:
+    def __init__(self, dispatcher: api.Dispatcher, sessions: Sessions,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.dispatcher = dispatcher
         self.sessions = sessions
+        self._failed_login_log = _Throttled(clock)
+        self._bad_argument_log = _Throttled(clock)
 
     def handle(self, body: bytes) -> bytes:
         try:
-            req = json.loads(body)
+            req = _loads(body)
         except (ValueError, UnicodeDecodeError):
             return _dump(_error(None, PARSE_ERROR))
         if isinstance(req, list):  # a batch, as uhttpd allows
+            if len(req) > MAX_BATCH:  # our bound; uhttpd has none
+                return _dump(_error(None, PARSE_ERROR))
             return _dump([self._one(r) for r in req])
         return _dump(self._one(req))
 
@@ -172,8 +205,9 @@ class UbusRpc:
             return [STATUS_OK, self.dispatcher.call(method, {**api.with_defaults(method),
                                                              **args})]
         except api.InvalidArgument as exc:
-            log.warning("rpc: %s", exc)
-            return [STATUS_INVALID_ARGUMENT, {"error": str(exc), "status": STATUS_INVALID_ARGUMENT}]
+            self._bad_argument_log.warning("rpc: %.200s", exc)
+            return [STATUS_INVALID_ARGUMENT, {"error": str(exc),
+                                              "status": STATUS_INVALID_ARGUMENT}]
         except Exception as exc:  # a handler bug must not take the daemon down
             log.error("rpc: %s.%s failed: %s: %s", api.OBJECT, method, type(exc).__name__,
                       exc)
@@ -195,7 +229,8 @@ class UbusRpc:
             return [STATUS_INVALID_ARGUMENT]
         sid = self.sessions.login(args.get("username"), args.get("password"), timeout)
         if sid is None:
-            log.warning("rpc: failed login for user %r", args.get("username"))
+            self._failed_login_log.warning("rpc: failed login for user %.40r",
+                                           args.get("username"))
             return [STATUS_PERMISSION_DENIED]
         timeout, expires = self.sessions.info(sid)
         return [STATUS_OK, {
@@ -221,6 +256,38 @@ class UbusRpc:
 def signature() -> dict[str, dict[str, str]]:
     """The voipqos object's signature as `list` shows it."""
     return {m: {a: TYPE_NAMES[t] for a, t in s.args.items()} for m, s in api.SPECS.items()}
+
+
+def _loads(body: bytes) -> Any:
+    """json.loads within json-c's limits: nesting at most MAX_DEPTH (deeper would hit
+    Python's recursion limit), finite numbers, integers in int64; ValueError otherwise."""
+    depth = 0
+    for m in _NESTING.finditer(body):
+        if m.group() in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ValueError("nested too deep")
+        elif m.group() in (b"]", b"}"):
+            depth -= 1
+    return json.loads(body, parse_constant=_no_number, parse_float=_finite, parse_int=_int64)
+
+
+def _no_number(text: str) -> Any:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if abs(value) > INT64:
+        raise ValueError("number out of range")
+    return value
 
 
 def _dump(doc: Any) -> bytes:
