@@ -224,3 +224,33 @@ def test_rpc_answers_as_the_real_stack_recorded(clock):
     password = transcripts.load("jsonrpc")[1]["request"]["params"][3]["password"]
     srv = rpc.UbusRpc(stub_dispatcher(), rpc.Sessions(password, clock))
     assert replay_jsonrpc(srv.handle) == []
+
+
+def test_luci_test_server_answers_as_the_real_stack_recorded(clock, tmp_path):
+    """The LuCI test server (uhttpd's stand-in for the views) in front of rpc.py."""
+    import http.client
+
+    from luci.server import LuciServer
+
+    password = transcripts.load("jsonrpc")[1]["request"]["params"][3]["password"]
+    srv = rpc.UbusRpc(stub_dispatcher(), rpc.Sessions(password, clock))
+    with LuciServer(srv.handle, tmp_path, "0" * 32) as server:
+        def post(body: bytes) -> bytes:
+            conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=5)
+            try:
+                conn.request("POST", "/ubus", body, {"Content-Type": "application/json"})
+                return conn.getresponse().read()
+            finally:
+                conn.close()
+
+        assert replay_jsonrpc(post) == []
+        sid = json.loads(post(json.dumps(
+            {"jsonrpc": "2.0", "id": 1, "method": "call",
+             "params": [NULL, "session", "login",
+                        {"username": "root", "password": password}]}).encode()))
+        server.sessionid = sid["result"][1]["ubus_rpc_session"]
+        # the uci object the server answers itself: as uhttpd, a caller's session is refused
+        ans = json.loads(post(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "call", "params": [
+            server.sessionid, "uci", "get",
+            {"config": "voipqos", "ubus_rpc_session": NULL}]}).encode()))
+        assert ans["error"] == {"code": -32602, "message": "Invalid parameters"}

@@ -195,12 +195,14 @@ class UbusRpc:
             return _error(rid, INVALID_PARAMS)
         if obj == "session":
             return _result(rid, self._session(method, args, sid))
-        return _result(rid, self._invoke(method, args))
+        # uhttpd adds the session to every call's arguments; the plugin must accept it
+        return _result(rid, self._invoke(method, {**args, "ubus_rpc_session": sid}))
 
     def _invoke(self, method: str, args: dict[str, Any]) -> list[Any]:
         """The plugin's part: rpcd's argument check, defaults, the daemon's answer."""
         if not api.policy_ok(method, args):
             return [STATUS_INVALID_ARGUMENT]
+        args = {k: v for k, v in args.items() if k != "ubus_rpc_session"}
         try:
             return [STATUS_OK, self.dispatcher.call(method, {**api.with_defaults(method),
                                                              **args})]
