@@ -96,8 +96,9 @@ class Stack:
         shutil.copy(LUCI_ACL, share / "acl.d")
         # rpcd's own file, as its package installs it
         shutil.copy(UPSTREAM / "src/rpcd/unauthenticated.json", share / "acl.d")
-        for sub in ("acl.d", "ucode"):
-            for f in (FILES / sub).glob("*") if (FILES / sub).exists() else []:
+        subs = ("acl.d",) if os.environ.get("VOIPQOS_NO_PLUGIN") else ("acl.d", "ucode")
+        for sub in subs:
+            for f in (FILES / sub).glob("*"):
                 shutil.copy(f, share / sub / f.name)
         (PREFIX / "share/rpcd").mkdir(parents=True, exist_ok=True)
         _sh("mount", "--bind", str(share), str(PREFIX / "share/rpcd"))
