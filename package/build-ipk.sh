@@ -61,7 +61,8 @@ ipkg_build() {
 # byte code (byte code is tied to one Python version; sources are not)
 d=$work/voipqos
 install -d -m 0755 "$d$site" "$d/usr/bin" "$d/etc/init.d" "$d/etc/config" \
-	"$d/etc/uci-defaults" "$d/usr/share/rpcd/acl.d" "$d/usr/lib/voipqos/bpf"
+	"$d/etc/uci-defaults" "$d/usr/share/rpcd/acl.d" "$d/usr/share/rpcd/ucode" \
+	"$d/usr/lib/voipqos/bpf"
 (cd "$root/src" && find voipqos -name '*.py' -not -path 'voipqos/lab/*' \
 	-not -path '*/__pycache__/*' -print0) |
 	while IFS= read -r -d '' py; do
@@ -72,6 +73,7 @@ install -m 0755 "$root/files/etc/init.d/voipqos" "$d/etc/init.d/voipqos"
 install -m 0600 "$root/files/etc/config/voipqos" "$d/etc/config/voipqos"
 install -m 0755 "$root/files/etc/uci-defaults/90-voipqos" "$d/etc/uci-defaults/90-voipqos"
 install -m 0644 "$root/files/usr/share/rpcd/acl.d/voipqos.json" "$d/usr/share/rpcd/acl.d/"
+install -m 0644 "$root/files/usr/share/rpcd/ucode/voipqos.uc" "$d/usr/share/rpcd/ucode/"
 install -m 0644 "$bpf_dir/voipqos-bpfel.o" "$bpf_dir/voipqos-bpfeb.o" "$d/usr/lib/voipqos/bpf/"
 $meta voipqos "$root" "$SOURCE_DATE_EPOCH" "$d/CONTROL"
 ipkg_build "$d"

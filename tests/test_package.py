@@ -112,6 +112,7 @@ def test_control_fields(voipqos):
     assert set(ipkg_control.pydeps(ROOT)) | {
         "python3-light", "kmod-sched-core", "kmod-sched-bpf", "kmod-ifb", "tc-bpf",
         "ip-tiny",  # the classifier loader reads `ip -j link` (busybox ip has no -j)
+        "rpcd-mod-ucode",  # the public `voipqos` object is rpcd's ucode plugin
     } == set(depends[1:])
     assert (f["Source"], f["SourceName"]) == ("package/voipqos", "voipqos")
     assert (f["License"], f["Section"], f["Architecture"]) == ("GPL-2.0-only", "net", "all")
@@ -162,7 +163,7 @@ def test_data_tree_modes(voipqos):
     assert modes["./usr/share/rpcd/acl.d/voipqos.json"] == 0o644
     assert all(m.mode == 0o755 for m in voipqos.files.values() if m.isdir())
     for name in ("etc/init.d/voipqos", "etc/config/voipqos", "etc/uci-defaults/90-voipqos",
-                 "usr/share/rpcd/acl.d/voipqos.json"):
+                 "usr/share/rpcd/acl.d/voipqos.json", "usr/share/rpcd/ucode/voipqos.uc"):
         assert voipqos.read("./" + name) == (ROOT / "files" / name).read_bytes()
 
 
