@@ -102,26 +102,18 @@ return baseclass.extend({
 			this.formatDuration(num(now) - since));
 	},
 
-	/* kbit/s -> "80.0 kbit/s" or "1.25 Mbit/s". */
+	/* kbit/s in LuCI's own metric formatting: 80 -> "80.00 Kbit/s". */
 	formatRate: function(kbps) {
-		var k = num(kbps);
-		if (k >= 1000)
-			return (k / 1000).toFixed(2) + ' Mbit/s';
-		return k.toFixed(1) + ' kbit/s';
+		return '%.2mbit/s'.format(num(kbps) * 1000);
 	},
 
 	formatPps: function(pps) {
 		return num(pps).toFixed(1);
 	},
 
-	/* 1536 -> "1.5 KiB". */
+	/* LuCI's binary formatting, as nlbwmon uses it: 1536 -> "1.50 KiB". */
 	formatBytes: function(bytes) {
-		var b = num(bytes), units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'], i = 0;
-		while (b >= 1024 && i < units.length - 1) {
-			b /= 1024;
-			i++;
-		}
-		return (i ? b.toFixed(1) : String(b)) + ' ' + units[i];
+		return '%1024.2mB'.format(num(bytes));
 	},
 
 	/*

@@ -33,23 +33,6 @@ var POLL_SECONDS = 1,
     TRANSITIONS_SHOWN = 8,
     SVG_NS = 'http://www.w3.org/2000/svg';
 
-var CSS = [
-	'.vq-badge { display: inline-block; padding: .2em .7em; border-radius: 1em; font-weight: bold; color: #fff; background: #777; }',
-	'.vq-badge.on { background: #2e7d32; }',
-	'.vq-badge.watching { background: #1565c0; }',
-	'.vq-badge.forced-on { background: #ef6c00; }',
-	'.vq-badge.forced-off { background: #6d4c41; }',
-	'.vq-badge.off, .vq-badge.unknown { background: #757575; }',
-	'.vq-graph { width: 100%; max-width: 900px; height: auto; border: 1px solid #ccc; background: #fff; }',
-	'.vq-graph .grid { stroke: #ddd; stroke-width: 1; }',
-	'.vq-graph .onband { fill: #c8e6c9; }',
-	'.vq-graph .total { fill: none; stroke: #1565c0; stroke-width: 1.5; }',
-	'.vq-graph .voice { fill: none; stroke: #2e7d32; stroke-width: 2; }',
-	'.vq-graph text { font-size: 10px; fill: #555; }',
-	'.vq-legend span { margin-right: 1.5em; }',
-	'.vq-swatch { display: inline-block; width: 1em; height: .6em; margin-right: .3em; }'
-].join('\n');
-
 function svg(tag, attrs) {
 	var el = document.createElementNS(SVG_NS, tag);
 	for (var k in attrs)
@@ -87,6 +70,9 @@ return view.extend({
 	},
 
 	render: function(status) {
+		document.querySelector('head').appendChild(E('link', {
+			'rel': 'stylesheet', 'type': 'text/css', 'href': L.resource('voipqos/status.css')
+		}));
 		this.samples = new logic.RingBuffer(GRAPH_SPAN / POLL_SECONDS + 1);
 		this.reading = null;
 
@@ -104,7 +90,6 @@ return view.extend({
 		});
 
 		var node = E('div', { 'class': 'cbi-map' }, [
-			E('style', {}, CSS),
 			E('h2', {}, _('VoIP QoS: Status')),
 			E('div', { 'class': 'cbi-map-descr' },
 				_('Shaping switches on only while a call is active. This page refreshes every second.')),
