@@ -377,7 +377,7 @@ static __always_inline void rtp_start(struct rtp_dir *r, const struct rtp_hdr *h
 	r->last_ts = h->ts;
 }
 
-/* one RTP packet of this direction; runs under the entry's lock, so no helper calls */
+/* one RTP packet of this direction */
 static __always_inline void rtp_update(struct rtp_dir *r, const struct rtp_hdr *h, __u64 now)
 {
 	__u16 delta;
@@ -501,7 +501,6 @@ static __always_inline void measure(struct __sk_buff *skb, const struct pkt *p,
 		now = bpf_ktime_get_ns();
 	}
 	r = &st->dir[dir & 1];
-	bpf_spin_lock(&st->lock);
 	r->packets += segs;
 	r->bytes += skb->len;
 	if (rtp)
@@ -510,7 +509,6 @@ static __always_inline void measure(struct __sk_buff *skb, const struct pkt *p,
 		rr.reports = r->rtcp.reports + 1;
 		r->rtcp = rr;
 	}
-	bpf_spin_unlock(&st->lock);
 }
 
 /* DSCP := EF, ECN bits kept. IPv4: the TOS change and the header checksum change cancel

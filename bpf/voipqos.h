@@ -95,10 +95,12 @@ struct rtp_dir {
 	struct rtcp_report rtcp;
 };
 
-/* value of voipqos_flows */
+/* value of voipqos_flows. No bpf_spin_lock: it needs the map's BTF in the kernel, and
+ * the kernel refuses the BTF that OpenWrt's CompileBPF makes for 32-bit targets (the
+ * front end runs for mips/mipsel). Each direction is written by the CPU handling that
+ * flow's packets (one RX queue per flow, RSS/RPS hash on the 5-tuple), so unlocked
+ * updates stay exact in practice. */
 struct flow_state {
-	struct bpf_spin_lock lock;
-	__u32 pad;
 	struct rtp_dir dir[DIR_MAX];
 };
 
