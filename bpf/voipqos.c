@@ -377,7 +377,7 @@ static __always_inline void rtp_start(struct rtp_dir *r, const struct rtp_hdr *h
 	r->last_ts = h->ts;
 }
 
-/* one RTP packet of this direction; runs under the entry's lock, so no helper calls */
+/* one RTP packet of this direction */
 static __always_inline void rtp_update(struct rtp_dir *r, const struct rtp_hdr *h, __u64 now)
 {
 	__u16 delta;
@@ -449,22 +449,50 @@ static __always_inline void rtp_update(struct rtp_dir *r, const struct rtp_hdr *
 	}
 }
 
-/* per-direction counters of a call flow, and its RTP quality when it carries RTP */
+static __always_inline __u32 be32_at(const __u8 *b)
+{
+	return (__u32)b[0] << 24 | (__u32)b[1] << 16 | (__u32)b[2] << 8 | b[3];
+}
+
+/* the first report block of an RTCP SR (type 200) or RR (201) at off, if it has one */
+static __always_inline int rtcp_block(struct __sk_buff *skb, __u32 off, const __u8 *b,
+				      struct rtcp_report *rr)
+{
+	__u8 buf[24];
+	const __u8 *blk;
+
+	if ((b[0] & 0x1f) == 0 || (b[1] != 200 && b[1] != 201))
+		return 0;
+	blk = peek(skb, off + (b[1] == 200 ? 28 : 8), buf, sizeof(buf));
+	if (!blk)
+		return 0;
+	rr->ssrc = be32_at(blk);
+	rr->fraction_lost = blk[4];
+	rr->cum_lost = be32_at(blk + 4) & 0xffffff;
+	rr->ext_max_seq = be32_at(blk + 8);
+	rr->jitter = be32_at(blk + 12);
+	return 1;
+}
+
+/* per-direction counters of a call flow, its RTP quality when it carries RTP, and the
+ * receiver reports of RTCP going the same way */
 static __always_inline void measure(struct __sk_buff *skb, const struct pkt *p,
 				    struct flow_state *st, __u64 segs)
 {
 	__u32 dir = skb->ingress_ifindex == skb->ifindex ? DIR_INGRESS : DIR_EGRESS;
+	struct rtcp_report rr = {};
 	struct rtp_hdr h = {};
 	__u64 now = 0;
 	struct rtp_dir *r;
 	__u8 buf[12];
 	const __u8 *b = NULL;
-	int rtp = 0;
+	int rtp = 0, rtcp = 0;
 
 	if (p->key.proto == IPPROTO_UDP)
 		b = peek(skb, p->l4 + 8, buf, sizeof(buf));
-	/* version 2, and not RTCP multiplexed on the port (RFC 5761: types 200-204) */
-	if (b && (b[0] >> 6) == 2 && ((b[1] & 0x7f) < 72 || (b[1] & 0x7f) > 76)) {
+	if (b && (b[0] >> 6) == 2 && (b[1] & 0x7f) >= 72 && (b[1] & 0x7f) <= 76)
+		rtcp = rtcp_block(skb, p->l4 + 8, b, &rr);	/* RFC 5761: types 200-204 */
+	else if (b && (b[0] >> 6) == 2) {
 		rtp = 1;
 		h.pt = b[1] & 0x7f;
 		h.seq = (__u16)b[2] << 8 | b[3];
@@ -473,12 +501,14 @@ static __always_inline void measure(struct __sk_buff *skb, const struct pkt *p,
 		now = bpf_ktime_get_ns();
 	}
 	r = &st->dir[dir & 1];
-	bpf_spin_lock(&st->lock);
 	r->packets += segs;
 	r->bytes += skb->len;
 	if (rtp)
 		rtp_update(r, &h, now);
-	bpf_spin_unlock(&st->lock);
+	if (rtcp) {
+		rr.reports = r->rtcp.reports + 1;
+		r->rtcp = rr;
+	}
 }
 
 /* DSCP := EF, ECN bits kept. IPv4: the TOS change and the header checksum change cancel

@@ -54,6 +54,18 @@ struct voipqos_ports {
 enum { DIR_EGRESS, DIR_INGRESS, DIR_MAX };	/* leaving / arriving through the WAN */
 enum { RTP_NONE, RTP_PROBING, RTP_LOCKED };
 
+/* the first report block of the last RTCP SR/RR seen going this way: what the endpoint
+ * sending it says about the stream it receives (RFC 3550 6.4.1) */
+struct rtcp_report {
+	__u32 reports;		/* SR/RR packets with a report block seen */
+	__u32 ssrc;		/* the stream reported on (SSRC_n) */
+	__u32 cum_lost;		/* cumulative number of packets lost (24-bit, signed) */
+	__u32 ext_max_seq;	/* extended highest sequence number received */
+	__u32 jitter;		/* interarrival jitter, RTP timestamp units */
+	__u8 fraction_lost;	/* since the previous report, in 1/256 */
+	__u8 pad[3];
+};
+
 struct rtp_dir {
 	__u64 packets;		/* every packet of the flow this way (GSO segments) */
 	__u64 bytes;
@@ -80,12 +92,15 @@ struct rtp_dir {
 	__u8 probation;
 	__u8 pt;		/* payload type of the locked SSRC */
 	__u8 pad[5];
+	struct rtcp_report rtcp;
 };
 
-/* value of voipqos_flows */
+/* value of voipqos_flows. No bpf_spin_lock: it needs the map's BTF in the kernel, and
+ * the kernel refuses the BTF that OpenWrt's CompileBPF makes for 32-bit targets (the
+ * front end runs for mips/mipsel). Each direction is written by the CPU handling that
+ * flow's packets (one RX queue per flow, RSS/RPS hash on the 5-tuple), so unlocked
+ * updates stay exact in practice. */
 struct flow_state {
-	struct bpf_spin_lock lock;
-	__u32 pad;
 	struct rtp_dir dir[DIR_MAX];
 };
 

@@ -633,3 +633,24 @@ def test_dynamic_payload_type_clock_is_estimated(call) -> None:
     d = directions()["egress"]
     assert d.payload_type == 111 and d.clock_hz == 48000
     assert d.jitter_ms is not None and d.jitter_ms < 5
+
+
+def rtcp_frame(kind: int, about: int, fraction: int, cum_lost: int, jitter: int) -> bytes:
+    """An RTCP SR (200) or RR (201) with one report block about SSRC `about`."""
+    block = struct.pack("!IB3sIIII", about, fraction, cum_lost.to_bytes(3, "big"), 70000,
+                        jitter, 0, 0)
+    info = struct.pack("!IIIII", 1, 2, 3, 4, 5) if kind == 200 else b""
+    body = struct.pack("!I", 0x5EED) + info + block
+    pkt = struct.pack("!BBH", 0x81, kind, len(body) // 4) + body
+    return eth(0x0800) + ipv4(A4, B4, UDP, l4(UDP, 40000, 5004, pkt))
+
+
+@pytest.mark.parametrize("kind", [200, 201], ids=["SR", "RR"])
+def test_rtcp_report_block_is_kept_per_direction(call, kind: int) -> None:
+    fd, directions = call
+    run_at(fd, rtcp_frame(kind, 0x11223344, 26, 5, 40), ingress=True)
+    run_at(fd, rtcp_frame(kind, 0x11223344, 13, 7, 80), ingress=True)
+    d = directions()["ingress"]
+    assert not d.rtp and d.packets == 2
+    assert d.carried_report == quality.Report(0x11223344, 13 / 256 * 100, 7, 80, 2)
+    assert directions()["egress"].carried_report is None

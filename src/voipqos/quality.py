@@ -16,7 +16,7 @@ router, packets the endpoints' jitter buffers drop, one-way delay.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 DIRECTIONS = ("egress", "ingress")   # struct flow_state.dir[]: DIR_EGRESS, DIR_INGRESS
 WHERE = {"egress": "on the Wi-Fi/LAN side", "ingress": "on the internet side"}
@@ -24,6 +24,31 @@ SEQ_MOD = 1 << 16
 MAX_DROPOUT, MAX_MISORDER = 3000, 100   # RTP_MAX_DROPOUT, RTP_MAX_MISORDER (RFC 3550 A.1)
 LOSS_WORTH_SAYING = 1.0   # percent
 JITTER_WORTH_SAYING = 30.0   # ms: about what a default jitter buffer absorbs
+
+
+@dataclass(frozen=True)
+class Report:
+    """The first report block of the last RTCP SR/RR seen going one way: what the
+    endpoint that sent it says about the stream it receives (plain RTP only: SRTCP
+    encrypts it)."""
+
+    ssrc: int                 # the stream reported on
+    fraction_lost: float      # percent, over the interval since its previous report
+    cumulative_lost: int
+    jitter_ts: int            # RTP timestamp units of the reported stream
+    reports: int
+
+    def jitter_ms(self, clock_hz: int | None) -> float | None:
+        return self.jitter_ts * 1e3 / clock_hz if clock_hz else None
+
+
+def report(block: dict[str, int]) -> Report | None:
+    """A `Report` from an unpacked `struct rtcp_report`, None if none was seen."""
+    if not block["reports"]:
+        return None
+    lost = block["cum_lost"] - (1 << 24) if block["cum_lost"] & 0x800000 else block["cum_lost"]
+    return Report(block["ssrc"], 100.0 * block["fraction_lost"] / 256, lost, block["jitter"],
+                  block["reports"])
 
 
 @dataclass(frozen=True)
@@ -43,6 +68,7 @@ class Direction:
     other_ssrc: int = 0          # packets of other streams on the flow (bundled video)
     restarts: int = 0            # SSRC changes and sequence jumps
     jitter_ms: float | None = None
+    carried_report: Report | None = None   # an RTCP report block travelling this way
 
     @property
     def lost(self) -> int:
@@ -54,6 +80,7 @@ class Direction:
 
     def as_dict(self) -> dict:
         d = asdict(self)
+        del d["carried_report"]
         d["lost"], d["loss_percent"] = self.lost, self.loss_percent
         return d
 
@@ -62,15 +89,16 @@ def direction(counters: dict[str, int]) -> Direction:
     """A `Direction` from an unpacked `struct rtp_dir` (field names of voipqos.h)."""
     c = counters
     received = c["received_prior"] + c["received"]
+    rtcp = report(c["rtcp"])
     if not received:
-        return Direction(c["packets"], c["bytes"], rtp=False)
+        return Direction(c["packets"], c["bytes"], rtp=False, carried_report=rtcp)
     current = c["cycles"] + c["max_seq"] - c["base_seq"] + 1 if c["received"] else 0
     return Direction(
         c["packets"], c["bytes"], rtp=True, ssrc=c["ssrc"], payload_type=c["pt"],
         clock_hz=c["clock_hz"] or None, expected=c["expected_prior"] + current,
         received=received, duplicates=c["duplicates"], reordered=c["reordered"],
         other_ssrc=c["other_ssrc"], restarts=c["restarts"],
-        jitter_ms=c["jitter16_ns"] / 16 / 1e6 if c["clock_hz"] else None)
+        jitter_ms=c["jitter16_ns"] / 16 / 1e6 if c["clock_hz"] else None, carried_report=rtcp)
 
 
 def busiest(candidates: Iterable[Direction | None]) -> Direction | None:
@@ -138,6 +166,8 @@ def trouble(name: str, d: Direction | None) -> str | None:
 class CallQuality:
     egress: Direction | None
     ingress: Direction | None
+    # what the receiving endpoint reports (RTCP) about each direction's stream
+    reports: dict[str, Report] = field(default_factory=dict)
 
     @property
     def known(self) -> bool:
@@ -147,6 +177,9 @@ class CallQuality:
         if not self.known:
             return "quality unknown (no RTP seen)"
         said = [t for t in (trouble(n, getattr(self, n)) for n in DIRECTIONS) if t]
+        far = self.reports.get("egress")
+        if far is not None and far.fraction_lost >= LOSS_WORTH_SAYING:
+            said.append(f"the far end reports {far.fraction_lost:.0f} % lost")
         return "; ".join(said) if said else "good"
 
     def as_dict(self) -> dict:
@@ -156,13 +189,28 @@ class CallQuality:
         for name in DIRECTIONS:
             d = getattr(self, name)
             out[name] = None if d is None else {**d.as_dict(), "mos": mos_estimate(d)}
+            rep = self.reports.get(name)
+            if out[name] is not None and rep is not None:
+                out[name]["endpoint_report"] = {
+                    "loss_percent_last": rep.fraction_lost, "cumulative_lost": rep.cumulative_lost,
+                    "jitter_ms": rep.jitter_ms(d.clock_hz), "reports": rep.reports}
         return out
 
 
 def call_quality(entries: Iterable[dict[str, Direction]]) -> CallQuality:
-    """A call's quality from the table entries of its tuples (Classifier.flow_quality)."""
+    """A call's quality from the table entries of its tuples (Classifier.flow_quality),
+    its RTCP flows included: a report block travelling one way is about the stream
+    going the other way, matched by SSRC."""
     entries = list(entries)
-    return CallQuality(*(busiest(e.get(n) for e in entries) for n in DIRECTIONS))
+    egress, ingress = (busiest(e.get(n) for e in entries) for n in DIRECTIONS)
+    reports = {}
+    for name, d, back in (("egress", egress, "ingress"), ("ingress", ingress, "egress")):
+        for e in entries:
+            carrier = e.get(back)
+            rep = carrier.carried_report if carrier is not None else None
+            if d is not None and d.rtp and rep is not None and rep.ssrc == d.ssrc:
+                reports[name] = rep
+    return CallQuality(egress, ingress, reports)
 
 
 # --- the reference: RFC 3550 A.1 and A.8, written plainly -----------------------------
