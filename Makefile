@@ -15,8 +15,9 @@ lint:
 bpf:
 	$(MAKE) -C bpf OUT=$(CURDIR)/build/bpf
 
-# installable OpenWrt packages (.ipk) into build/ipk/, without the SDK
-ipk: bpf
+# installable OpenWrt packages (.ipk) into build/ipk/, without the SDK (the BPF objects
+# built as OpenWrt's CompileBPF builds them: package/compile-bpf.sh)
+ipk:
 	./package/build-ipk.sh build/ipk
 
 demo:

@@ -8,15 +8,16 @@
 # an ar archive like Debian's .deb) of ./debian-binary, ./data.tar.gz, ./control.tar.gz.
 # Files are owned by root, names sorted, mtimes SOURCE_DATE_EPOCH (default: the last
 # commit), gzip without timestamps: the same tree gives the same bytes.
-# Environment: BPF_DIR (default build/bpf, from `make bpf`), LUCI_APP_DIR (default
-# luci-app), PYTHON_VERSION (default 3.11, the Python of OpenWrt 23.05 and 24.10).
+# The BPF objects (both byte orders: the package fits every router) are built as the SDK
+# builds them, by package/compile-bpf.sh (bpf.mk's CompileBPF for 32-bit mips/mipsel).
+# Environment: LUCI_APP_DIR (default luci-app), PYTHON_VERSION (default 3.11, the Python
+# of OpenWrt 23.05 and 24.10).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ $# -eq 1 ] || { echo "usage: $0 OUTDIR" >&2; exit 2; }
 mkdir -p "$1"
 out=$(cd "$1" && pwd)
-bpf_dir=$(realpath -m "${BPF_DIR:-$root/build/bpf}")
 luci_dir=$(realpath -m "${LUCI_APP_DIR:-$root/luci-app}")
 site=/usr/lib/python${PYTHON_VERSION:-3.11}/site-packages
 meta="python3 $root/package/ipkg_control.py"
@@ -30,9 +31,8 @@ version=$($meta version "$root")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-for obj in voipqos-bpfel.o voipqos-bpfeb.o; do
-	[ -f "$bpf_dir/$obj" ] || { echo "build-ipk: $bpf_dir/$obj missing (run: make bpf)" >&2; exit 1; }
-done
+"$root/package/compile-bpf.sh" "$root/bpf/voipqos.c" "$work/voipqos-bpfel.o" mipsel
+"$root/package/compile-bpf.sh" "$root/bpf/voipqos.c" "$work/voipqos-bpfeb.o" mips
 
 # tar flags of ipkg-build, plus explicit root ownership instead of fakeroot
 tar_c() {
@@ -72,7 +72,7 @@ install -m 0755 "$root/files/etc/init.d/voipqos" "$d/etc/init.d/voipqos"
 install -m 0600 "$root/files/etc/config/voipqos" "$d/etc/config/voipqos"
 install -m 0755 "$root/files/etc/uci-defaults/90-voipqos" "$d/etc/uci-defaults/90-voipqos"
 install -m 0644 "$root/files/usr/share/rpcd/acl.d/voipqos.json" "$d/usr/share/rpcd/acl.d/"
-install -m 0644 "$bpf_dir/voipqos-bpfel.o" "$bpf_dir/voipqos-bpfeb.o" "$d/usr/lib/voipqos/bpf/"
+install -m 0644 "$work/voipqos-bpfel.o" "$work/voipqos-bpfeb.o" "$d/usr/lib/voipqos/bpf/"
 $meta voipqos "$root" "$SOURCE_DATE_EPOCH" "$d/CONTROL"
 ipkg_build "$d"
 

@@ -29,24 +29,22 @@ ipkg_control = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ipkg_control)
 
 
-def build(out: Path, bpf: Path, **env: str) -> None:
-    subprocess.run([str(ROOT / "package/build-ipk.sh"), str(out)], check=True, timeout=120,
-                   env={**os.environ, "BPF_DIR": str(bpf), "SOURCE_DATE_EPOCH": str(EPOCH),
-                        **env})
+def build(out: Path, **env: str) -> None:
+    subprocess.run([str(ROOT / "package/build-ipk.sh"), str(out)], check=True, timeout=300,
+                   env={**os.environ, "SOURCE_DATE_EPOCH": str(EPOCH), **env})
+
+
+def compile_bpf(obj: Path, arch: str) -> Path:
+    """package/compile-bpf.sh: bpf.mk's CompileBPF for BPF_ARCH `arch`."""
+    subprocess.run([str(ROOT / "package/compile-bpf.sh"), str(ROOT / "bpf/voipqos.c"),
+                    str(obj), arch], check=True, timeout=120)
+    return obj
 
 
 @pytest.fixture(scope="module")
-def bpf_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bpf")
-    subprocess.run(["make", "-s", "-C", str(ROOT / "bpf"), f"OUT={out}"], check=True,
-                   timeout=300)
-    return out
-
-
-@pytest.fixture(scope="module")
-def ipks(tmp_path_factory, bpf_dir) -> Path:
+def ipks(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ipk")
-    build(out, bpf_dir)
+    build(out)
     return out
 
 
@@ -166,13 +164,15 @@ def test_data_tree_modes(voipqos):
         assert voipqos.read("./" + name) == (ROOT / "files" / name).read_bytes()
 
 
-def test_every_python_module_and_both_bpf_objects_inside(voipqos, bpf_dir):
+def test_every_python_module_and_both_bpf_objects_inside(voipqos, tmp_path):
     shipped = {SITE + p.relative_to(ROOT / "src").as_posix()
                for p in ipkg_control.shipped_modules(ROOT)}
     assert SITE + "voipqos/cli.py" in shipped
     assert shipped == {n for n in voipqos.files if n.startswith(SITE) and n.endswith(".py")}
-    for obj in ("voipqos-bpfel.o", "voipqos-bpfeb.o"):
-        assert voipqos.read(f"./usr/lib/voipqos/bpf/{obj}") == (bpf_dir / obj).read_bytes()
+    # built as the SDK builds them, for 32-bit little- and big-endian mips (bpf.mk)
+    for obj, arch in (("voipqos-bpfel.o", "mipsel"), ("voipqos-bpfeb.o", "mips")):
+        want = compile_bpf(tmp_path / obj, arch).read_bytes()
+        assert voipqos.read(f"./usr/lib/voipqos/bpf/{obj}") == want
     launcher = voipqos.read("./usr/bin/voipqos").decode()
     assert launcher.startswith("#!/usr/bin/python3\n")
     assert "from voipqos.cli import main" in launcher
@@ -197,14 +197,14 @@ def test_luci_package_mirrors_the_luci_tree(luci):
     assert "killall -HUP rpcd" in luci.control_file("postinst-pkg")
 
 
-def test_luci_builder_is_generic_and_keeps_exec_bits(tmp_path, bpf_dir):
+def test_luci_builder_is_generic_and_keeps_exec_bits(tmp_path):
     app = tmp_path / "app"
     (app / "htdocs/luci-static/resources/view").mkdir(parents=True)
     (app / "htdocs/luci-static/resources/view/x.js").write_text("'use strict';\n")
     (app / "root/etc/uci-defaults").mkdir(parents=True)
     (app / "root/etc/uci-defaults/80-x").write_text("#!/bin/sh\nexit 0\n")
     (app / "root/etc/uci-defaults/80-x").chmod(0o700)
-    build(tmp_path / "out", bpf_dir, LUCI_APP_DIR=str(app))
+    build(tmp_path / "out", LUCI_APP_DIR=str(app))
     ipk = Ipk(tmp_path / "out" / f"luci-app-voipqos_{ipkg_control.version(ROOT)}_all.ipk")
     files = {n: m.mode for n, m in ipk.files.items() if m.isfile()}
     assert files == {"./www/luci-static/resources/view/x.js": 0o644,
@@ -212,8 +212,8 @@ def test_luci_builder_is_generic_and_keeps_exec_bits(tmp_path, bpf_dir):
     assert ipk.fields()["Depends"] == "libc"  # no Makefile: nothing declared
 
 
-def test_build_is_reproducible(tmp_path, ipks, bpf_dir):
-    build(tmp_path, bpf_dir)
+def test_build_is_reproducible(tmp_path, ipks):
+    build(tmp_path)
     for ipk in ipks.glob("*.ipk"):
         assert (tmp_path / ipk.name).read_bytes() == ipk.read_bytes(), ipk.name
 
@@ -287,36 +287,12 @@ def test_rpcd_acl_grants_read_and_write_separately():
     assert set(api.READ_METHODS) | set(api.WRITE_METHODS) == set(api.SPECS)
 
 
-def compile_bpf_mk(src: Path, out: Path, arch: str) -> Path:
-    """CompileBPF of OpenWrt 24.10's include/bpf.mk, step by step, with the host's LLVM:
-    the C front-end for the target's mips ABI (BPF_ARCH: mips, mipsel, mips64, mips64el
-    by CONFIG_BIG_ENDIAN and CONFIG_ARCH_64BIT), then opt, llc for bpfeb/bpfel, strip."""
-    target = "bpfel" if arch.endswith("el") else "bpfeb"
-    endian = "little" if target == "bpfel" else "big"
-    multiarch = subprocess.run(["gcc", "-print-multiarch"], capture_output=True,
-                               text=True).stdout.strip()
-    stem = out / arch
-    subprocess.run(["clang", "-g", "-target", f"{arch}-linux-gnu", f"-I/usr/include/{multiarch}",
-                    "-D__TARGET_ARCH_mips", f"-m{endian}-endian", "-fno-stack-protector",
-                    "-Wall", "-fno-asynchronous-unwind-tables", "-O2", "-emit-llvm", "-Xclang",
-                    "-disable-llvm-passes", "-c", str(src), "-o", f"{stem}.bc"], check=True)
-    with open(f"{stem}.bc", "rb") as bc, open(f"{stem}.opt", "wb") as opt:
-        subprocess.run(["opt", "-O2", f"-mtriple={target}"], stdin=bc, stdout=opt, check=True)
-    with open(f"{stem}.opt", "rb") as opt, open(f"{stem}.S", "wb") as asm:
-        subprocess.run(["llvm-dis"], stdin=opt, stdout=asm, check=True)
-    with open(f"{stem}.S", "rb") as asm:
-        subprocess.run(["llc", f"-march={target}", "-mcpu=v3", "-filetype=obj", "-o",
-                        f"{stem}.o"], stdin=asm, check=True)
-    subprocess.run(["llvm-strip", "--strip-debug", f"{stem}.o"], check=True)
-    return Path(f"{stem}.o")
-
-
 @pytest.mark.kernel
 def test_every_target_gets_a_loadable_object_from_compile_bpf(tmp_path):
-    """What the SDK build installs on each kind of target: the right byte order, the
-    maps' BTF kept, and (little-endian, this machine) a program the kernel's verifier
-    takes, attached by tc as the daemon attaches it."""
-    objs = {arch: compile_bpf_mk(ROOT / "bpf/voipqos.c", tmp_path, arch)
+    """CompileBPF (package/compile-bpf.sh, as `make ipk` and the SDK build) for each of
+    bpf.mk's front-ends: the right byte order, the maps' BTF kept, and (little-endian,
+    this machine) a program the kernel's verifier takes, attached by tc."""
+    objs = {arch: compile_bpf(tmp_path / f"{arch}.o", arch)
             for arch in ("mips", "mipsel", "mips64", "mips64el")}
     for arch, obj in objs.items():
         head = obj.read_bytes()[:20]
