@@ -61,7 +61,7 @@ ipkg_build() {
 # byte code (byte code is tied to one Python version; sources are not)
 d=$work/voipqos
 install -d -m 0755 "$d$site" "$d/usr/bin" "$d/etc/init.d" "$d/etc/config" \
-	"$d/etc/uci-defaults" "$d/usr/share/rpcd/acl.d" "$d/usr/lib/voipqos/bpf"
+	"$d/etc/uci-defaults" "$d/usr/share/rpcd" "$d/usr/lib/voipqos/bpf"
 (cd "$root/src" && find voipqos -name '*.py' -not -path 'voipqos/lab/*' \
 	-not -path '*/__pycache__/*' -print0) |
 	while IFS= read -r -d '' py; do
@@ -71,7 +71,10 @@ install -m 0755 "$root/package/voipqos/files/voipqos" "$d/usr/bin/voipqos"
 install -m 0755 "$root/files/etc/init.d/voipqos" "$d/etc/init.d/voipqos"
 install -m 0600 "$root/files/etc/config/voipqos" "$d/etc/config/voipqos"
 install -m 0755 "$root/files/etc/uci-defaults/90-voipqos" "$d/etc/uci-defaults/90-voipqos"
-install -m 0644 "$root/files/usr/share/rpcd/acl.d/voipqos.json" "$d/usr/share/rpcd/acl.d/"
+# rpcd's files: the ACL (acl.d/) and any rpcd plugin (ucode/), data only
+cp -R "$root/files/usr/share/rpcd/." "$d/usr/share/rpcd/"
+find "$d/usr/share/rpcd" -type d -exec chmod 0755 {} +
+find "$d/usr/share/rpcd" -type f -exec chmod 0644 {} +
 install -m 0644 "$work/voipqos-bpfel.o" "$work/voipqos-bpfeb.o" "$d/usr/lib/voipqos/bpf/"
 $meta voipqos "$root" "$SOURCE_DATE_EPOCH" "$d/CONTROL"
 ipkg_build "$d"

@@ -159,9 +159,14 @@ def test_data_tree_modes(voipqos):
     assert modes["./etc/config/voipqos"] == 0o600
     assert modes["./usr/share/rpcd/acl.d/voipqos.json"] == 0o644
     assert all(m.mode == 0o755 for m in voipqos.files.values() if m.isdir())
-    for name in ("etc/init.d/voipqos", "etc/config/voipqos", "etc/uci-defaults/90-voipqos",
-                 "usr/share/rpcd/acl.d/voipqos.json"):
-        assert voipqos.read("./" + name) == (ROOT / "files" / name).read_bytes()
+    shipped = [p.relative_to(ROOT / "files").as_posix() for p in (ROOT / "files").rglob("*")
+               if p.is_file()]
+    assert {"etc/init.d/voipqos", "etc/config/voipqos", "etc/uci-defaults/90-voipqos",
+            "usr/share/rpcd/acl.d/voipqos.json"} <= set(shipped)
+    for name in shipped:  # all of files/, as it is (rpcd's ACL and plugins included)
+        assert voipqos.read("./" + name) == (ROOT / "files" / name).read_bytes(), name
+        if name.startswith("usr/share/rpcd/"):
+            assert modes["./" + name] == 0o644, name
 
 
 def test_every_python_module_and_both_bpf_objects_inside(voipqos, tmp_path):
