@@ -148,7 +148,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .daemon import flows_document
+    from .documents import flows_document
 
     path = Path(args.config)
     cfg = load_config(args.config) if path.exists() or args.config != DEFAULT_CONFIG \
