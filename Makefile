@@ -15,9 +15,8 @@ lint:
 bpf:
 	$(MAKE) -C bpf OUT=$(CURDIR)/build/bpf
 
-# installable OpenWrt packages (.ipk) into build/ipk/, without the SDK (the BPF objects
-# built as OpenWrt's CompileBPF builds them: package/compile-bpf.sh)
-ipk:
+# installable OpenWrt packages (.ipk) into build/ipk/, without the SDK
+ipk: bpf
 	./package/build-ipk.sh build/ipk
 
 demo:

@@ -8,16 +8,17 @@
 # an ar archive like Debian's .deb) of ./debian-binary, ./data.tar.gz, ./control.tar.gz.
 # Files are owned by root, names sorted, mtimes SOURCE_DATE_EPOCH (default: the last
 # commit), gzip without timestamps: the same tree gives the same bytes.
-# The BPF objects (both byte orders: the package fits every router) are built as the SDK
-# builds them, by package/compile-bpf.sh (bpf.mk's CompileBPF for 32-bit mips/mipsel).
-# Environment: LUCI_APP_DIR (default luci-app), PYTHON_VERSION (default 3.11, the Python
-# of OpenWrt 23.05 and 24.10).
+# Environment: BPF_DIR (default build/bpf, from `make bpf`: both byte orders, built for
+# the BPF target itself, so the package fits every router, 32- or 64-bit; see
+# docs/install.md), LUCI_APP_DIR (default luci-app), PYTHON_VERSION (default 3.11, the
+# Python of OpenWrt 23.05 and 24.10).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ $# -eq 1 ] || { echo "usage: $0 OUTDIR" >&2; exit 2; }
 mkdir -p "$1"
 out=$(cd "$1" && pwd)
+bpf_dir=$(realpath -m "${BPF_DIR:-$root/build/bpf}")
 luci_dir=$(realpath -m "${LUCI_APP_DIR:-$root/luci-app}")
 site=/usr/lib/python${PYTHON_VERSION:-3.11}/site-packages
 meta="python3 $root/package/ipkg_control.py"
@@ -31,8 +32,9 @@ version=$($meta version "$root")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-"$root/package/compile-bpf.sh" "$root/bpf/voipqos.c" "$work/voipqos-bpfel.o" mipsel
-"$root/package/compile-bpf.sh" "$root/bpf/voipqos.c" "$work/voipqos-bpfeb.o" mips
+for obj in voipqos-bpfel.o voipqos-bpfeb.o; do
+	[ -f "$bpf_dir/$obj" ] || { echo "build-ipk: $bpf_dir/$obj missing (run: make bpf)" >&2; exit 1; }
+done
 
 # tar flags of ipkg-build, plus explicit root ownership instead of fakeroot
 tar_c() {
@@ -75,7 +77,7 @@ install -m 0755 "$root/files/etc/uci-defaults/90-voipqos" "$d/etc/uci-defaults/9
 cp -R "$root/files/usr/share/rpcd/." "$d/usr/share/rpcd/"
 find "$d/usr/share/rpcd" -type d -exec chmod 0755 {} +
 find "$d/usr/share/rpcd" -type f -exec chmod 0644 {} +
-install -m 0644 "$work/voipqos-bpfel.o" "$work/voipqos-bpfeb.o" "$d/usr/lib/voipqos/bpf/"
+install -m 0644 "$bpf_dir/voipqos-bpfel.o" "$bpf_dir/voipqos-bpfeb.o" "$d/usr/lib/voipqos/bpf/"
 $meta voipqos "$root" "$SOURCE_DATE_EPOCH" "$d/CONTROL"
 ipkg_build "$d"
 

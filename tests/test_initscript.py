@@ -31,7 +31,7 @@ SHELLS = [["sh"]] + ([["busybox", "ash"]] if shutil.which("busybox") else [])
 
 
 def shell_files() -> list[Path]:
-    found = []
+    found = [ROOT / "tests/compile_bpf.sh"]
     for base in ("files", "package"):
         for path in sorted((ROOT / base).rglob("*")):
             if path.is_file() and path.read_bytes()[:64].split(b"\n")[0] in (

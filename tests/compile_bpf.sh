@@ -2,7 +2,7 @@
 # One tc-BPF object the way OpenWrt's include/bpf.mk (CompileBPF) builds it for a target,
 # with the host's clang and LLVM tools instead of the SDK's:
 #
-#   package/compile-bpf.sh SRC OBJ BPF_ARCH
+#   tests/compile_bpf.sh SRC OBJ BPF_ARCH
 #
 # BPF_ARCH is bpf.mk's: mips$(if CONFIG_ARCH_64BIT,64)$(if CONFIG_BIG_ENDIAN,,el), i.e.
 # mips, mipsel, mips64 or mips64el; the byte order (bpfeb or bpfel) follows from it. The
