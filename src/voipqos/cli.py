@@ -123,6 +123,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
                        "removes it when stopped (/etc/init.d/voipqos stop)") from None
     except hostinfo.DeviceError as exc:
         raise CliError(str(exc), 2) from None
+    except PermissionError as exc:  # the pid lock in run_dir, or the kernel: root only
+        raise CliError(f"{args.command}: {exc.strerror}: {exc.filename} (run as root)") from None
     except ProfileError as exc:
         more = ", nothing left applied" if args.command == "apply" else ""
         raise CliError(f"{args.command} failed{more}: {exc}") from None
