@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .netns import LAN_HOST4, ROUTER_WAN4, WAN_HOST4, three_hosts
+from .netns import LAN_HOST4, WAN_HOST4, three_hosts
 from .replay_pcap import Datagram, read_udp
 
 FAR_NET = "100.64.0.0/10"  # lab addresses of the capture's far hosts (on the wan host)
@@ -198,7 +198,7 @@ def _run(p: Plan, lan_socks: dict[int, socket.socket], far_socks: dict[Endpoint,
                 break
             continue
         if i < len(p.sends) and p.sends[i][0] <= now:
-            t, out, lan_port, far, size = p.sends[i]
+            _, out, lan_port, far, size = p.sends[i]
             i += 1
             payload = lan_port.to_bytes(2, "big") + bytes(max(0, size - 2)) \
                 if size >= 2 else bytes(size)
@@ -248,7 +248,8 @@ def media_seconds(p: Plan, flows: Iterable[str]) -> dict[int, int]:
     for f in flows:
         lan_port, _, far = f.partition("-")
         ip, _, port = far.rpartition(":")
-        lab.add((int(lan_port), (p.far_map.get(ipaddress.ip_address(ip).compressed, ""), int(port))))
+        lab_ip = p.far_map.get(ipaddress.ip_address(ip).compressed, "")
+        lab.add((int(lan_port), (lab_ip, int(port))))
     per: dict[int, int] = defaultdict(int)
     for t, _, lan_port, far, _ in p.sends:
         if (lan_port, far) in lab:

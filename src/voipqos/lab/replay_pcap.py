@@ -79,7 +79,8 @@ def _link_offset(linktype: int, data: bytes) -> int | None:
 def _records(raw: bytes) -> Iterator[tuple[int, float, bytes]]:
     """(linktype, timestamp, frame) of every packet."""
     magic = raw[:4]
-    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\xc3\xd4",
+                 b"\xa1\xb2\x3c\x4d"):
         e = "<" if magic[0] in (0xD4, 0x4D) else ">"
         nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
         linktype = struct.unpack_from(e + "I", raw, 20)[0] & 0xFFFF

@@ -1,0 +1,142 @@
+"""Score the detector on the replayed corpus: the committed snapshot sequences go through
+`Detector.update` and the real `Hysteresis`, exactly as the daemon polls them. Pure.
+
+Per call capture: was the call found, the share of its active seconds (seconds in which
+its labelled media flowed) with the profile on, the delay from the first media packet to
+the profile switching on, and the flows called media that are not the call's. Per
+non-call capture: the seconds the profile would be on and how often it would switch on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import config
+from ..conntrack import parse
+from ..detect import MEDIA, DetectConfig, Detector, Sides
+from ..hysteresis import Hysteresis, HysteresisConfig
+from .netns import LAN_HOST4, LAN_NET4, ROUTER_WAN4
+from .replay import read_snapshots
+from .replay_corpus import CORPUS, load_manifest
+
+# what hostinfo.sides() gives the daemon on the lab router
+LAB_SIDES = Sides(frozenset({ROUTER_WAN4}), (ipaddress.ip_network(LAN_NET4),))
+
+
+@dataclass
+class Score:
+    name: str
+    kind: str
+    app: str
+    calls_expected: int
+    found: bool = False
+    active: int = 0  # seconds with call media (truth)
+    active_on: int = 0  # of them, seconds with the profile on
+    delay: float | None = None  # first media -> profile on, s
+    detect_delay: float | None = None  # first media -> first poll with a call, s
+    on_seconds: int = 0  # polls with the profile on (non-call captures)
+    switch_ons: int = 0
+    noise: set[str] = field(default_factory=set)  # flows called media that are not the call
+
+    @property
+    def on_share(self) -> float | None:
+        return self.active_on / self.active if self.active else None
+
+    def row(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "app": self.app,
+                "calls": self.calls_expected, "found": self.found, "active_s": self.active,
+                "on_share": None if self.on_share is None else round(self.on_share, 3),
+                "delay_s": self.delay, "detect_delay_s": self.detect_delay,
+                "on_s": self.on_seconds, "switch_ons": self.switch_ons,
+                "noise_media": sorted(self.noise)}
+
+
+def _call_keys(cap: dict, far_map: dict[str, str]) -> set[tuple[int, str, int]]:
+    keys = set()
+    for f in cap["call_flows"]:
+        lan_port, _, far = f.partition("-")
+        ip, _, port = far.rpartition(":")
+        keys.add((int(lan_port), far_map.get(ipaddress.ip_address(ip).compressed, ""),
+                  int(port)))
+    return keys
+
+
+def score(cap: dict, directory: Path, cfg: config.Config) -> Score:
+    truth = json.loads((directory / f"{cap['name']}.truth.json").read_text())
+    snaps = read_snapshots(directory / f"{cap['name']}.ct")
+    media = {int(k): v for k, v in truth["media"].items() if v}
+    call_keys = _call_keys(cap, truth["far_map"])
+    s = Score(cap["name"], cap["kind"], cap["app"], cap["calls"])
+    det = Detector(DetectConfig.from_config(cfg))
+    hyst = Hysteresis(HysteresisConfig.from_config(cfg), 0.0)
+    first = min(media) if media else None
+    for t, lines in snaps:
+        d = det.update(parse(lines, cfg.sip_ports, taken_at=t), LAB_SIDES)
+        if hyst.step(t, len(d.calls)) and hyst.active:
+            s.switch_ons += 1
+        s.on_seconds += hyst.active
+        for f in d.flows:
+            o = f.entry.orig
+            mine = (o.sport, o.dst, o.dport) if o.src == LAN_HOST4 else (o.dport, o.src, o.sport)
+            if f.verdict == MEDIA and mine not in call_keys:
+                s.noise.add(f"{o.src}:{o.sport}>{o.dst}:{o.dport}")
+        if first is None:
+            continue
+        # the snapshot at t covers [t-1, t): media second t-1 is judged by this poll
+        if d.calls and t - 1 >= first and s.detect_delay is None:
+            s.found = True
+            s.detect_delay = t - first
+        if hyst.active and t - 1 >= first and s.delay is None:
+            s.delay = t - first
+        if (int(t) - 1) in media:
+            s.active += 1
+            s.active_on += hyst.active
+    return s
+
+
+def evaluate(directory: Path = CORPUS, cfg: config.Config | None = None,
+             names: list[str] | None = None) -> list[Score]:
+    cfg = cfg or config.defaults()
+    return [score(c, directory, cfg) for c in load_manifest(directory)
+            if (not names or c["name"] in names) and (directory / f"{c['name']}.ct").exists()]
+
+
+def table(scores: list[Score]) -> str:
+    out = [f"{'capture':<26}{'app':<38}{'found':>6}{'active':>7}{'on%':>6}{'delay':>7}"
+           f"{'on_s':>6}{'sw':>4}  noise"]
+    for s in scores:
+        share = "-" if s.on_share is None else f"{100 * s.on_share:.0f}"
+        delay = "-" if s.delay is None else f"{s.delay:.0f}"
+        found = ("yes" if s.found else "NO") if s.kind == "call" else "-"
+        out.append(f"{s.name:<26}{s.app[:37]:<38}{found:>6}{s.active:>7}{share:>6}{delay:>7}"
+                   f"{s.on_seconds:>6}{s.switch_ons:>4}  {len(s.noise)}")
+    calls = [s for s in scores if s.kind == "call"]
+    quiet = [s for s in scores if s.kind != "call"]
+    act = sum(s.active for s in calls)
+    out.append(f"calls found {sum(s.found for s in calls)}/{len(calls)}; active seconds on "
+               f"{sum(s.active_on for s in calls)}/{act}; non-call captures with a switch-on "
+               f"{sum(1 for s in quiet if s.switch_ons)}/{len(quiet)} "
+               f"({sum(s.on_seconds for s in quiet)} s on); flows wrongly called media "
+               f"{sum(len(s.noise) for s in scores)}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="voipqos-replay-eval", description=__doc__.split("\n")[0])
+    ap.add_argument("--dir", default=str(CORPUS))
+    ap.add_argument("--config", help="UCI config (default: built-in defaults)")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("names", nargs="*")
+    a = ap.parse_args(argv)
+    cfg = config.load(a.config) if a.config else config.defaults()
+    scores = evaluate(Path(a.dir), cfg, a.names)
+    print(json.dumps([s.row() for s in scores], indent=1) if a.json else table(scores))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
