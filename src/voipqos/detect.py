@@ -1,9 +1,15 @@
-"""Call detection: two conntrack snapshots in, per-flow verdicts and calls out. No I/O.
+"""Call detection: a sequence of conntrack snapshots in, per-flow verdicts and calls out.
+No I/O.
 
-A call is media between one LAN host and one far host: at least one UDP flow whose
-packet rate and mean packet size sit in the configured voice band (in both directions
-unless configured otherwise). Other UDP flows between the same two hosts (RTCP, video)
-join the call. SIP is only a hint: WebRTC-style calls show no SIP at all.
+A flow is call media when its last few intervals look like a call: voice-sized packets
+both ways (at once at min_pps, after two intervals at a few pps: WhatsApp sends ~8 pps and
+less in silence), a video call's shape (MTU-sized video one way with voice or video
+back) for three intervals, or a voice stream one way paired with its return on another
+entry of the same LAN socket or far host (Telegram relays). Documented media ports
+(MEDIA_PORTS) lower the bar. A media flow stays media through a few seconds of silence.
+Media flows of one LAN socket or one LAN/far host pair make one call; slow small flows
+between the same hosts (RTCP) join it, anything else (a download from the same far host)
+does not. SIP is only a hint: WebRTC-style calls show no SIP at all.
 """
 
 from __future__ import annotations
@@ -23,6 +29,18 @@ UDP, TCP = 17, 6
 FiveTuple = tuple[int, str, str, int, int]
 
 
+# Ports documented as call media; a flow with one of them needs less evidence (weaker
+# voice rates count, video sizes count). Sources: STUN/TURN 3478 (RFC 8489, RFC 8656);
+# Microsoft Teams media 3478-3481 and client ports 50000-50059 ("Microsoft 365 URLs and IP
+# address ranges", "Prepare your organization's network for Teams"); Zoom 8801-8810
+# ("Zoom network firewall or proxy server settings"); Google Meet 19302-19309 ("Prepare
+# your network for Meet meetings and live streams"); FaceTime 16384-16387, 16393-16402
+# (Apple "TCP and UDP ports used by Apple software products"). Telegram and WhatsApp
+# document none: they are found by their rates (measured in docs/detection.md).
+MEDIA_PORTS: tuple[PortRange, ...] = ((3478, 3481), (8801, 8810), (16384, 16387),
+                                      (16393, 16402), (19302, 19309), (50000, 50059))
+
+
 @dataclass(frozen=True)
 class DetectConfig:
     sip_ports: frozenset[int] = frozenset({5060, 5061})
@@ -34,11 +52,13 @@ class DetectConfig:
     min_size: int = 60
     max_size: int = 400
     both_directions: bool = True
+    media_ports: tuple[PortRange, ...] = MEDIA_PORTS
 
     @classmethod
     def from_config(cls, cfg: Config) -> DetectConfig:
         return cls(frozenset(cfg.sip_ports), cfg.rtp_ports, cfg.exclude_ports, cfg.min_pps,
-                   cfg.max_pps, cfg.min_size, cfg.max_size, cfg.both_directions)
+                   cfg.max_pps, cfg.min_size, cfg.max_size, cfg.both_directions,
+                   cfg.media_ports)
 
 
 @dataclass(frozen=True)
@@ -174,10 +194,10 @@ def _directions(e: Entry, prev: Entry | None, dt: float) -> tuple[Direction, Dir
     return Direction(op, ob), Direction(rp, rb)
 
 
-def _band(name: str, d: Direction, cfg: DetectConfig) -> str | None:
-    """None if the direction looks like voice, else why not."""
-    if d.pps < cfg.min_pps:
-        return f"{name} {d.pps:.1f} pps below {cfg.min_pps:g}"
+def _band(name: str, d: Direction, cfg: DetectConfig, min_pps: float) -> str | None:
+    """None if the direction looks like voice at >= min_pps, else why not."""
+    if d.pps < min_pps:
+        return f"{name} {d.pps:.1f} pps below {min_pps:g}"
     if d.pps > cfg.max_pps:
         return f"{name} {d.pps:.0f} pps above {cfg.max_pps:g}"
     if d.mean_size < cfg.min_size:
@@ -187,9 +207,227 @@ def _band(name: str, d: Direction, cfg: DetectConfig) -> str | None:
     return None
 
 
+def _describe(out: Direction, inb: Direction) -> str:
+    return (f"out {out.pps:.0f} pps {out.mean_size:.0f} B, "
+            f"in {inb.pps:.0f} pps {inb.mean_size:.0f} B")
+
+
+# What one interval of a flow looked like (the per-flow history holds these codes only)
+STRONG, WEAK, VIDEO, ONE_WAY, ALIVE, QUIET, BULK = "S", "W", "V", "O", "A", "-", "X"
+HISTORY = 3  # intervals of codes kept per flow
+HOLD = 6.0  # seconds a media flow stays media through silence (DTX, muted, a lost poll)
+MAX_TRACKED = 4096  # flows with history; beyond it new candidates wait for a free slot
+WEAK_PPS = 4.0  # the slowest voice packetisation (Opus 120 ms = 8.3 pps) half silent (DTX)
+ALIVE_PPS = 0.5
+VIDEO_MIN_PPS = 25.0  # a video leg: frames split into many packets
+VIDEO_MIN_SIZE = 800  # video frames fill packets to near the MTU; game updates do not
+DUPLEX_MIN_SIZE = 500  # both directions this large: two cameras, not bulk + acks
+VIDEO_MAX_PPS = 600.0  # above this, a flow is bulk (a 4 Mbit/s 720p stream is ~400 pps)
+RTCP_MAX_PPS = 5.0
+
+
+@dataclass(slots=True)
+class _Track:
+    codes: str = ""  # the last HISTORY interval codes, newest last
+    media_at: float | None = None  # last time the flow showed media evidence
+
+
+def _code(out: Direction, inb: Direction, cfg: DetectConfig, prior: bool) -> str:
+    """One interval of one flow, as a code; cheap: called for every UDP entry."""
+    hi, lo = (out, inb) if out.pps >= inb.pps else (inb, out)
+    if hi.pps > VIDEO_MAX_PPS or (hi.pps > cfg.max_pps and hi.mean_size <= cfg.max_size):
+        return BULK
+    if hi.pps < ALIVE_PPS:
+        return QUIET
+    if lo.pps < ALIVE_PPS:
+        return ONE_WAY if _band("", hi, cfg, cfg.min_pps) is None else ALIVE
+    if _band("", out, cfg, cfg.min_pps) is None and _band("", inb, cfg, cfg.min_pps) is None:
+        return STRONG
+    if _band("", out, cfg, WEAK_PPS) is None and _band("", inb, cfg, WEAK_PPS) is None:
+        return STRONG if prior else WEAK
+    if prior and lo.pps >= WEAK_PPS and hi.mean_size <= 1400:
+        return STRONG  # documented media port, both ways: audio or video of a call
+    if lo.pps >= VIDEO_MIN_PPS * 0.4 and hi.pps >= VIDEO_MIN_PPS and (
+            (hi.mean_size >= VIDEO_MIN_SIZE and _band("", lo, cfg, WEAK_PPS) is None)
+            or (lo.mean_size >= DUPLEX_MIN_SIZE and lo.pps >= VIDEO_MIN_PPS)):
+        return VIDEO
+    return ALIVE
+
+
+def _evidence(codes: str, cfg: DetectConfig) -> str | None:
+    """Why the flow's recent intervals make it call media now, or None."""
+    now = codes[-1:]
+    if now == STRONG:
+        return "voice-sized both ways"
+    if now == WEAK and codes[-2:-1] in (STRONG, WEAK):
+        return f"voice-sized both ways at >= {WEAK_PPS:g} pps for 2 intervals"
+    if now == VIDEO and codes.endswith(VIDEO * 3):
+        return "video call shape (MTU-sized video with a voice or video return) for 3 intervals"
+    if now == ONE_WAY and (not cfg.both_directions or codes.endswith(ONE_WAY * 3)):
+        return "one-way voice stream" + ("" if not cfg.both_directions else " for 3 intervals")
+    return None
+
+
+class Detector:
+    """Detection state across polls: the daemon and `voipqos analyze` feed it the same
+    snapshots in the same order, so offline analysis replays what the service decided.
+
+    A flow is judged on its last few intervals, not one: strong voice evidence counts at
+    once (detection within two polls), weaker evidence must last, and a flow once media
+    stays media through a few seconds of silence. History is a few one-letter codes per
+    flow, kept only for flows that may be calls and capped at MAX_TRACKED.
+    """
+
+    def __init__(self, cfg: DetectConfig) -> None:
+        self.cfg = cfg
+        self.prev: Snapshot | None = None
+        self.tracks: dict[Key, _Track] = {}
+
+    def update(self, snap: Snapshot, sides: Sides = Sides(),
+               interval: float | None = None) -> Detection:
+        """Account one snapshot (taken after the previous one) and decide on it."""
+        prev = self.prev
+        if interval is None and prev is not None:
+            interval = snap.taken_at - prev.taken_at
+        det = self._decide(prev, snap, sides, interval)
+        self.prev = snap
+        return det
+
+    def _decide(self, prev: Snapshot | None, cur: Snapshot, sides: Sides,
+                dt: float | None) -> Detection:
+        cfg = self.cfg
+        before = prev.entries if prev is not None else {}
+        now = cur.taken_at
+        flows: list[Flow] = []
+        legs: dict[tuple, list[int]] = {}  # pairing keys of one-way legs -> flow indexes
+        tracks: dict[Key, _Track] = {}
+        for key, e in cur.entries.items():
+            f = classify(e, before.get(key), dt, cfg, sides)
+            if f.out is None or f.verdict != OTHER:
+                flows.append(f)
+                continue
+            prior = _in_ranges(e.orig.sport, cfg.media_ports) or \
+                _in_ranges(e.orig.dport, cfg.media_ports)
+            code = _code(f.out, f.inb, cfg, prior)
+            t = self.tracks.get(key)
+            if t is None and code in (QUIET, ALIVE, BULK):
+                flows.append(f)
+                continue
+            if t is None:
+                if len(tracks) >= MAX_TRACKED:  # bounded: a huge table cannot grow it
+                    flows.append(f)
+                    continue
+                t = _Track()
+            t.codes = (t.codes + code)[-HISTORY:]
+            why = _evidence(t.codes, cfg)
+            if code == BULK:
+                t.media_at = None
+            elif why:
+                t.media_at = now
+            elif t.media_at is not None and now - t.media_at <= HOLD and code != QUIET:
+                why = f"held: media {now - t.media_at:.0f} s ago, still flowing (silence/DTX)"
+            elif t.media_at is not None and now - t.media_at > HOLD:
+                t.media_at = None
+            if t.media_at is not None or code != QUIET:
+                tracks[key] = t
+            detail = (_describe(f.out, f.inb), *f.reasons[1:])
+            if why:
+                f = Flow(e, MEDIA, (why, *detail, *(["documented media port"] if prior else [])),
+                         f.out, f.inb, f.lan_side)
+            elif code == ONE_WAY:
+                lan, far = f.hosts
+                lan_port = (e.orig.sport if f.lan_side != "reply" else e.reply.sport)
+                out_only = f.out.pps >= f.inb.pps
+                for k in ((lan, lan_port), (lan, far)):
+                    legs.setdefault(k, []).append(len(flows) * 2 + out_only)
+                f = Flow(e, OTHER, ("one-way voice leg, no return leg yet", *detail),
+                         f.out, f.inb, f.lan_side)
+            else:
+                f = Flow(e, OTHER, (f"not call-shaped over {len(t.codes)} interval(s)",
+                                    *detail), f.out, f.inb, f.lan_side)
+            flows.append(f)
+        self.tracks = tracks
+        # one-way legs of one LAN socket or one far host, both directions present: a call
+        # whose halves are separate entries (Telegram relays, asymmetric RTP ports)
+        for group in legs.values():
+            if {i & 1 for i in group} == {0, 1}:
+                for i in group:
+                    f = flows[i >> 1]
+                    if f.verdict != MEDIA:
+                        flows[i >> 1] = Flow(f.entry, MEDIA, ("paired one-way legs: "
+                                                              "out and in on separate entries",
+                                                              *f.reasons[1:]),
+                                             f.out, f.inb, f.lan_side)
+                        tr = self.tracks.get(f.entry.key)
+                        if tr is not None:
+                            tr.media_at = now
+        return _group(flows, dt, cfg)
+
+
+def _companion(f: Flow, cfg: DetectConfig) -> bool:
+    """RTCP and similar control flows of a call: UDP, slow and small."""
+    return (f.entry.proto == "udp" and f.out is not None and f.inb is not None
+            and f.out.pps <= RTCP_MAX_PPS and f.inb.pps <= RTCP_MAX_PPS
+            and max(f.out.mean_size, f.inb.mean_size) <= cfg.max_size)
+
+
+def _group(flows: list[Flow], interval: float | None, cfg: DetectConfig) -> Detection:
+    """Media flows into calls: one call per LAN host and far host, merged when one LAN
+    socket talks to several far hosts (a relay for each direction, TURN and direct)."""
+    parent: dict[tuple, tuple] = {}
+
+    def find(x: tuple) -> tuple:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    media = [f for f in flows if f.verdict == MEDIA]
+    for f in media:
+        lan, far = f.hosts
+        a = find(("h", lan, far))
+        if f.lan_side:
+            port = f.entry.orig.sport if f.lan_side == "orig" else f.entry.reply.sport
+            b = find(("p", lan, port))
+            if a != b:
+                parent[b] = a
+    pairs = {f.hosts for f in media}
+    sip_hosts = {h for f in flows if f.verdict == SIGNALLING for h in f.hosts}
+    members: dict[tuple, list[Flow]] = {}
+    result: list[Flow] = []
+    for f in flows:
+        if f.verdict == OTHER and f.hosts in pairs and f.out is not None:
+            if _companion(f, cfg):
+                f = Flow(f.entry, MEDIA, ("RTCP-like companion of call media", *f.reasons),
+                         f.out, f.inb, f.lan_side)
+            else:
+                f = Flow(f.entry, OTHER, (*f.reasons, "same hosts as a call, not call-shaped: "
+                                          "kept out of the voice class"),
+                         f.out, f.inb, f.lan_side)
+        if f.verdict == MEDIA:
+            root = find(("h", *f.hosts))
+            lan, far = root[1], root[2]
+            f = Flow(f.entry, f.verdict, f.reasons, f.out, f.inb, f.lan_side,
+                     call=f"{lan}>{far}")
+            members.setdefault(root, []).append(f)
+        result.append(f)
+    calls = []
+    for (_, lan, far), group in sorted(members.items()):
+        out = Direction(sum(f.out.pps for f in group), sum(f.out.bps for f in group))
+        inb = Direction(sum(f.inb.pps for f in group), sum(f.inb.bps for f in group))
+        calls.append(Call(
+            id=f"{lan}>{far}", lan_host=lan, far_host=far,
+            flows=tuple(f.entry.key for f in group), out=out, inb=inb,
+            sip=lan in sip_hosts, lan_known=all(f.lan_side for f in group),
+            tuples=frozenset(t for f in group for t in f.tuples()),
+        ))
+    return Detection(tuple(result), tuple(calls), interval)
+
+
 def classify(e: Entry, prev: Entry | None, dt: float | None, cfg: DetectConfig,
              sides: Sides) -> Flow:
-    """The verdict for one entry on its own (call grouping comes after)."""
+    """One entry's rates and the verdicts that need no history (SIP, excluded ports, no
+    counters); everything else comes back OTHER with rates for the Detector to judge."""
     side = lan_side(e, sides)
     o = e.orig
     ports = (o.sport, o.dport)
@@ -209,67 +447,14 @@ def classify(e: Entry, prev: Entry | None, dt: float | None, cfg: DetectConfig,
     if dirs is None:
         return Flow(e, OTHER, ("no counters: nf_conntrack_acct is off",), lan_side=side)
     out, inb = dirs if side != "reply" else dirs[::-1]
-    notes = ["offloaded: counters may be frozen"] if e.offloaded else []
-    misses = [m for m in (_band("out", out, cfg), _band("in", inb, cfg)) if m]
-    voice = len(misses) == 0 if cfg.both_directions else len(misses) < 2
-    if voice:
-        reasons = [f"{n} {d.pps:.0f} pps, mean {d.mean_size:.0f} B"
-                   for n, d in (("out", out), ("in", inb)) if _band(n, d, cfg) is None]
-        return Flow(e, MEDIA, (*reasons, *notes), out, inb, side)
-    return Flow(e, OTHER, (*misses, *notes), out, inb, side)
+    notes = ("offloaded: counters may be frozen",) if e.offloaded else ()
+    return Flow(e, OTHER, ("rates", *notes), out, inb, side)
 
 
 def detect(prev: Snapshot | None, cur: Snapshot, cfg: DetectConfig,
            sides: Sides = Sides(), interval: float | None = None) -> Detection:
-    """Verdicts for every parsed entry of `cur` and the calls they make up.
-
-    The interval is `cur.taken_at - prev.taken_at` unless given (offline analysis).
-    """
-    if interval is None and prev is not None:
-        interval = cur.taken_at - prev.taken_at
-    before = prev.entries if prev is not None else {}
-    flows = [classify(e, before.get(k), interval, cfg, sides) for k, e in cur.entries.items()]
-
-    pairs = {f.hosts for f in flows if f.verdict == MEDIA}
-    sip_hosts = {h for f in flows if f.verdict == SIGNALLING for h in f.hosts}
-    grouped: dict[tuple[str, str], list[Flow]] = {p: [] for p in pairs}
-    result: list[Flow] = []
-    for f in flows:
-        pair = f.hosts
-        if pair in grouped:
-            if f.verdict == OTHER and f.entry.proto == "udp" and f.out is not None:
-                f = Flow(f.entry, MEDIA, ("same hosts as call media (RTCP/video)",
-                                          *f.reasons), f.out, f.inb, f.lan_side)
-            if f.verdict == MEDIA:
-                f = Flow(f.entry, f.verdict, f.reasons, f.out, f.inb, f.lan_side,
-                         call=f"{pair[0]}>{pair[1]}")
-                grouped[pair].append(f)
-        result.append(f)
-
-    calls = []
-    for (lan, far), members in sorted(grouped.items()):
-        out = Direction(sum(f.out.pps for f in members), sum(f.out.bps for f in members))
-        inb = Direction(sum(f.inb.pps for f in members), sum(f.inb.bps for f in members))
-        calls.append(Call(
-            id=f"{lan}>{far}", lan_host=lan, far_host=far,
-            flows=tuple(f.entry.key for f in members), out=out, inb=inb,
-            sip=lan in sip_hosts, lan_known=all(f.lan_side for f in members),
-            tuples=frozenset(t for f in members for t in f.tuples()),
-        ))
-    return Detection(tuple(result), tuple(calls), interval)
-
-
-class Detector:
-    """Detection state across polls: the daemon and `voipqos analyze` feed it the same
-    snapshots in the same order, so offline analysis replays what the service decided."""
-
-    def __init__(self, cfg: DetectConfig) -> None:
-        self.cfg = cfg
-        self.prev: Snapshot | None = None
-
-    def update(self, snap: Snapshot, sides: Sides = Sides(),
-               interval: float | None = None) -> Detection:
-        """Account one snapshot (taken after the previous one) and decide on it."""
-        det = detect(self.prev, snap, self.cfg, sides, interval)
-        self.prev = snap
-        return det
+    """Verdicts for `cur` with `prev` as the only history (a fresh Detector)."""
+    d = Detector(cfg)
+    if prev is not None:
+        d.update(prev, sides)
+    return d.update(cur, sides, interval)
