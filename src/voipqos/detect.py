@@ -207,6 +207,13 @@ def _band(name: str, d: Direction, cfg: DetectConfig, min_pps: float) -> str | N
     return None
 
 
+def _misses(out: Direction, inb: Direction, cfg: DetectConfig) -> tuple[str, ...]:
+    """Why the interval is not voice-sized, direction by direction."""
+    found = tuple(m for m in (_band("out", out, cfg, cfg.min_pps),
+                              _band("in", inb, cfg, cfg.min_pps)) if m)
+    return found or (_describe(out, inb),)
+
+
 def _describe(out: Direction, inb: Direction) -> str:
     return (f"out {out.pps:.0f} pps {out.mean_size:.0f} B, "
             f"in {inb.pps:.0f} pps {inb.mean_size:.0f} B")
@@ -214,6 +221,7 @@ def _describe(out: Direction, inb: Direction) -> str:
 
 # What one interval of a flow looked like (the per-flow history holds these codes only)
 STRONG, WEAK, VIDEO, ONE_WAY, ALIVE, QUIET, BULK = "S", "W", "V", "O", "A", "-", "X"
+PRIOR = "P"  # on a documented media port: weak voice or video sizes, both ways
 HISTORY = 3  # intervals of codes kept per flow
 HOLD = 6.0  # seconds a media flow stays media through silence (DTX, muted, a lost poll)
 MAX_TRACKED = 4096  # flows with history; beyond it new candidates wait for a free slot
@@ -244,12 +252,13 @@ def _code(out: Direction, inb: Direction, cfg: DetectConfig, prior: bool) -> str
     if _band("", out, cfg, cfg.min_pps) is None and _band("", inb, cfg, cfg.min_pps) is None:
         return STRONG
     if _band("", out, cfg, WEAK_PPS) is None and _band("", inb, cfg, WEAK_PPS) is None:
-        return STRONG if prior else WEAK
+        return PRIOR if prior else WEAK
     if prior and lo.pps >= WEAK_PPS and hi.mean_size <= 1400:
-        return STRONG  # documented media port, both ways: audio or video of a call
-    if lo.pps >= VIDEO_MIN_PPS * 0.4 and hi.pps >= VIDEO_MIN_PPS and (
-            (hi.mean_size >= VIDEO_MIN_SIZE and _band("", lo, cfg, WEAK_PPS) is None)
-            or (lo.mean_size >= DUPLEX_MIN_SIZE and lo.pps >= VIDEO_MIN_PPS)):
+        return PRIOR  # documented media port, both ways: audio or video of a call
+    big, small = (out, inb) if out.mean_size >= inb.mean_size else (inb, out)
+    if big.pps >= VIDEO_MIN_PPS and small.pps >= VIDEO_MIN_PPS * 0.4 and (
+            (big.mean_size >= VIDEO_MIN_SIZE and _band("", small, cfg, WEAK_PPS) is None)
+            or (small.mean_size >= DUPLEX_MIN_SIZE and small.pps >= VIDEO_MIN_PPS)):
         return VIDEO
     return ALIVE
 
@@ -259,8 +268,10 @@ def _evidence(codes: str, cfg: DetectConfig) -> str | None:
     now = codes[-1:]
     if now == STRONG:
         return "voice-sized both ways"
-    if now == WEAK and codes[-2:-1] in (STRONG, WEAK):
-        return f"voice-sized both ways at >= {WEAK_PPS:g} pps for 2 intervals"
+    if now == WEAK and all(c in (STRONG, WEAK, PRIOR) for c in codes[-3:-1]) and len(codes) >= 3:
+        return f"voice-sized both ways at >= {WEAK_PPS:g} pps for 3 intervals"
+    if now == PRIOR and codes[-2:-1] in (STRONG, WEAK, PRIOR, VIDEO):
+        return "call-shaped both ways on a documented media port for 2 intervals"
     if now == VIDEO and codes.endswith(VIDEO * 3):
         return "video call shape (MTU-sized video with a voice or video return) for 3 intervals"
     if now == ONE_WAY and (not cfg.both_directions or codes.endswith(ONE_WAY * 3)):
@@ -301,17 +312,26 @@ class Detector:
         flows: list[Flow] = []
         legs: dict[tuple, list[int]] = {}  # pairing keys of one-way legs -> flow indexes
         tracks: dict[Key, _Track] = {}
-        for key, e in cur.entries.items():
-            f = classify(e, before.get(key), dt, cfg, sides)
+        rated = [classify(e, before.get(k), dt, cfg, sides) for k, e in cur.entries.items()]
+        busy = _fan_out(rated, cfg)
+        for f in rated:
+            e, key = f.entry, f.entry.key
             if f.out is None or f.verdict != OTHER:
                 flows.append(f)
+                continue
+            if _socket(f) in busy:
+                self.tracks.pop(key, None)
+                flows.append(Flow(e, OTHER, (f"one LAN socket busy with {busy[_socket(f)]} "
+                                             "peers at once: a game or P2P mesh, not a call",
+                                             _describe(f.out, f.inb)), f.out, f.inb, f.lan_side))
                 continue
             prior = _in_ranges(e.orig.sport, cfg.media_ports) or \
                 _in_ranges(e.orig.dport, cfg.media_ports)
             code = _code(f.out, f.inb, cfg, prior)
             t = self.tracks.get(key)
             if t is None and code in (QUIET, ALIVE, BULK):
-                flows.append(f)
+                flows.append(Flow(e, OTHER, _misses(f.out, f.inb, cfg) + f.reasons[1:],
+                                  f.out, f.inb, f.lan_side))
                 continue
             if t is None:
                 if len(tracks) >= MAX_TRACKED:  # bounded: a huge table cannot grow it
@@ -344,7 +364,8 @@ class Detector:
                          f.out, f.inb, f.lan_side)
             else:
                 f = Flow(e, OTHER, (f"not call-shaped over {len(t.codes)} interval(s)",
-                                    *detail), f.out, f.inb, f.lan_side)
+                                    *_misses(f.out, f.inb, cfg), *detail[1:]),
+                         f.out, f.inb, f.lan_side)
             flows.append(f)
         self.tracks = tracks
         # one-way legs of one LAN socket or one far host, both directions present: a call
@@ -362,6 +383,27 @@ class Detector:
                         if tr is not None:
                             tr.media_at = now
         return _group(flows, dt, cfg)
+
+
+FAN_OUT = 3  # far peers one LAN socket exchanges >= min_pps with at once: not a 1:1 call
+
+
+def _socket(f: Flow) -> tuple[str, int]:
+    """The LAN host's end of a flow (orig source when the side is unknown)."""
+    if f.lan_side == "reply":
+        return (f.entry.reply.src, f.entry.reply.sport)
+    return (f.entry.orig.src, f.entry.orig.sport)
+
+
+def _fan_out(flows: list[Flow], cfg: DetectConfig) -> dict[tuple[str, int], int]:
+    """LAN sockets exchanging packets at call rates with FAN_OUT or more far hosts in this
+    interval. A call's socket talks to one peer (ICE settles on one pair; the others get
+    a few STUN checks); a game or BitTorrent mesh talks to many."""
+    peers: dict[tuple[str, int], set[str]] = {}
+    for f in flows:
+        if f.out is not None and max(f.out.pps, f.inb.pps) >= cfg.min_pps:
+            peers.setdefault(_socket(f), set()).add(f.hosts[1])
+    return {s: len(p) for s, p in peers.items() if len(p) >= FAN_OUT}
 
 
 def _companion(f: Flow, cfg: DetectConfig) -> bool:

@@ -65,10 +65,28 @@ def _call_keys(cap: dict, far_map: dict[str, str]) -> set[tuple[int, str, int]]:
     return keys
 
 
+MEDIA_MIN_PACKETS = 4  # a second of call media, both directions together; STUN/keepalives
+# send one or two
+
+
+def active_seconds(counts: dict[int, int]) -> set[int]:
+    """The seconds a call was on, from the packets of its labelled flows: runs of seconds
+    with media (gaps of up to 2 s inside a run count, DTX) holding at least 3 media
+    seconds. Single bursts (ICE checks, keepalives before and after) are not the call."""
+    busy = sorted(t for t, n in counts.items() if n >= MEDIA_MIN_PACKETS)
+    runs: list[list[int]] = []
+    for t in busy:
+        if runs and t - runs[-1][-1] <= 3:
+            runs[-1].append(t)
+        else:
+            runs.append([t])
+    return {t for r in runs if len(r) >= 3 for t in range(r[0], r[-1] + 1)}
+
+
 def score(cap: dict, directory: Path, cfg: config.Config) -> Score:
     truth = json.loads((directory / f"{cap['name']}.truth.json").read_text())
     snaps = read_snapshots(directory / f"{cap['name']}.ct")
-    media = {int(k): v for k, v in truth["media"].items() if v}
+    media = active_seconds({int(k): v for k, v in truth["media"].items()})
     call_keys = _call_keys(cap, truth["far_map"])
     s = Score(cap["name"], cap["kind"], cap["app"], cap["calls"])
     det = Detector(DetectConfig.from_config(cfg))
