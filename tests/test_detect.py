@@ -208,10 +208,17 @@ def grow(per_s: list[tuple[int, int]], **kw) -> list[Entry]:
 
 def test_whatsapp_rate_is_a_call_after_two_intervals_and_held_through_silence():
     # ~8 pps each way (measured on WhatsApp), then DTX at 2 pps, then nothing
-    es = grow([(0, 0), (8, 8), (8, 9), (2, 2), (2, 1), (0, 0), (0, 0), (0, 0)])
+    es = grow([(0, 0), (8, 8), (8, 9), (8, 8), (2, 2), (2, 1), (0, 0), (0, 0)])
     dets = run([[e] for e in es])
-    assert [len(d.calls) for d in dets] == [0, 0, 1, 1, 1, 0, 0, 0]
-    assert dets[3].flows[0].reasons[0].startswith("held")
+    assert [len(d.calls) for d in dets] == [0, 0, 1, 1, 1, 1, 0, 0]
+    assert "steady rate for 2 intervals" in dets[2].flows[0].reasons[0]
+    assert dets[4].flows[0].reasons[0].startswith("held")
+
+
+def test_a_single_burst_is_not_held():
+    # a VPN handshake: one voice-sized interval, then slower unsteady traffic
+    es = grow([(0, 0), (18, 17), (3, 2), (2, 1), (0, 0)], size=(100, 150))
+    assert [len(d.calls) for d in run([[e] for e in es])] == [0, 1, 0, 0, 0]
 
 
 def test_game_shape_is_never_a_call():

@@ -238,6 +238,16 @@ RTCP_MAX_PPS = 5.0
 class _Track:
     codes: str = ""  # the last HISTORY interval codes, newest last
     media_at: float | None = None  # last time the flow showed media evidence
+    rates: tuple[float, float] = (0.0, 0.0)  # the previous interval's pps out, in
+    runs: int = 0  # intervals in a row with media evidence (held needs >= 2: established)
+
+
+def _steady(before: tuple[float, float], out: Direction, inb: Direction) -> bool:
+    """Both directions kept their packet rate (a codec's frame clock does; a game's
+    matchmaking or a burst of probes does not): within 20 % plus one packet of counting
+    jitter at the interval edges."""
+    return all(abs(a - b) <= 0.2 * max(a, b) + 1.0
+               for a, b in zip(before, (out.pps, inb.pps), strict=True))
 
 
 def _code(out: Direction, inb: Direction, cfg: DetectConfig, prior: bool) -> str:
@@ -263,11 +273,13 @@ def _code(out: Direction, inb: Direction, cfg: DetectConfig, prior: bool) -> str
     return ALIVE
 
 
-def _evidence(codes: str, cfg: DetectConfig) -> str | None:
+def _evidence(codes: str, cfg: DetectConfig, steady: bool) -> str | None:
     """Why the flow's recent intervals make it call media now, or None."""
     now = codes[-1:]
     if now == STRONG:
         return "voice-sized both ways"
+    if now == WEAK and codes[-2:-1] in (STRONG, WEAK, PRIOR) and steady:
+        return f"voice-sized both ways at >= {WEAK_PPS:g} pps, steady rate for 2 intervals"
     if now == WEAK and all(c in (STRONG, WEAK, PRIOR) for c in codes[-3:-1]) and len(codes) >= 3:
         return f"voice-sized both ways at >= {WEAK_PPS:g} pps for 3 intervals"
     if now == PRIOR and codes[-2:-1] in (STRONG, WEAK, PRIOR, VIDEO):
@@ -339,15 +351,17 @@ class Detector:
                     continue
                 t = _Track()
             t.codes = (t.codes + code)[-HISTORY:]
-            why = _evidence(t.codes, cfg)
+            why = _evidence(t.codes, cfg, _steady(t.rates, f.out, f.inb))
+            t.rates = (f.out.pps, f.inb.pps)
             if code == BULK:
-                t.media_at = None
+                t.media_at, t.runs = None, 0
             elif why:
-                t.media_at = now
-            elif t.media_at is not None and now - t.media_at <= HOLD and code != QUIET:
+                t.media_at, t.runs = now, t.runs + 1
+            elif t.media_at is not None and now - t.media_at <= HOLD and code != QUIET \
+                    and t.runs >= 2:
                 why = f"held: media {now - t.media_at:.0f} s ago, still flowing (silence/DTX)"
-            elif t.media_at is not None and now - t.media_at > HOLD:
-                t.media_at = None
+            elif t.media_at is not None and (now - t.media_at > HOLD or t.runs < 2):
+                t.media_at, t.runs = None, 0
             if t.media_at is not None or code != QUIET:
                 tracks[key] = t
             detail = (_describe(f.out, f.inb), *f.reasons[1:])
