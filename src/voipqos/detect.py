@@ -105,6 +105,7 @@ class Flow:
     inb: Direction | None = None
     lan_side: str | None = None  # "orig" or "reply": which tuple the LAN host sent
     call: str | None = None
+    pending: bool = False  # media for one interval only: counted, not yet classified
 
     @property
     def hosts(self) -> tuple[str, str]:
@@ -222,6 +223,9 @@ def _describe(out: Direction, inb: Direction) -> str:
 # What one interval of a flow looked like (the per-flow history holds these codes only)
 STRONG, WEAK, VIDEO, ONE_WAY, ALIVE, QUIET, BULK = "S", "W", "V", "O", "A", "-", "X"
 PRIOR = "P"  # on a documented media port: weak voice or video sizes, both ways
+CALL_SHAPED = (STRONG, WEAK, PRIOR, VIDEO)
+RANK = {STRONG: 4, PRIOR: 3, WEAK: 2, VIDEO: 1, "-": 0}
+PENDING = "1 interval so far: counts toward switching on, not in the voice class yet"
 HISTORY = 3  # intervals of codes kept per flow
 HOLD = 6.0  # seconds a media flow stays media through silence (DTX, muted, a lost poll)
 MAX_TRACKED = 4096  # flows with history; beyond it new candidates wait for a free slot
@@ -278,7 +282,9 @@ def _evidence(codes: str, cfg: DetectConfig, steady: bool) -> str | None:
     now = codes[-1:]
     if now == STRONG:
         return "voice-sized both ways"
-    if now == WEAK and codes[-2:-1] in (STRONG, WEAK, PRIOR) and steady:
+    if now == WEAK and codes[-2:-1] == PRIOR:
+        return f"voice-sized both ways at >= {WEAK_PPS:g} pps after a documented media port"
+    if now == WEAK and codes[-2:-1] == WEAK and steady:
         return f"voice-sized both ways at >= {WEAK_PPS:g} pps, steady rate for 2 intervals"
     if now == WEAK and all(c in (STRONG, WEAK, PRIOR) for c in codes[-3:-1]) and len(codes) >= 3:
         return f"voice-sized both ways at >= {WEAK_PPS:g} pps for 3 intervals"
@@ -305,6 +311,8 @@ class Detector:
         self.cfg = cfg
         self.prev: Snapshot | None = None
         self.tracks: dict[Key, _Track] = {}
+        # LAN sockets whose flows were call-shaped last interval: (code, pps out, pps in)
+        self.sockets: dict[tuple[str, int], tuple[str, tuple[float, float]]] = {}
 
     def update(self, snap: Snapshot, sides: Sides = Sides(),
                interval: float | None = None) -> Detection:
@@ -324,6 +332,7 @@ class Detector:
         flows: list[Flow] = []
         legs: dict[tuple, list[int]] = {}  # pairing keys of one-way legs -> flow indexes
         tracks: dict[Key, _Track] = {}
+        sockets: dict[tuple[str, int], tuple[str, tuple[float, float]]] = {}
         rated = [classify(e, before.get(k), dt, cfg, sides) for k, e in cur.entries.items()]
         busy = _fan_out(rated, cfg)
         for f in rated:
@@ -349,7 +358,10 @@ class Detector:
                 if len(tracks) >= MAX_TRACKED:  # bounded: a huge table cannot grow it
                     flows.append(f)
                     continue
-                t = _Track()
+                # a call moving to a new relay or candidate keeps its LAN socket: the new
+                # entry starts from the socket's last call-shaped interval
+                code0, rates0 = self.sockets.get(_socket(f), ("", (0.0, 0.0)))
+                t = _Track(code0, rates=rates0)
             t.codes = (t.codes + code)[-HISTORY:]
             why = _evidence(t.codes, cfg, _steady(t.rates, f.out, f.inb))
             t.rates = (f.out.pps, f.inb.pps)
@@ -360,14 +372,19 @@ class Detector:
             elif t.media_at is not None and now - t.media_at <= HOLD and code != QUIET \
                     and t.runs >= 2:
                 why = f"held: media {now - t.media_at:.0f} s ago, still flowing (silence/DTX)"
-            elif t.media_at is not None and (now - t.media_at > HOLD or t.runs < 2):
-                t.media_at, t.runs = None, 0
+            elif t.media_at is not None and (now - t.media_at > HOLD
+                                             or (t.runs < 2 and code != ONE_WAY)):
+                t.media_at, t.runs = None, 0  # a one-way leg waits for its pairing below
             if t.media_at is not None or code != QUIET:
                 tracks[key] = t
+            if code in CALL_SHAPED and RANK[code] >= RANK[sockets.get(_socket(f), ("-",))[0]]:
+                sockets[_socket(f)] = (code, (f.out.pps, f.inb.pps))
             detail = (_describe(f.out, f.inb), *f.reasons[1:])
             if why:
-                f = Flow(e, MEDIA, (why, *detail, *(["documented media port"] if prior else [])),
-                         f.out, f.inb, f.lan_side)
+                pending = t.runs == 1 and t.codes[-2:-1] not in CALL_SHAPED
+                f = Flow(e, MEDIA, (why, *detail, *(["documented media port"] if prior else []),
+                                    *([PENDING] if pending else [])),
+                         f.out, f.inb, f.lan_side, pending=pending)
             elif code == ONE_WAY:
                 lan, far = f.hosts
                 lan_port = (e.orig.sport if f.lan_side != "reply" else e.reply.sport)
@@ -381,7 +398,7 @@ class Detector:
                                     *_misses(f.out, f.inb, cfg), *detail[1:]),
                          f.out, f.inb, f.lan_side)
             flows.append(f)
-        self.tracks = tracks
+        self.tracks, self.sockets = tracks, sockets
         # one-way legs of one LAN socket or one far host, both directions present: a call
         # whose halves are separate entries (Telegram relays, asymmetric RTP ports)
         for group in legs.values():
@@ -389,13 +406,14 @@ class Detector:
                 for i in group:
                     f = flows[i >> 1]
                     if f.verdict != MEDIA:
-                        flows[i >> 1] = Flow(f.entry, MEDIA, ("paired one-way legs: "
-                                                              "out and in on separate entries",
-                                                              *f.reasons[1:]),
-                                             f.out, f.inb, f.lan_side)
                         tr = self.tracks.get(f.entry.key)
+                        pending = tr is None or tr.codes[-2:-1] != ONE_WAY
+                        flows[i >> 1] = Flow(f.entry, MEDIA, (
+                            "paired one-way legs: out and in on separate entries",
+                            *f.reasons[1:], *([PENDING] if pending else [])),
+                            f.out, f.inb, f.lan_side, pending=pending)
                         if tr is not None:
-                            tr.media_at = now
+                            tr.media_at, tr.runs = now, tr.runs + 1
         return _group(flows, dt, cfg)
 
 
@@ -464,7 +482,7 @@ def _group(flows: list[Flow], interval: float | None, cfg: DetectConfig) -> Dete
             root = find(("h", *f.hosts))
             lan, far = root[1], root[2]
             f = Flow(f.entry, f.verdict, f.reasons, f.out, f.inb, f.lan_side,
-                     call=f"{lan}>{far}")
+                     call=f"{lan}>{far}", pending=f.pending)
             members.setdefault(root, []).append(f)
         result.append(f)
     calls = []
@@ -475,7 +493,7 @@ def _group(flows: list[Flow], interval: float | None, cfg: DetectConfig) -> Dete
             id=f"{lan}>{far}", lan_host=lan, far_host=far,
             flows=tuple(f.entry.key for f in group), out=out, inb=inb,
             sip=lan in sip_hosts, lan_known=all(f.lan_side for f in group),
-            tuples=frozenset(t for f in group for t in f.tuples()),
+            tuples=frozenset(t for f in group if not f.pending for t in f.tuples()),
         ))
     return Detection(tuple(result), tuple(calls), interval)
 

@@ -33,14 +33,16 @@ class Score:
     kind: str
     app: str
     calls_expected: int
-    found: bool = False
+    found: bool = False  # every call of the capture found
+    found_calls: int = 0
     active: int = 0  # seconds with call media (truth)
     active_on: int = 0  # of them, seconds with the profile on
-    delay: float | None = None  # first media -> profile on, s
-    detect_delay: float | None = None  # first media -> first poll with a call, s
+    delay: float | None = None  # a call's first media second -> profile on, s (worst call)
+    detect_delay: float | None = None  # ... -> first poll with a call, s (worst call)
     on_seconds: int = 0  # polls with the profile on (non-call captures)
     switch_ons: int = 0
-    noise: set[str] = field(default_factory=set)  # flows called media that are not the call
+    # flows called media (beyond a first pending interval) that are not the call's
+    noise: set[str] = field(default_factory=set)
 
     @property
     def on_share(self) -> float | None:
@@ -48,16 +50,17 @@ class Score:
 
     def row(self) -> dict:
         return {"name": self.name, "kind": self.kind, "app": self.app,
-                "calls": self.calls_expected, "found": self.found, "active_s": self.active,
+                "calls": self.calls_expected, "found": self.found_calls, "active_s": self.active,
                 "on_share": None if self.on_share is None else round(self.on_share, 3),
                 "delay_s": self.delay, "detect_delay_s": self.detect_delay,
                 "on_s": self.on_seconds, "switch_ons": self.switch_ons,
                 "noise_media": sorted(self.noise)}
 
 
-def _call_keys(cap: dict, far_map: dict[str, str]) -> set[tuple[int, str, int]]:
+def _call_keys(flows: list[str], far_map: dict[str, str]) -> set[tuple[int, str, int]]:
+    """Labelled flows ("LANPORT-FARIP:FARPORT") as (LAN port, lab far address, far port)."""
     keys = set()
-    for f in cap["call_flows"]:
+    for f in flows:
         lan_port, _, far = f.partition("-")
         ip, _, port = far.rpartition(":")
         keys.add((int(lan_port), far_map.get(ipaddress.ip_address(ip).compressed, ""),
@@ -69,10 +72,11 @@ MEDIA_MIN_PACKETS = 4  # a second of call media, both directions together; STUN/
 # send one or two
 
 
-def active_seconds(counts: dict[int, int]) -> set[int]:
-    """The seconds a call was on, from the packets of its labelled flows: runs of seconds
-    with media (gaps of up to 2 s inside a run count, DTX) holding at least 3 media
-    seconds. Single bursts (ICE checks, keepalives before and after) are not the call."""
+def call_runs(counts: dict[int, int]) -> list[range]:
+    """When the capture's calls were on, from the packets of their labelled flows: runs
+    of seconds with media (gaps of up to 2 s inside a run count: DTX) holding at least 3
+    media seconds, one run per call. Single bursts (ICE checks, keepalives before and
+    after a call) are not a call."""
     busy = sorted(t for t, n in counts.items() if n >= MEDIA_MIN_PACKETS)
     runs: list[list[int]] = []
     for t in busy:
@@ -80,18 +84,19 @@ def active_seconds(counts: dict[int, int]) -> set[int]:
             runs[-1].append(t)
         else:
             runs.append([t])
-    return {t for r in runs if len(r) >= 3 for t in range(r[0], r[-1] + 1)}
+    return [range(r[0], r[-1] + 1) for r in runs if len(r) >= 3]
 
 
 def score(cap: dict, directory: Path, cfg: config.Config) -> Score:
     truth = json.loads((directory / f"{cap['name']}.truth.json").read_text())
     snaps = read_snapshots(directory / f"{cap['name']}.ct")
-    media = active_seconds({int(k): v for k, v in truth["media"].items()})
-    call_keys = _call_keys(cap, truth["far_map"])
-    s = Score(cap["name"], cap["kind"], cap["app"], cap["calls"])
+    runs = call_runs({int(k): v for k, v in truth["media"].items()})
+    call_keys = _call_keys([*cap["call_flows"], *cap.get("app_flows", [])], truth["far_map"])
+    s = Score(cap["name"], cap["kind"], cap["app"], len(runs))
     det = Detector(DetectConfig.from_config(cfg))
     hyst = Hysteresis(HysteresisConfig.from_config(cfg), 0.0)
-    first = min(media) if media else None
+    seen: dict[int, float] = {}  # run index -> first poll with a call in it
+    on: dict[int, float] = {}  # run index -> first poll with the profile on in it
     for t, lines in snaps:
         d = det.update(parse(lines, cfg.sip_ports, taken_at=t), LAB_SIDES)
         if hyst.step(t, len(d.calls)) and hyst.active:
@@ -100,19 +105,21 @@ def score(cap: dict, directory: Path, cfg: config.Config) -> Score:
         for f in d.flows:
             o = f.entry.orig
             mine = (o.sport, o.dst, o.dport) if o.src == LAN_HOST4 else (o.dport, o.src, o.sport)
-            if f.verdict == MEDIA and mine not in call_keys:
+            if f.verdict == MEDIA and not f.pending and mine not in call_keys:
                 s.noise.add(f"{o.src}:{o.sport}>{o.dst}:{o.dport}")
-        if first is None:
-            continue
         # the snapshot at t covers [t-1, t): media second t-1 is judged by this poll
-        if d.calls and t - 1 >= first and s.detect_delay is None:
-            s.found = True
-            s.detect_delay = t - first
-        if hyst.active and t - 1 >= first and s.delay is None:
-            s.delay = t - first
-        if (int(t) - 1) in media:
-            s.active += 1
-            s.active_on += hyst.active
+        for i, r in enumerate(runs):
+            if int(t) - 1 in r:
+                s.active += 1
+                s.active_on += hyst.active
+                if d.calls:
+                    seen.setdefault(i, t - r.start)
+                if hyst.active:
+                    on.setdefault(i, t - r.start)
+    s.found_calls = len(seen)
+    s.found = bool(runs) and len(seen) == len(runs)
+    s.detect_delay = max(seen.values()) if s.found else None
+    s.delay = max(on.values()) if s.found and len(on) == len(runs) else None
     return s
 
 
@@ -124,18 +131,20 @@ def evaluate(directory: Path = CORPUS, cfg: config.Config | None = None,
 
 
 def table(scores: list[Score]) -> str:
-    out = [f"{'capture':<26}{'app':<38}{'found':>6}{'active':>7}{'on%':>6}{'delay':>7}"
+    out = [f"{'capture':<26}{'app':<38}{'calls':>6}{'active':>7}{'on%':>6}{'delay':>7}"
            f"{'on_s':>6}{'sw':>4}  noise"]
     for s in scores:
         share = "-" if s.on_share is None else f"{100 * s.on_share:.0f}"
         delay = "-" if s.delay is None else f"{s.delay:.0f}"
-        found = ("yes" if s.found else "NO") if s.kind == "call" else "-"
+        found = f"{s.found_calls}/{s.calls_expected}" if s.kind == "call" else "-"
         out.append(f"{s.name:<26}{s.app[:37]:<38}{found:>6}{s.active:>7}{share:>6}{delay:>7}"
                    f"{s.on_seconds:>6}{s.switch_ons:>4}  {len(s.noise)}")
     calls = [s for s in scores if s.kind == "call"]
     quiet = [s for s in scores if s.kind != "call"]
     act = sum(s.active for s in calls)
-    out.append(f"calls found {sum(s.found for s in calls)}/{len(calls)}; active seconds on "
+    out.append(f"calls found {sum(s.found_calls for s in calls)}/"
+               f"{sum(s.calls_expected for s in calls)} (captures with every call found "
+               f"{sum(s.found for s in calls)}/{len(calls)}); active seconds on "
                f"{sum(s.active_on for s in calls)}/{act}; non-call captures with a switch-on "
                f"{sum(1 for s in quiet if s.switch_ons)}/{len(quiet)} "
                f"({sum(s.on_seconds for s in quiet)} s on); flows wrongly called media "
