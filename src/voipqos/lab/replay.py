@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gzip
 import ipaddress
 import json
 import os
@@ -221,6 +222,35 @@ def _run(p: Plan, lan_socks: dict[int, socket.socket], far_socks: dict[Endpoint,
         drain()
         time.sleep(max(0.0, min((due - now) / speed, 0.002)))
     return Result(snaps, sent, dropped)
+
+
+def write_plan(path: Path, p: Plan) -> None:
+    """The plan as gzip'd text (`lan HOST`, `far CAPTURE LAB`, then one send a line:
+    `SECONDS out|in LANPORT FARADDR FARPORT PAYLOAD`): the capture's timing and sizes
+    without its payloads, enough to replay it again without the pcap."""
+    lines = [f"lan {p.lan_host}", f"skipped {p.skipped}", f"duration {p.duration:.6f}",
+             *(f"far {a} {b}" for a, b in p.far_map.items()),
+             *(f"{t:.6f} {'out' if out else 'in'} {lp} {far[0]} {far[1]} {size}"
+               for t, out, lp, far, size in p.sends)]
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0))
+
+
+def read_plan(path: Path) -> Plan:
+    p = Plan("")
+    for line in gzip.decompress(Path(path).read_bytes()).decode().splitlines():
+        w = line.split()
+        if w[0] == "lan":
+            p.lan_host = w[1]
+        elif w[0] == "skipped":
+            p.skipped = int(w[1])
+        elif w[0] == "duration":
+            p.duration = float(w[1])
+        elif w[0] == "far":
+            p.far_map[w[1]] = w[2]
+        else:
+            p.sends.append((float(w[0]), w[1] == "out", int(w[2]), (w[3], int(w[4])),
+                            int(w[5])))
+    return p
 
 
 def write_snapshots(path: Path, snaps: list[tuple[float, list[str]]]) -> None:

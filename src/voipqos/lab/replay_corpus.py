@@ -2,7 +2,8 @@
 
 For each capture: the snapshot sequence the router's conntrack showed (`NAME.ct`) and the
 ground truth (`NAME.truth.json`: per replay second, packets of the call's labelled media
-flows; the address map). The pcaps themselves are not in the repository: fetch them from
+flows; the address map) and the replay plan (`NAME.plan.gz`: each datagram's time, side,
+ports and size, no payload: `replay.read_plan` replays it again without the pcap). The pcaps themselves are not in the repository: fetch them from
 the source named in the manifest (repository, commit, path) into `--pcaps`.
 """
 
@@ -15,7 +16,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from .replay import media_seconds, plan, replay, write_snapshots
+from .replay import media_seconds, plan, replay, write_plan, write_snapshots
 from .replay_pcap import read_udp
 
 CORPUS = Path(__file__).resolve().parents[3] / "tests" / "data" / "captures"
@@ -28,6 +29,7 @@ def load_manifest(directory: Path = CORPUS) -> list[dict]:
 def run_one(cap: dict, pcaps: Path, out: Path, prefix: str) -> str:
     datagrams, _ = read_udp(pcaps / cap["file"])
     p = plan(datagrams, cap["lan"])
+    write_plan(out / f"{cap['name']}.plan.gz", p)
     res = replay(p, prefix)
     write_snapshots(out / f"{cap['name']}.ct", res.snapshots)
     truth = {"name": cap["name"], "duration": round(p.duration, 3), "sent": res.sent,
