@@ -3,8 +3,9 @@
 For each capture: the snapshot sequence the router's conntrack showed (`NAME.ct`) and the
 ground truth (`NAME.truth.json`: per replay second, packets of the call's labelled media
 flows; the address map) and the replay plan (`NAME.plan.gz`: each datagram's time, side,
-ports and size, no payload: `replay.read_plan` replays it again without the pcap). The pcaps themselves are not in the repository: fetch them from
-the source named in the manifest (repository, commit, path) into `--pcaps`.
+ports and size, no payload: `replay.read_plan` replays it again without the pcap). The
+pcaps themselves are not in the repository: fetch them from the source named in the
+manifest (repository, commit, path) into `--pcaps`.
 """
 
 from __future__ import annotations
