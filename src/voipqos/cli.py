@@ -173,6 +173,17 @@ def _out_of_order(prev: Snapshot, cur: Snapshot) -> str | None:
     return None
 
 
+def _print_json_rows(doc: dict[str, Any], key: str) -> None:
+    """`doc` as JSON with its `key` list one row a line, written row by row: a 100k-entry
+    table is not turned into one big indented string first."""
+    out = sys.stdout
+    head = ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in doc.items() if k != key)
+    out.write(f"{{{head}, {json.dumps(key)}: [")
+    for i, row in enumerate(doc[key]):
+        out.write(("," if i else "") + "\n  " + json.dumps(row))
+    out.write("\n]}\n")
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Feed the saved tables to the daemon's own Detector and Hysteresis, one poll per
     file, `--interval` apart: the verdicts are those the service would give at the last
@@ -205,7 +216,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     doc["history_s"] = round((len(args.snapshots) - 1) * args.interval, 3)
     doc["profile"] = {"on": hyst.active, "reason": hyst.reason}
     if args.json:
-        print(json.dumps(doc, indent=2))
+        _print_json_rows(doc, "flows")
     else:
         print(f"{doc['snapshots']} snapshots, {doc['history_s']:g} s of history; profile "
               f"{'on' if hyst.active else 'off'} ({hyst.reason})")

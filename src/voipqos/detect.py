@@ -15,7 +15,6 @@ does not. SIP is only a hint: WebRTC-style calls show no SIP at all.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -151,8 +150,18 @@ class Detection:
         return frozenset().union(*(c.tuples for c in self.calls))
 
 
-def _in_ranges(port: int, ranges: Iterable[PortRange]) -> bool:
-    return any(lo <= port <= hi for lo, hi in ranges)
+@lru_cache(maxsize=16)
+def _port_set(ranges: tuple[PortRange, ...]) -> bytes:
+    """A 64 KiB membership table of port ranges: one index per lookup, for every UDP
+    entry of a table of tens of thousands."""
+    table = bytearray(65536)
+    for lo, hi in ranges:
+        table[lo:hi + 1] = b"\x01" * (hi - lo + 1)
+    return bytes(table)
+
+
+def _in_ranges(port: int, ranges: tuple[PortRange, ...]) -> bool:
+    return _port_set(ranges)[port] == 1
 
 
 def lan_side(e: Entry, sides: Sides) -> str | None:
