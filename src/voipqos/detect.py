@@ -234,6 +234,7 @@ STRONG, WEAK, VIDEO, ONE_WAY, ALIVE, QUIET, BULK = "S", "W", "V", "O", "A", "-",
 PRIOR = "P"  # on a documented media port: weak voice or video sizes, both ways
 CALL_SHAPED = (STRONG, WEAK, PRIOR, VIDEO)
 RANK = {STRONG: 4, PRIOR: 3, WEAK: 2, VIDEO: 1, "-": 0}
+KEEP = frozenset((*CALL_SHAPED, ONE_WAY))
 PENDING = "1 interval so far: counts toward switching on, not in the voice class yet"
 HISTORY = 3  # intervals of codes kept per flow
 HOLD = 6.0  # seconds a media flow stays media through silence (DTX, muted, a lost poll)
@@ -384,8 +385,8 @@ class Detector:
             elif t.media_at is not None and (now - t.media_at > HOLD
                                              or (t.runs < 2 and code != ONE_WAY)):
                 t.media_at, t.runs = None, 0  # a one-way leg waits for its pairing below
-            if t.media_at is not None or code != QUIET:
-                tracks[key] = t
+            if t.media_at is not None or any(c in KEEP for c in t.codes):
+                tracks[key] = t  # history only while the flow can still become a call
             if code in CALL_SHAPED and RANK[code] >= RANK[sockets.get(_socket(f), ("-",))[0]]:
                 sockets[_socket(f)] = (code, (f.out.pps, f.inb.pps))
             detail = (_describe(f.out, f.inb), *f.reasons[1:])
