@@ -220,17 +220,62 @@ def test_build_is_reproducible(tmp_path, ipks, bpf_dir):
 def test_feed_makefile_declares_what_the_code_imports():
     mk = ipkg_control.Makefile((ROOT / "package/voipqos/Makefile").read_text())
     pkg = mk.block_vars("Package/voipqos")
-    deps = ipkg_control.depends(pkg["DEPENDS"])
+    deps = ipkg_control.depends(pkg["DEPENDS"], mk.vars)
     python = {d for d in deps if d.startswith("python3-")} - {"python3-light"}
     assert python == set(ipkg_control.pydeps(ROOT)), "DEPENDS out of date with the imports"
     assert {"python3-light", "kmod-sched-core", "kmod-sched-bpf", "kmod-ifb", "tc-bpf"} <= set(deps)
+    # python3-email only where the packages feed still has it (24.10; later in urllib)
+    assert "$(PYTHON3_EMAIL)" in pkg["DEPENDS"] and "python3-package-email.mk" in \
+        mk.vars["PYTHON3_EMAIL"]
     assert "$(BPF_DEPENDS)" in pkg["DEPENDS"]
-    assert pkg["PKGARCH"] == "all"
     assert mk.vars["PKG_LICENSE"] == "GPL-2.0-only"
     assert mk.defines["Package/voipqos/conffiles"].strip() == "/etc/config/voipqos"
-    # both byte orders, each through bpf.mk's CompileBPF
-    assert mk.defines["Build/Compile"].count("$(call CompileBPFFor,") == 2
-    assert "$(call CompileBPF,$(1))" in mk.defines["CompileBPFFor"]
+    # bpf.mk's CompileBPF for the target, unchanged, and the object named by its byte
+    # order; so the package is per target, not PKGARCH:=all
+    assert "PKGARCH" not in pkg
+    assert mk.defines["Build/Compile"].count("$(call CompileBPF,") == 1
+    assert "BPF_ARCH" not in mk.vars and "BPF_TARGET" not in mk.vars
+    assert "voipqos-$(BPF_TARGET).o" in mk.defines["Py3Package/voipqos/install"]
+
+
+def test_luci_makefile_works_through_a_feed_link():
+    """make follows the link a feed makes, so $(CURDIR) is luci-app/ itself: luci.mk
+    must come by an absolute path and the name must not come from the directory."""
+    mk = ipkg_control.Makefile((ROOT / "luci-app/Makefile").read_text())
+    assert "include $(TOPDIR)/feeds/luci/luci.mk" in (ROOT / "luci-app/Makefile").read_text()
+    assert mk.vars["PKG_NAME"] == mk.vars["LUCI_NAME"] == "luci-app-voipqos"
+    assert "$(CURDIR)/../pyproject.toml" in mk.vars["PKG_VERSION"]
+    link = ROOT / "package/luci-app-voipqos"
+    assert link.is_symlink() and link.resolve() == (ROOT / "luci-app").resolve()
+    assert {"luci-base", "voipqos"} <= set(ipkg_control.depends(mk.vars["LUCI_DEPENDS"]))
+
+
+@pytest.mark.parametrize(("code", "need"), [
+    ("import http.client\n", {"python3-email"}),  # http.client imports email
+    ("import pathlib\n", {"python3-urllib"}),  # pathlib imports urllib.parse (3.11)
+    ("import logging.handlers\n", {"python3-logging"}),
+    ("def f():\n    import ctypes\n", {"python3-ctypes"}),  # a lazy import counts too
+    ("import shutil, hmac, secrets\n", set()),  # lzma, _hashlib: optional, not needed
+    ("from pyroute2 import IPRoute\n", {"python3-pyroute2"}),
+])
+def test_pydeps_follows_what_the_standard_library_imports(tmp_path, code, need):
+    pkg = tmp_path / "src/voipqos"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "mod.py").write_text(code)
+    got = set(ipkg_control.pydeps(tmp_path))
+    # http.client also needs urllib (urllib.parse), as pathlib does
+    assert need <= got and got - need <= {"python3-urllib"}, got
+
+
+def test_conntrack_netlink_kmod_is_named_where_users_look():
+    from voipqos import probe
+    from voipqos.plan import Features
+
+    mk = ipkg_control.Makefile((ROOT / "package/voipqos/Makefile").read_text())
+    assert "kmod-nf-conntrack-netlink" in mk.defines["Package/voipqos/description"]
+    assert "kmod-nf-conntrack-netlink" in probe.format_report(probe.report(Features()))
+    assert "kmod-nf-conntrack-netlink" in (ROOT / "docs/install.md").read_text()
 
 
 def test_rpcd_acl_grants_read_and_write_separately():

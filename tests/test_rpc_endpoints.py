@@ -14,7 +14,8 @@ import pytest
 
 from test_rpc import stub_dispatcher
 from voipqos import rpc
-from voipqos.endpoints import MAX_BODY, EndpointError, Endpoints
+from voipqos.endpoints import EndpointError, Endpoints
+from voipqos.httpframe import MAX_BODY
 
 STATUS = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "call",
                      "params": [rpc.NULL_SESSION, "voipqos", "status", {}]}).encode()
@@ -86,6 +87,7 @@ def test_huge_body_is_413_and_closed(ep):
                                "\r\n\r\n".encode())
     assert resp.startswith(b"HTTP/1.1 413 ")
     assert b"Connection: close" in resp
+    ep.wait(0.05)  # the client's EOF ends our graceful close
     assert not ep.clients
 
 

@@ -101,27 +101,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
 
 
-def _profile(args: argparse.Namespace):
+def cmd_profile(args: argparse.Namespace) -> int:
+    """`apply` / `remove`: one-shot switching for scripts, the init script and recovery.
+    Both hold the daemon's pid lock, so they never race a running daemon; `remove --wait`
+    (the init script, right after procd's SIGTERM) lets the daemon remove its own profile
+    first and then deletes whatever is left."""
     from . import hostinfo
     from .backends import make_profile
+    from .daemon import AlreadyRunning, pid_lock
+    from .profile import ProfileError
 
     cfg = load_config(args.config)
     try:
-        return make_profile(cfg, hostinfo.resolve_device(cfg.interface))
+        with pid_lock(cfg.run_dir, getattr(args, "wait", 0.0)):
+            prof = make_profile(cfg, hostinfo.resolve_device(cfg.interface))
+            if args.command == "apply":
+                prof.apply()
+            else:
+                prof.remove()
+    except AlreadyRunning as exc:
+        raise CliError(f"{exc}: it switches the profile itself (voipqos on|off|auto), and "
+                       "removes it when stopped (/etc/init.d/voipqos stop)") from None
     except hostinfo.DeviceError as exc:
         raise CliError(str(exc), 2) from None
-
-
-def cmd_profile(args: argparse.Namespace) -> int:
-    """`apply` / `remove`: one-shot switching for scripts, the init script and recovery."""
-    from .profile import ProfileError
-
-    prof = _profile(args)
-    try:
-        if args.command == "apply":
-            prof.apply()
-        else:
-            prof.remove()
     except ProfileError as exc:
         more = ", nothing left applied" if args.command == "apply" else ""
         raise CliError(f"{args.command} failed{more}: {exc}") from None
@@ -392,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_profile)
     s = sub.add_parser("remove", parents=[common],
                        help="remove everything voipqos created on the device")
+    s.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for a stopping daemon to exit first (default 0)")
     s.set_defaults(func=cmd_profile)
     s = sub.add_parser("check", parents=[common], help="kernel preflight")
     s.add_argument("--json", action="store_true")

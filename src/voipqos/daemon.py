@@ -400,17 +400,25 @@ class AlreadyRunning(RuntimeError):
 
 
 @contextlib.contextmanager
-def pid_lock(run_dir: str):
-    """One daemon per run_dir: an flock on the pid file, released when we exit."""
+def pid_lock(run_dir: str, wait: float = 0.0):
+    """One daemon per run_dir: an flock on the pid file, released when we exit. `apply`
+    and `remove` take it too, so nothing changes the device under a running daemon;
+    `wait` is how long to wait for a holder that is shutting down (procd does not wait)."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     path = Path(run_dir, "voipqos.pid")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode().strip() or "?"
-            raise AlreadyRunning(f"voipqos is already running (pid {other}, {path})") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    other = os.pread(fd, 32, 0).decode().strip() or "?"
+                    raise AlreadyRunning(
+                        f"voipqos is already running (pid {other}, {path})") from None
+                time.sleep(0.05)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
@@ -468,7 +476,11 @@ def run(d: Daemon) -> int:
     handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     endpoints = None
     try:
-        with pid_lock(d.cfg.run_dir):
+        with pid_lock(d.cfg.run_dir), contextlib.ExitStack() as held:
+            # on any way out, before the lock is released: `voipqos remove --wait` (the
+            # init script's stop) then finds nothing left, and a second daemon refused
+            # the lock never removes the running one's profile
+            held.callback(d.shutdown)
             d.shutdown()  # a predecessor killed with -9 may have left its profile
             endpoints = make_endpoints(d, rsock.fileno())
             d.send_event = endpoints.send_event
@@ -492,7 +504,6 @@ def run(d: Daemon) -> int:
                         pass
             log.info("stopping: removing the profile")
     finally:
-        d.shutdown()
         if endpoints is not None:
             endpoints.close()
         signal.set_wakeup_fd(old_wake)

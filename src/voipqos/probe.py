@@ -205,6 +205,8 @@ def format_report(rep: dict[str, Any]) -> str:
         lines.append(f"{mark} {name:<15} {item['used_for']}{extra}")
     for w in rep["warnings"]:
         lines.append(f"warning [{w['code']}] {w['message']} (fix: {w['fix']})")
+    lines.append("note: option conntrack_source 'netlink' needs kmod-nf-conntrack-netlink "
+                 "(the default, proc, needs nothing more)")
     return "\n".join(lines)
 
 

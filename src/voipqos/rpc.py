@@ -13,6 +13,8 @@ import fnmatch
 import hmac
 import json
 import logging
+import math
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -38,6 +40,13 @@ STATUS_NAMES = {
     4: "not found", 5: "no data", 6: "permission denied", 7: "timeout",
     8: "not supported", 9: "unknown error", 10: "connection failed",
 }
+
+# bounds of what a request may hold, so no body can make the daemon raise or stall
+MAX_DEPTH = 32  # json-c's default nesting limit, as uhttpd parses
+MAX_BATCH = 32  # calls in one batch request
+INT64 = 2**63 - 1  # json-c's integer range
+LOGIN_LOG_INTERVAL = 60.0  # s between two "failed login" lines
+_NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)  # strings skipped
 
 # JSON-RPC errors uhttpd-mod-ubus answers instead of a result
 PARSE_ERROR = (-32700, "Parse error")
@@ -120,17 +129,21 @@ class UbusRpc:
     the object is looked up, so the null session gets "Access denied" for anything else.
     """
 
-    def __init__(self, dispatcher: api.Dispatcher, sessions: Sessions) -> None:
+    def __init__(self, dispatcher: api.Dispatcher, sessions: Sessions,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.dispatcher = dispatcher
         self.sessions = sessions
+        self._clock = clock
+        self._failed_logins = 0  # since the last line logged about them
+        self._login_log_at = -math.inf
 
     def handle(self, body: bytes) -> bytes:
         try:
-            req = json.loads(body)
+            req = _loads(body)
         except (ValueError, UnicodeDecodeError):
             return _dump(_error(None, PARSE_ERROR))
         if isinstance(req, list):  # a batch, as uhttpd allows
-            if not req:
+            if not req or len(req) > MAX_BATCH:
                 return _dump(_error(None, INVALID_REQUEST))
             return _dump([self._one(r) for r in req])
         return _dump(self._one(req))
@@ -188,7 +201,7 @@ class UbusRpc:
             return [STATUS_INVALID_ARGUMENT]
         sid = self.sessions.login(args.get("username"), args.get("password"), timeout)
         if sid is None:
-            log.warning("rpc: failed login for user %r", args.get("username"))
+            self._log_failed_login(args.get("username"))
             return [STATUS_PERMISSION_DENIED]
         timeout, expires = self.sessions.info(sid)
         return [STATUS_OK, {
@@ -198,6 +211,18 @@ class UbusRpc:
             "acls": {"ubus": {api.OBJECT: ["*"], "session": ["destroy", "login"]}},
             "data": {"username": USER},
         }]
+
+    def _log_failed_login(self, username: Any) -> None:
+        """At most one line per LOGIN_LOG_INTERVAL, counting the ones held back: a local
+        user looping over passwords must not flood the log."""
+        self._failed_logins += 1
+        now = self._clock()
+        if now >= self._login_log_at + LOGIN_LOG_INTERVAL:
+            more = self._failed_logins - 1
+            log.warning("rpc: failed login for user %.40r%s", username,
+                        f" ({more} more since the last such line)" if more else "")
+            self._failed_logins = 0
+            self._login_log_at = now
 
     def _list(self, rid: Any, params: list[Any]) -> dict[str, Any]:
         if not all(isinstance(p, str) for p in params):
@@ -212,6 +237,38 @@ class UbusRpc:
 def signature() -> dict[str, dict[str, str]]:
     """The voipqos object's signature as `list` shows it."""
     return {m: {a: TYPE_NAMES[t] for a, t in s.args.items()} for m, s in api.SPECS.items()}
+
+
+def _loads(body: bytes) -> Any:
+    """json.loads within json-c's limits: nesting at most MAX_DEPTH (deeper would hit
+    Python's recursion limit), finite numbers, integers in int64; ValueError otherwise."""
+    depth = 0
+    for m in _NESTING.finditer(body):
+        if m.group() in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ValueError("nested too deep")
+        elif m.group() in (b"]", b"}"):
+            depth -= 1
+    return json.loads(body, parse_constant=_no_number, parse_float=_finite, parse_int=_int64)
+
+
+def _no_number(text: str) -> Any:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if abs(value) > INT64:
+        raise ValueError("number out of range")
+    return value
 
 
 def _dump(doc: Any) -> bytes:

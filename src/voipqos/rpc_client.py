@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import api, rpc
+from . import api, config, rpc
 
 PASSWORD_ENV = "VOIPQOS_PASSWORD"
 
@@ -194,15 +194,11 @@ class LocalClient(SessionClient):
         super().__init__(listen, rpc.USER, timeout)
         self.listen = listen
         self.secret_path = secret_path
-        if listen.startswith("unix:/"):
-            self._unix: str | None = listen[5:]
-        else:
-            self._unix = None
-            m = re.fullmatch(r"\[?([^\]]+?)\]?:(\d+)", listen)
-            if not m:
-                raise RpcError(f"rpc_listen: {listen!r}: expected unix:/PATH or HOST:PORT")
-            host = m.group(1)
-            self._addr = ("127.0.0.1" if host == "localhost" else host, int(m.group(2)))
+        try:
+            family, self._addr = config.listen_address(listen)
+        except ValueError as exc:
+            raise RpcError(f"rpc_listen: {listen!r}: expected {exc}") from None
+        self._unix = self._addr if family == socket.AF_UNIX else None
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._unix is not None:

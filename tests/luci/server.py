@@ -23,7 +23,7 @@ from voipqos.uci import Section, format_uci, parse_uci
 ROOT = Path(__file__).resolve().parents[2]
 RESOURCES = ROOT / "luci-app/htdocs/luci-static/resources"
 SHIM = Path(__file__).resolve().parent / "shim"
-SHIMMED = ["form", "rpc", "uci", "ui", "tools.widgets"]
+SHIMMED = ["form", "network", "rpc", "uci", "ui"]
 NULL_SESSION = "0" * 32
 
 Upstream = Callable[[bytes], bytes]

@@ -3,7 +3,7 @@
  * installed off OpenWrt, so this file stands in for the small part of it the voipqos
  * views use: the module loader for 'require'-style modules, L (env, require, bind,
  * resolveDefault, raise, isObject), the built-in classes baseclass, view, dom and poll, and
- * the globals E, _, N_ and String.prototype.format. form, rpc, uci, ui and tools.widgets are
+ * the globals E, _, N_ and String.prototype.format. form, network, rpc, uci and ui are
  * shim modules next to this file, written in LuCI's module format and loaded by the same
  * loader. Semantics follow LuCI (see README.md in this folder); looks and options do not.
  *
