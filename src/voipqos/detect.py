@@ -1,15 +1,19 @@
 """Call detection: a sequence of conntrack snapshots in, per-flow verdicts and calls out.
-No I/O.
+No I/O. The model and its measurements on real captures: docs/detection.md.
 
-A flow is call media when its last few intervals look like a call: voice-sized packets
-both ways (at once at min_pps, after two intervals at a few pps: WhatsApp sends ~8 pps and
-less in silence), a video call's shape (MTU-sized video one way with voice or video
-back) for three intervals, or a voice stream one way paired with its return on another
-entry of the same LAN socket or far host (Telegram relays). Documented media ports
-(MEDIA_PORTS) lower the bar. A media flow stays media through a few seconds of silence.
-Media flows of one LAN socket or one LAN/far host pair make one call; slow small flows
-between the same hosts (RTCP) join it, anything else (a download from the same far host)
-does not. SIP is only a hint: WebRTC-style calls show no SIP at all.
+Each poll turns a UDP entry's counter deltas into a one-letter code for the interval
+(voice-sized, weak voice, documented media port, video-call shape, one-way voice, bulk,
+...). A flow is media when its last few codes look like a call: voice-sized both ways at
+once (min_pps) or at a few pps for 2-3 intervals (WhatsApp sends ~8 pps, less in
+silence), a video call's shape for 3 intervals, a one-way voice leg paired with its
+return on another entry of the same LAN socket or far host (Telegram relays).
+Documented media ports (media_ports) lower the bar. Media stays media through a few
+seconds of silence once established; a first interval counts toward switching on but is
+not classified yet; a new entry on a LAN socket inherits the socket's last call-shaped
+interval (a call moving to another relay). A socket talking to many peers at once is a
+game or P2P mesh, never a call. Media flows of one LAN socket or one LAN/far host pair
+make one call; slow small flows between the same hosts (RTCP) join it, anything else (a
+download from the same far host) does not. SIP is only a hint: WebRTC calls show none.
 """
 
 from __future__ import annotations
@@ -217,6 +221,11 @@ def _band(name: str, d: Direction, cfg: DetectConfig, min_pps: float) -> str | N
     return None
 
 
+def _voice(d: Direction, cfg: DetectConfig, min_pps: float) -> bool:
+    """`_band(...) is None` without building the reason: run for every UDP entry."""
+    return min_pps <= d.pps <= cfg.max_pps and cfg.min_size <= d.mean_size <= cfg.max_size
+
+
 def _misses(out: Direction, inb: Direction, cfg: DetectConfig) -> tuple[str, ...]:
     """Why the interval is not voice-sized, direction by direction."""
     found = tuple(m for m in (_band("out", out, cfg, cfg.min_pps),
@@ -245,6 +254,7 @@ VIDEO_MIN_PPS = 25.0  # a video leg: frames split into many packets
 VIDEO_MIN_SIZE = 800  # video frames fill packets to near the MTU; game updates do not
 DUPLEX_MIN_SIZE = 500  # both directions this large: two cameras, not bulk + acks
 VIDEO_MAX_PPS = 600.0  # above this, a flow is bulk (a 4 Mbit/s 720p stream is ~400 pps)
+MEDIA_MAX_SIZE = 1400  # media packets stay under the path MTU (SRTP/DTLS, no fragments)
 RTCP_MAX_PPS = 5.0
 
 
@@ -272,16 +282,16 @@ def _code(out: Direction, inb: Direction, cfg: DetectConfig, prior: bool) -> str
     if hi.pps < ALIVE_PPS:
         return QUIET
     if lo.pps < ALIVE_PPS:
-        return ONE_WAY if _band("", hi, cfg, cfg.min_pps) is None else ALIVE
-    if _band("", out, cfg, cfg.min_pps) is None and _band("", inb, cfg, cfg.min_pps) is None:
+        return ONE_WAY if _voice(hi, cfg, cfg.min_pps) else ALIVE
+    if _voice(out, cfg, cfg.min_pps) and _voice(inb, cfg, cfg.min_pps):
         return STRONG
-    if _band("", out, cfg, WEAK_PPS) is None and _band("", inb, cfg, WEAK_PPS) is None:
+    if _voice(out, cfg, WEAK_PPS) and _voice(inb, cfg, WEAK_PPS):
         return PRIOR if prior else WEAK
-    if prior and lo.pps >= WEAK_PPS and hi.mean_size <= 1400:
+    if prior and lo.pps >= WEAK_PPS and hi.mean_size <= MEDIA_MAX_SIZE:
         return PRIOR  # documented media port, both ways: audio or video of a call
     big, small = (out, inb) if out.mean_size >= inb.mean_size else (inb, out)
     if big.pps >= VIDEO_MIN_PPS and small.pps >= VIDEO_MIN_PPS * 0.4 and (
-            (big.mean_size >= VIDEO_MIN_SIZE and _band("", small, cfg, WEAK_PPS) is None)
+            (big.mean_size >= VIDEO_MIN_SIZE and _voice(small, cfg, WEAK_PPS))
             or (small.mean_size >= DUPLEX_MIN_SIZE and small.pps >= VIDEO_MIN_PPS)):
         return VIDEO
     return ALIVE
