@@ -116,10 +116,12 @@ def score(cap: dict, directory: Path, cfg: config.Config) -> Score:
                     seen.setdefault(i, t - r.start)
                 if hyst.active:
                     on.setdefault(i, t - r.start)
-    s.found_calls = len(seen)
-    s.found = bool(runs) and len(seen) == len(runs)
-    s.detect_delay = max(seen.values()) if s.found else None
-    s.delay = max(on.values()) if s.found and len(on) == len(runs) else None
+    # found: the profile was on during the call (what the user gets), not merely a
+    # first-interval verdict
+    s.found_calls = len(on)
+    s.found = bool(runs) and len(on) == len(runs)
+    s.detect_delay = max(seen.values()) if len(seen) == len(runs) and runs else None
+    s.delay = max(on.values()) if s.found else None
     return s
 
 
@@ -152,16 +154,35 @@ def table(scores: list[Score]) -> str:
     return "\n".join(out)
 
 
+def markdown(scores: list[Score]) -> str:
+    """The per-capture table of docs/detection.md."""
+    out = ["| capture | app | calls found | active s | on | delay s | on s (non-call) "
+           "| switch-ons | noise flows |", "|---|---|---|---|---|---|---|---|---|"]
+    for s in scores:
+        call = s.kind == "call"
+        out.append(" | ".join([
+            f"| {s.name}", s.app, f"{s.found_calls}/{s.calls_expected}" if call else "-",
+            str(s.active) if call else "-",
+            "-" if s.on_share is None else f"{100 * s.on_share:.0f} %",
+            "-" if s.delay is None else f"{s.delay:.0f}",
+            "-" if call else str(s.on_seconds), str(s.switch_ons), f"{len(s.noise)} |"]))
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="voipqos-replay-eval", description=__doc__.split("\n")[0])
     ap.add_argument("--dir", default=str(CORPUS))
     ap.add_argument("--config", help="UCI config (default: built-in defaults)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--markdown", action="store_true")
     ap.add_argument("names", nargs="*")
     a = ap.parse_args(argv)
     cfg = config.load(a.config) if a.config else config.defaults()
     scores = evaluate(Path(a.dir), cfg, a.names)
-    print(json.dumps([s.row() for s in scores], indent=1) if a.json else table(scores))
+    if a.json:
+        print(json.dumps([s.row() for s in scores], indent=1))
+    else:
+        print(markdown(scores) if a.markdown else table(scores))
     return 0
 
 
