@@ -145,3 +145,24 @@ def test_bad_files_are_one_line_errors_exit_2(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.write_text("")
     assert analyze(tmp_path, capsys, a, empty)[0] == 0  # an empty table is a table
+
+
+def test_recorded_call_two_and_twelve_snapshots(tmp_path, capsys):
+    """A real call (KakaoTalk RTP, replayed through the lab router): analyze on 2 and on
+    12 of its saved tables gives the daemon's answers."""
+    from voipqos.lab.replay import read_snapshots
+    from voipqos.lab.replay_corpus import CORPUS
+
+    snaps = read_snapshots(CORPUS / "kakaotalk.ct")[3:15]
+    paths = []
+    for i, (_, lines) in enumerate(snaps):
+        p = tmp_path / f"ct.{i:02d}"
+        p.write_text("".join(line + "\n" for line in lines))
+        paths.append(p)
+    for n, on in ((2, False), (12, True)):
+        code, out, _ = analyze(tmp_path, capsys, *paths[:n], extra=("--json",))
+        doc = json.loads(out)
+        fl, active = daemon_answer(paths[:n], 1.0)
+        assert code == 0 and {k: doc[k] for k in fl} == fl
+        assert doc["profile"]["on"] is active is on
+        assert doc["calls"] == 1
