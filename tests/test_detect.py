@@ -252,3 +252,11 @@ def test_history_is_bounded_on_a_huge_table():
     d.update(snap(*table(0)), ROUTER)
     d.update(snap(*table(50), at=1.0), ROUTER)
     assert len(d.tracks) <= MAX_TRACKED
+
+
+def test_a_long_monologue_keeps_the_call():
+    # established at 8 pps both ways, then one side talks for 30 s while the other sends
+    # DTX silence frames at 2 pps: still the call, long after HOLD
+    es = grow([(0, 0)] + [(8, 8)] * 3 + [(8, 2)] * 30 + [(0, 0)])
+    calls = [len(d.calls) for d in run([[e] for e in es])]
+    assert calls[3:34] == [1] * 31 and calls[-1] == 0

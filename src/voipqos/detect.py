@@ -240,10 +240,11 @@ def _describe(out: Direction, inb: Direction) -> str:
 
 # What one interval of a flow looked like (the per-flow history holds these codes only)
 STRONG, WEAK, VIDEO, ONE_WAY, ALIVE, QUIET, BULK = "S", "W", "V", "O", "A", "-", "X"
+TALK = "T"  # one side voice-sized at >= WEAK_PPS, the other only a trickle: DTX, muted
 PRIOR = "P"  # on a documented media port: weak voice or video sizes, both ways
 CALL_SHAPED = (STRONG, WEAK, PRIOR, VIDEO)
 RANK = {STRONG: 4, PRIOR: 3, WEAK: 2, VIDEO: 1, "-": 0}
-KEEP = frozenset((*CALL_SHAPED, ONE_WAY))
+KEEP = frozenset((*CALL_SHAPED, ONE_WAY, TALK))
 PENDING = "1 interval so far: counts toward switching on, not in the voice class yet"
 HISTORY = 3  # intervals of codes kept per flow
 HOLD = 6.0  # seconds a media flow stays media through silence (DTX, muted, a lost poll)
@@ -289,6 +290,8 @@ def _code(out: Direction, inb: Direction, cfg: DetectConfig, prior: bool) -> str
         return PRIOR if prior else WEAK
     if prior and lo.pps >= WEAK_PPS and hi.mean_size <= MEDIA_MAX_SIZE:
         return PRIOR  # documented media port, both ways: audio or video of a call
+    if _voice(hi, cfg, WEAK_PPS) and lo.pps < WEAK_PPS and lo.mean_size <= cfg.max_size:
+        return TALK
     big, small = (out, inb) if out.mean_size >= inb.mean_size else (inb, out)
     if big.pps >= VIDEO_MIN_PPS and small.pps >= VIDEO_MIN_PPS * 0.4 and (
             (big.mean_size >= VIDEO_MIN_SIZE and _voice(small, cfg, WEAK_PPS))
@@ -389,6 +392,11 @@ class Detector:
                 t.media_at, t.runs = None, 0
             elif why:
                 t.media_at, t.runs = now, t.runs + 1
+            elif t.runs >= 2 and code in (TALK, ONE_WAY) and t.media_at is not None:
+                # an established call where one side talks and the other is silent (DTX,
+                # muted, listening to a monologue) stays a call for as long as that lasts
+                t.media_at = now
+                why = "call continues: one side talking, the other silent (DTX/muted)"
             elif t.media_at is not None and now - t.media_at <= HOLD and code != QUIET \
                     and t.runs >= 2:
                 why = f"held: media {now - t.media_at:.0f} s ago, still flowing (silence/DTX)"
