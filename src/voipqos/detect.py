@@ -85,7 +85,7 @@ def _in_nets(addr: str, nets: tuple) -> bool:
     return any(ip.version == n.version and ip in n for n in nets)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Direction:
     """One direction's rate over the interval."""
 
@@ -97,7 +97,7 @@ class Direction:
         return self.bps / self.pps if self.pps > 0 else 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Flow:
     """A conntrack entry with rates, its verdict and the reasons for it."""
 
@@ -130,7 +130,7 @@ class Flow:
         return ((proto, o.src, o.dst, o.sport, o.dport), (proto, r.src, r.dst, r.sport, r.dport))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Call:
     id: str
     lan_host: str
@@ -143,7 +143,7 @@ class Call:
     tuples: frozenset[FiveTuple] = field(default_factory=frozenset)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Detection:
     flows: tuple[Flow, ...]
     calls: tuple[Call, ...]
@@ -374,8 +374,7 @@ class Detector:
             code = _code(f.out, f.inb, cfg, prior)
             t = self.tracks.get(key)
             if t is None and code in (QUIET, ALIVE, BULK):
-                flows.append(Flow(e, OTHER, _misses(f.out, f.inb, cfg) + f.reasons[1:],
-                                  f.out, f.inb, f.lan_side))
+                flows.append(f)  # classify's verdict and reasons stand: no history needed
                 continue
             if t is None:
                 if len(tracks) >= MAX_TRACKED:  # bounded: a huge table cannot grow it
@@ -407,7 +406,7 @@ class Detector:
                 tracks[key] = t  # history only while the flow can still become a call
             if code in CALL_SHAPED and RANK[code] >= RANK[sockets.get(_socket(f), ("-",))[0]]:
                 sockets[_socket(f)] = (code, (f.out.pps, f.inb.pps))
-            detail = (_describe(f.out, f.inb), *f.reasons[1:])
+            detail = (_describe(f.out, f.inb), *_notes(e))
             if why:
                 pending = t.runs == 1 and t.codes[-2:-1] not in CALL_SHAPED
                 f = Flow(e, MEDIA, (why, *detail, *(["documented media port"] if prior else []),
@@ -529,7 +528,8 @@ def _group(flows: list[Flow], interval: float | None, cfg: DetectConfig) -> Dete
 def classify(e: Entry, prev: Entry | None, dt: float | None, cfg: DetectConfig,
              sides: Sides) -> Flow:
     """One entry's rates and the verdicts that need no history (SIP, excluded ports, no
-    counters); everything else comes back OTHER with rates for the Detector to judge."""
+    counters); everything else comes back OTHER with its rates and why one interval is
+    not voice-sized, for the Detector to judge over the flow's history."""
     side = lan_side(e, sides)
     o = e.orig
     ports = (o.sport, o.dport)
@@ -549,8 +549,11 @@ def classify(e: Entry, prev: Entry | None, dt: float | None, cfg: DetectConfig,
     if dirs is None:
         return Flow(e, OTHER, ("no counters: nf_conntrack_acct is off",), lan_side=side)
     out, inb = dirs if side != "reply" else dirs[::-1]
-    notes = ("offloaded: counters may be frozen",) if e.offloaded else ()
-    return Flow(e, OTHER, ("rates", *notes), out, inb, side)
+    return Flow(e, OTHER, (*_misses(out, inb, cfg), *_notes(e)), out, inb, side)
+
+
+def _notes(e: Entry) -> tuple[str, ...]:
+    return ("offloaded: counters may be frozen",) if e.offloaded else ()
 
 
 def detect(prev: Snapshot | None, cur: Snapshot, cfg: DetectConfig,
