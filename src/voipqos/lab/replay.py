@@ -43,9 +43,12 @@ Endpoint = tuple[str, int]
 
 
 def _skip_addr(addr: str) -> bool:
+    """Not a far host a router would forward to: multicast, loopback, link-local and
+    broadcast (the capture's netmask is unknown: a .255 IPv4 address is taken as its
+    subnet's broadcast, as on the /24 home networks of the corpus)."""
     ip = ipaddress.ip_address(addr)
     return ip.is_multicast or ip.is_loopback or ip.is_unspecified or ip.is_link_local \
-        or addr in ("255.255.255.255",) or (ip.version == 4 and addr.endswith(".255"))
+        or (ip.version == 4 and addr.endswith(".255"))
 
 
 @dataclass
