@@ -260,3 +260,9 @@ def test_a_long_monologue_keeps_the_call():
     es = grow([(0, 0)] + [(8, 8)] * 3 + [(8, 2)] * 30 + [(0, 0)])
     calls = [len(d.calls) for d in run([[e] for e in es])]
     assert calls[3:34] == [1] * 31 and calls[-1] == 0
+
+
+def test_streaming_or_tunnelled_download_with_voice_sized_acks_is_not_a_call():
+    # 200 pps x 1250 B down, acks 60 pps x 140 B up (TCP in WireGuard): never media
+    es = grow([(60, 200)] * 8, size=(140, 1250))
+    assert all(not d.calls for d in run([[e] for e in es]))
