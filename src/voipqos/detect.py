@@ -419,9 +419,9 @@ class Detector:
                 f = Flow(e, OTHER, ("one-way voice leg, no return leg yet", *detail),
                          f.out, f.inb, f.lan_side)
             else:
-                f = Flow(e, OTHER, (f"not call-shaped over {len(t.codes)} interval(s)",
-                                    *_misses(f.out, f.inb, cfg), *detail[1:]),
-                         f.out, f.inb, f.lan_side)
+                f = Flow(e, OTHER, (*_misses(f.out, f.inb, cfg),
+                                    f"not call-shaped over {len(t.codes)} interval(s)",
+                                    *detail[1:]), f.out, f.inb, f.lan_side)
             flows.append(f)
         self.tracks, self.sockets = tracks, sockets
         # one-way legs of one LAN socket or one far host, both directions present: a call
