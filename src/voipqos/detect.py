@@ -307,8 +307,6 @@ def _evidence(codes: str, cfg: DetectConfig, steady: bool) -> str | None:
         return f"voice-sized both ways at >= {WEAK_PPS:g} pps after a documented media port"
     if now == WEAK and codes[-2:-1] == WEAK and steady:
         return f"voice-sized both ways at >= {WEAK_PPS:g} pps, steady rate for 2 intervals"
-    if now == WEAK and all(c in (STRONG, WEAK, PRIOR) for c in codes[-3:-1]) and len(codes) >= 3:
-        return f"voice-sized both ways at >= {WEAK_PPS:g} pps for 3 intervals"
     if now == PRIOR and codes[-2:-1] in (STRONG, WEAK, PRIOR, VIDEO):
         return "call-shaped both ways on a documented media port for 2 intervals"
     if now == VIDEO and codes.endswith(VIDEO * 3):
@@ -383,7 +381,8 @@ class Detector:
                 code0, rates0 = self.sockets.get(_socket(f), ("", (0.0, 0.0)))
                 t = _Track(code0, rates=rates0)
             t.codes = (t.codes + code)[-HISTORY:]
-            why = _evidence(t.codes, cfg, _steady(t.rates, f.out, f.inb))
+            steady = _steady(t.rates, f.out, f.inb)
+            why = _evidence(t.codes, cfg, steady)
             t.rates = (f.out.pps, f.inb.pps)
             if code == BULK:
                 t.media_at, t.runs = None, 0
@@ -406,7 +405,8 @@ class Detector:
                 sockets[_socket(f)] = (code, (f.out.pps, f.inb.pps))
             detail = (_describe(f.out, f.inb), *_notes(e))
             if why:
-                pending = t.runs == 1 and t.codes[-2:-1] not in CALL_SHAPED
+                # confirmed by a second interval: media before, or call-shaped at this rate
+                pending = t.runs == 1 and not (t.codes[-2:-1] in CALL_SHAPED and steady)
                 f = Flow(e, MEDIA, (why, *detail, *(["documented media port"] if prior else []),
                                     *([PENDING] if pending else [])),
                          f.out, f.inb, f.lan_side, pending=pending)
