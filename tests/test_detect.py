@@ -266,3 +266,19 @@ def test_streaming_or_tunnelled_download_with_voice_sized_acks_is_not_a_call():
     # 200 pps x 1250 B down, acks 60 pps x 140 B up (TCP in WireGuard): never media
     es = grow([(60, 200)] * 8, size=(140, 1250))
     assert all(not d.calls for d in run([[e] for e in es]))
+
+
+def test_a_socket_probing_several_peers_has_not_settled_on_a_call():
+    # one LAN socket, three peers at 5-7 pps each way (matchmaking, ICE probing): weak
+    # evidence does not count; once one peer remains at a steady rate, it does
+    peers = [FAR, FAR2, "203.0.113.77"]
+    seq, totals = [], {p: 0 for p in peers}
+    for t in range(6):
+        active = peers if t < 3 else peers[:1]
+        for p in active:
+            totals[p] += 6 if t else 0
+        seq.append([entry(dst=p, pkts=(totals[p], totals[p])) for p in peers])
+    calls = [len(d.calls) for d in run(seq)]
+    assert calls[:4] == [0, 0, 0, 0] and calls[5] == 1
+    busy = run(seq)[2].flows[0]
+    assert busy.verdict == OTHER

@@ -269,10 +269,10 @@ class _Track:
 
 
 def _steady(before: tuple[float, float], out: Direction, inb: Direction) -> bool:
-    """Both directions kept their packet rate (a codec's frame clock does; a game's
-    matchmaking or a burst of probes does not): within 20 % plus one packet of counting
-    jitter at the interval edges."""
-    return all(abs(a - b) <= 0.2 * max(a, b) + 1.0
+    """Both directions kept their packet rate (a codec's frame clock does; a handshake or
+    a burst of probes does not): within 30 % plus 1.5 packets of counting jitter at the
+    interval edges (WhatsApp: 6-10 pps from one second to the next)."""
+    return all(abs(a - b) <= 0.3 * max(a, b) + 1.5
                for a, b in zip(before, (out.pps, inb.pps), strict=True))
 
 
@@ -353,7 +353,8 @@ class Detector:
         tracks: dict[Key, _Track] = {}
         sockets: dict[tuple[str, int], tuple[str, tuple[float, float]]] = {}
         rated = [classify(e, before.get(k), dt, cfg, sides) for k, e in cur.entries.items()]
-        busy = _fan_out(rated, cfg)
+        busy = _fan_out(rated, cfg.min_pps, both=False)
+        probing = _fan_out(rated, WEAK_PPS, both=True)
         for f in rated:
             e, key = f.entry, f.entry.key
             if f.out is None or f.verdict != OTHER:
@@ -368,6 +369,8 @@ class Detector:
             prior = _in_ranges(e.orig.sport, cfg.media_ports) or \
                 _in_ranges(e.orig.dport, cfg.media_ports)
             code = _code(f.out, f.inb, cfg, prior)
+            if code in (WEAK, PRIOR) and _socket(f) in probing:
+                code = ALIVE  # weak evidence while the socket probes several peers
             t = self.tracks.get(key)
             if t is None and code in (QUIET, ALIVE, BULK):
                 flows.append(f)  # classify's verdict and reasons stand: no history needed
@@ -452,13 +455,14 @@ def _socket(f: Flow) -> tuple[str, int]:
     return (f.entry.orig.src, f.entry.orig.sport)
 
 
-def _fan_out(flows: list[Flow], cfg: DetectConfig) -> dict[tuple[str, int], int]:
-    """LAN sockets exchanging packets at call rates with FAN_OUT or more far hosts in this
-    interval. A call's socket talks to one peer (ICE settles on one pair; the others get
-    a few STUN checks); a game or BitTorrent mesh talks to many."""
+def _fan_out(flows: list[Flow], pps: float, both: bool) -> dict[tuple[str, int], int]:
+    """LAN sockets exchanging >= pps (in one direction, or both) with FAN_OUT or more far
+    hosts in this interval. A call's socket talks to one peer (ICE settles on one pair;
+    the others get a few STUN checks); a game or BitTorrent mesh talks to many, and a
+    socket still probing several candidates has not settled on a call yet."""
     peers: dict[tuple[str, int], set[str]] = {}
     for f in flows:
-        if f.out is not None and max(f.out.pps, f.inb.pps) >= cfg.min_pps:
+        if f.out is not None and (min if both else max)(f.out.pps, f.inb.pps) >= pps:
             peers.setdefault(_socket(f), set()).add(f.hosts[1])
     return {s: len(p) for s, p in peers.items() if len(p) >= FAN_OUT}
 
