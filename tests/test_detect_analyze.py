@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from voipqos import config
 from voipqos.cli import main
 from voipqos.conntrack import Snapshot, read_proc
-from voipqos.daemon import Daemon, System, flows_document
+from voipqos.daemon import Daemon, System
 from voipqos.detect import Sides
+from voipqos.documents import flows_document
+from voipqos.linkwatch import Events
 from voipqos.profile import LogProfile
 
 LINE = ("ipv4     2 udp      17 119 src=192.168.1.20 dst=203.0.113.{h} sport={sp} dport={dp} "
@@ -28,8 +30,15 @@ class Replay(System):
     """The daemon's OS seam reading saved tables in order, as analyze does."""
 
     def __init__(self, paths: list[Path]) -> None:
+        super().__init__()
         self.paths = paths
         self.i = 0
+
+    def kernel_events(self) -> Events:
+        return Events()  # no links, no tc: nothing changes
+
+    def traffic(self, device: str) -> None:
+        return None
 
     def resolve(self, interface: str) -> str:
         return interface

@@ -6,6 +6,7 @@ a stub that records each procd/UCI/ubus call, and the test compares what was rec
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -107,6 +108,21 @@ def test_reload_with_enabled_0_drops_the_instance_and_never_races_the_daemon(tmp
     assert calls[1:] == ["procd_running voipqos", "open_service",
                          "logger -t voipqos disabled (voipqos.main.enabled=0): not starting",
                          "logger -t voipqos voipqos remove", *TRIGGERS, "close_service"]
+
+
+def test_save_and_apply_reaches_the_reload_trigger(tmp_path):
+    """tests/data/rpcd_config_change.json: what the real rpcd sent procd's `service`
+    object (`event`) for `uci commit` and for LuCI's apply-with-rollback + confirm
+    (tests/record_config_change.py). procd runs `/etc/init.d/voipqos reload` for a
+    config.change whose package is what procd_add_reload_trigger named (procd.sh)."""
+    rec = json.loads((ROOT / "tests/data/rpcd_config_change.json").read_text())
+    [trigger] = [c for c in run_init(tmp_path, "start", ENABLED, SHELLS[-1])
+                 if c.startswith("reload_trigger ")]
+    package = trigger.split()[1]
+    for path in ("commit", "apply_rollback"):
+        assert all(c["returncode"] == 0 for c in rec[path]["uci_calls"]), path
+        assert rec[path]["service_event"] == [
+            {"type": "config.change", "data": {"package": package}}], path
 
 
 @pytest.mark.kernel

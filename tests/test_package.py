@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from voipqos import api
+from voipqos.lab import netns
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCH = 1700000000
@@ -284,3 +285,62 @@ def test_rpcd_acl_grants_read_and_write_separately():
     assert group["read"] == {"ubus": {api.OBJECT: api.READ_METHODS}}
     assert group["write"] == {"ubus": {api.OBJECT: api.WRITE_METHODS}}
     assert set(api.READ_METHODS) | set(api.WRITE_METHODS) == set(api.SPECS)
+
+
+def compile_bpf_mk(src: Path, out: Path, arch: str) -> Path:
+    """CompileBPF of OpenWrt 24.10's include/bpf.mk, step by step, with the host's LLVM:
+    the C front-end for the target's mips ABI (BPF_ARCH: mips, mipsel, mips64, mips64el
+    by CONFIG_BIG_ENDIAN and CONFIG_ARCH_64BIT), then opt, llc for bpfeb/bpfel, strip."""
+    target = "bpfel" if arch.endswith("el") else "bpfeb"
+    endian = "little" if target == "bpfel" else "big"
+    multiarch = subprocess.run(["gcc", "-print-multiarch"], capture_output=True,
+                               text=True).stdout.strip()
+    stem = out / arch
+    subprocess.run(["clang", "-g", "-target", f"{arch}-linux-gnu", f"-I/usr/include/{multiarch}",
+                    "-D__TARGET_ARCH_mips", f"-m{endian}-endian", "-fno-stack-protector",
+                    "-Wall", "-fno-asynchronous-unwind-tables", "-O2", "-emit-llvm", "-Xclang",
+                    "-disable-llvm-passes", "-c", str(src), "-o", f"{stem}.bc"], check=True)
+    with open(f"{stem}.bc", "rb") as bc, open(f"{stem}.opt", "wb") as opt:
+        subprocess.run(["opt", "-O2", f"-mtriple={target}"], stdin=bc, stdout=opt, check=True)
+    with open(f"{stem}.opt", "rb") as opt, open(f"{stem}.S", "wb") as asm:
+        subprocess.run(["llvm-dis"], stdin=opt, stdout=asm, check=True)
+    with open(f"{stem}.S", "rb") as asm:
+        subprocess.run(["llc", f"-march={target}", "-mcpu=v3", "-filetype=obj", "-o",
+                        f"{stem}.o"], stdin=asm, check=True)
+    subprocess.run(["llvm-strip", "--strip-debug", f"{stem}.o"], check=True)
+    return Path(f"{stem}.o")
+
+
+@pytest.mark.kernel
+def test_every_target_gets_a_loadable_object_from_compile_bpf(tmp_path):
+    """What the SDK build installs on each kind of target: the right byte order, the
+    maps' BTF kept, and (little-endian, this machine) a program the kernel's verifier
+    takes, attached by tc as the daemon attaches it."""
+    objs = {arch: compile_bpf_mk(ROOT / "bpf/voipqos.c", tmp_path, arch)
+            for arch in ("mips", "mipsel", "mips64", "mips64el")}
+    for arch, obj in objs.items():
+        head = obj.read_bytes()[:20]
+        assert head[:4] == b"\x7fELF" and head[5] == (1 if arch.endswith("el") else 2), arch
+        assert int.from_bytes(head[18:20], "little" if head[5] == 1 else "big") == 247  # EM_BPF
+        sections = subprocess.run(["llvm-objdump", "-h", str(obj)], capture_output=True,
+                                  text=True, check=True).stdout
+        assert all(f" {s} " in sections for s in ("tc", "tc_l3", ".maps", ".BTF")), arch
+    pins = tmp_path / "bpffs"
+    pins.mkdir()
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(pins)], check=True)
+    try:
+        with netns.Topology("vqb-") as t:
+            t.add("r")
+            t.exec("r", "ip link add d0 type veth peer name d1")
+            t.exec("r", "tc qdisc add dev d0 clsact")
+            for pref, arch in enumerate(("mipsel", "mips64el"), start=1):
+                res = subprocess.run(
+                    ["ip", "netns", "exec", t.ns("r"), "tc", "filter", "add", "dev", "d0",
+                     "egress", "pref", str(pref), "bpf", "da", "obj", str(objs[arch]), "sec",
+                     "tc"], capture_output=True, text=True, env={**os.environ,
+                                                                "TC_BPF_MNT": str(pins)})
+                assert res.returncode == 0, (arch, res.stderr[-2000:])
+            assert t.exec("r", "tc filter show dev d0 egress").stdout.count("jited") == 2
+    finally:
+        subprocess.run(["umount", str(pins)], check=False)
+

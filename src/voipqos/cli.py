@@ -190,7 +190,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """Feed the saved tables to the daemon's own Detector and Hysteresis, one poll per
     file, `--interval` apart: the verdicts are those the service would give at the last
     one. Only two snapshots are held at a time."""
-    from .daemon import flows_document
+    from .documents import flows_document
 
     path = Path(args.config)
     cfg = load_config(args.config) if path.exists() or args.config != DEFAULT_CONFIG \

@@ -31,10 +31,11 @@ from .ubus import UbusObject
 
 log = logging.getLogger(__name__)
 
-MAX_CLIENTS = 32
-MAX_REFUSING = 32  # refused connections being closed gracefully at once
+MAX_CLIENTS = 32  # connections being served
+MAX_CLOSING = 32  # more connections being closed gracefully (answered or refused)
 OUT_HIGH = 64 * 1024  # answers buffered for one client before it is no longer read
 QUEUE_TIME = 0.5  # s new connections may wait in the backlog when all slots are busy
+IDLE_GRACE = 0.1  # s a connection has to send its request before it may make room
 LINGER = 1.0  # s to drain a refused or closed client's input so close() sends no reset
 RECV = 65536
 UBUS_SLICE = 0.05  # poll python-ubus this often when its socket could not be found
@@ -82,11 +83,11 @@ class _Client:
     outbuf: bytearray = field(default_factory=bytearray)
     closing: bool = False  # input is discarded; close once outbuf is sent
     shut: bool = False  # our side is shut down: waiting for the client's EOF
-    refused: bool = False
+    eof: bool = False  # the client shut its side: answer what it asked, then close
 
     def idle(self) -> bool:
         """A keep-alive between requests (or one that never sent any)."""
-        return not (self.inbuf or self.outbuf or self.closing)
+        return not (self.inbuf or self.outbuf or self.closing or self.eof)
 
 
 class Endpoints:
@@ -99,7 +100,6 @@ class Endpoints:
         self.dispatcher = dispatcher
         self.sel = selectors.DefaultSelector()
         self.clients: dict[socket.socket, _Client] = {}
-        self.refusing = 0  # clients in `clients` that were refused
         self.ready: list[_Client] = []  # clients with a whole request buffered
         self.listener: socket.socket | None = None
         self.listening = False  # the listener is in the selector
@@ -253,18 +253,18 @@ class Endpoints:
         """Take new connections while there is room; when full, leave them in the
         backlog (as uhttpd does) and after QUEUE_TIME refuse them with a 503."""
         assert self.listener is not None
-        for _ in range(MAX_CLIENTS + MAX_REFUSING):
+        for _ in range(MAX_CLIENTS + MAX_CLOSING):
+            if len(self.clients) >= MAX_CLIENTS + MAX_CLOSING:
+                self._watch_listener(False)  # the next _drop watches again
+                return
             refuse = False
-            if len(self.clients) - self.refusing >= MAX_CLIENTS and not self._make_room():
+            serving = sum(not c.closing for c in self.clients.values())
+            if serving >= MAX_CLIENTS and not self._make_room(now):
                 if self.full_since is None:
                     self.full_since = now
                 if now < self.full_since + QUEUE_TIME:
                     self._watch_listener(False)
                     self.accept_at = self.full_since + QUEUE_TIME
-                    return
-                if self.refusing >= MAX_REFUSING:  # the next _drop watches again
-                    self._watch_listener(False)
-                    self.accept_at = None
                     return
                 refuse = True
             try:
@@ -280,18 +280,21 @@ class Endpoints:
             self.clients[sock] = client
             self.sel.register(sock, selectors.EVENT_READ, client)
             if refuse:
-                self.refusing += 1
-                client.refused = True
                 self._close_after(client, error_response(503, "Service Unavailable",
                                                          "Retry-After: 1\r\n"))
                 self._flush(client)
 
-    def _make_room(self) -> bool:
+    def _make_room(self, now: float) -> bool:
         """Close the longest-idle keep-alive connection (HTTP lets a server do that at
-        any time; clients reconnect). One that has sent a request meanwhile stays."""
-        for client in sorted((c for c in self.clients.values() if c.idle()),
+        any time; clients reconnect), idle for IDLE_GRACE at least: a client that just
+        connected is sending its request. One that has sent a request meanwhile stays."""
+        idle_since = now - IDLE_GRACE + self.client_timeout  # as a deadline
+        for client in sorted((c for c in self.clients.values()
+                              if c.idle() and c.deadline <= idle_since),
                              key=lambda c: c.deadline):
             self._read(client)
+            if client.sock in self.clients:
+                self._flush(client)
             if client.sock not in self.clients:
                 return True  # it had gone
             if client.idle():
@@ -300,35 +303,34 @@ class Endpoints:
         return False
 
     @staticmethod
-    def _room(client: _Client) -> int:
-        """Bytes to read until the input holds one whole request (or a refusal); none
-        while its answers pile up unread."""
-        if len(client.outbuf) >= OUT_HIGH:
-            return 0
+    def _whole(client: _Client) -> bool:
+        """A whole request (or a refusal) is buffered: nothing more to read for now."""
         try:
-            if parse_request(client.inbuf) is not None:
-                return 0
+            return parse_request(client.inbuf) is not None
         except HttpError:
-            return 0
-        return max(0, MAX_HEADER + MAX_BODY - len(client.inbuf))
+            return True
 
     def _read(self, client: _Client) -> None:
         """Take what the client sent, as far as its buffers have room."""
-        size = RECV if client.closing else min(RECV, self._room(client))
-        if not size:
+        if client.eof:
             return
+        if client.closing:
+            size = RECV  # discarded
+        elif len(client.outbuf) >= OUT_HIGH or self._whole(client):
+            return  # it reads its answers first
+        else:
+            size = min(RECV, MAX_HEADER + MAX_BODY - len(client.inbuf))
         try:
             data = client.sock.recv(size)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:
-            data = b""
-        if not data:
+        except OSError:  # reset: nothing can be delivered any more
             self._drop(client)
+            return
+        if not data:
+            client.eof = True  # a half-close: what it asked for is still answered
         elif not client.closing:
             client.inbuf += data
-            if self._room(client) == 0 and client not in self.ready:
-                self.ready.append(client)
 
     def _serve(self, client: _Client, mask: int) -> None:
         if mask & selectors.EVENT_READ:
@@ -347,12 +349,9 @@ class Endpoints:
                 return
             if client.sock in self.clients:
                 self._answer(client)
-                if client.sock in self.clients:
-                    self._flush(client)
+                self._flush(client)
 
     def _answer(self, client: _Client) -> None:
-        if client.closing or len(client.outbuf) >= OUT_HIGH:
-            return
         try:
             parsed = parse_request(client.inbuf)
         except HttpError as exc:
@@ -369,8 +368,6 @@ class Endpoints:
             return
         client.outbuf += answer
         client.deadline = time.monotonic() + self.client_timeout
-        if self._room(client) == 0 and len(client.outbuf) < OUT_HIGH:
-            self.ready.append(client)  # pipelined: its next request in the next round
 
     def _close_after(self, client: _Client, answer: bytes) -> None:
         """Send `answer`, then close; what the client sends meanwhile is discarded."""
@@ -380,6 +377,8 @@ class Endpoints:
         client.deadline = time.monotonic() + self.client_timeout
 
     def _flush(self, client: _Client) -> None:
+        """Send what can be sent, then settle the client's state: queued for an answer,
+        closed, or registered for what it waits for."""
         if client.outbuf:
             try:
                 sent = client.sock.send(client.outbuf)
@@ -389,7 +388,7 @@ class Endpoints:
                 self._drop(client)
                 return
             del client.outbuf[:sent]
-        if client.closing and not client.outbuf and not client.shut:
+        if client.closing and not client.outbuf and not (client.shut or client.eof):
             # close() with unread input would send a reset that can destroy the answer
             # at the client: shut our side, read to its EOF (or LINGER), then close
             try:
@@ -399,11 +398,18 @@ class Endpoints:
                 return
             client.shut = True
             client.deadline = min(client.deadline, time.monotonic() + LINGER)
-        wants_read = client.closing or self._room(client) > 0
+        whole = not client.closing and self._whole(client)
+        if whole and len(client.outbuf) < OUT_HIGH and client not in self.ready:
+            self.ready.append(client)  # answered in this round (pipelined: the next)
+        if client.eof and not client.outbuf and not whole:
+            self._drop(client)
+            return
+        wants_read = not client.eof and (
+            client.closing or not (whole or len(client.outbuf) >= OUT_HIGH))
         events = (selectors.EVENT_READ if wants_read else 0) | \
             (selectors.EVENT_WRITE if client.outbuf else 0)
-        # (a client with a whole request buffered stays registered for reading:
-        # it is answered in this round, and _read takes nothing from it meanwhile)
+        # nothing to wait for means a request is queued for this round: keep the
+        # registration (selectors cannot hold none), _read takes nothing meanwhile
         events = events or selectors.EVENT_READ
         if self.sel.get_key(client.sock).events != events:
             self.sel.modify(client.sock, events, client)
@@ -416,8 +422,6 @@ class Endpoints:
         self.sel.unregister(client.sock)
         client.sock.close()
         del self.clients[client.sock]
-        if client.refused:
-            self.refusing -= 1
         self._watch_listener(True)  # a slot is free: the backlog is taken next round
 
     def _drop_ubus(self) -> None:

@@ -45,7 +45,7 @@ STATUS_NAMES = {
 MAX_DEPTH = 32  # json-c's default nesting limit, as uhttpd parses
 MAX_BATCH = 32  # calls in one batch request
 INT64 = 2**63 - 1  # json-c's integer range
-LOGIN_LOG_INTERVAL = 60.0  # s between two "failed login" lines
+LOG_INTERVAL = 60.0  # s between two lines about failed logins (or bad arguments)
 _NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)  # strings skipped
 
 # JSON-RPC errors uhttpd-mod-ubus answers instead of a result
@@ -113,6 +113,25 @@ class Sessions:
         self._live.pop(sid, None)
 
 
+class _Throttled:
+    """At most one warning per LOG_INTERVAL, counting the ones held back: a local user
+    looping over passwords or bad requests must not flood the log."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._held = 0
+        self._last = -math.inf
+
+    def warning(self, fmt: str, *args: Any) -> None:
+        now = self._clock()
+        if now < self._last + LOG_INTERVAL:
+            self._held += 1
+            return
+        more = f" ({self._held} more since the last such line)" if self._held else ""
+        log.warning(fmt + "%s", *args, more)
+        self._held, self._last = 0, now
+
+
 def _error(rid: Any, err: tuple[int, str]) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": rid, "error": {"code": err[0], "message": err[1]}}
 
@@ -133,9 +152,8 @@ class UbusRpc:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.dispatcher = dispatcher
         self.sessions = sessions
-        self._clock = clock
-        self._failed_logins = 0  # since the last line logged about them
-        self._login_log_at = -math.inf
+        self._failed_login_log = _Throttled(clock)
+        self._bad_argument_log = _Throttled(clock)
 
     def handle(self, body: bytes) -> bytes:
         try:
@@ -188,7 +206,7 @@ class UbusRpc:
         try:
             return [STATUS_OK, self.dispatcher.call(method, args)]
         except api.InvalidArgument as exc:
-            log.warning("rpc: %s", exc)
+            self._bad_argument_log.warning("rpc: %.200s", exc)
             return [STATUS_INVALID_ARGUMENT, {"error": str(exc)}]
         except Exception:  # a handler bug must not take the daemon down
             log.exception("rpc: %s.%s failed", api.OBJECT, method)
@@ -201,7 +219,8 @@ class UbusRpc:
             return [STATUS_INVALID_ARGUMENT]
         sid = self.sessions.login(args.get("username"), args.get("password"), timeout)
         if sid is None:
-            self._log_failed_login(args.get("username"))
+            self._failed_login_log.warning("rpc: failed login for user %.40r",
+                                           args.get("username"))
             return [STATUS_PERMISSION_DENIED]
         timeout, expires = self.sessions.info(sid)
         return [STATUS_OK, {
@@ -211,18 +230,6 @@ class UbusRpc:
             "acls": {"ubus": {api.OBJECT: ["*"], "session": ["destroy", "login"]}},
             "data": {"username": USER},
         }]
-
-    def _log_failed_login(self, username: Any) -> None:
-        """At most one line per LOGIN_LOG_INTERVAL, counting the ones held back: a local
-        user looping over passwords must not flood the log."""
-        self._failed_logins += 1
-        now = self._clock()
-        if now >= self._login_log_at + LOGIN_LOG_INTERVAL:
-            more = self._failed_logins - 1
-            log.warning("rpc: failed login for user %.40r%s", username,
-                        f" ({more} more since the last such line)" if more else "")
-            self._failed_logins = 0
-            self._login_log_at = now
 
     def _list(self, rid: Any, params: list[Any]) -> dict[str, Any]:
         if not all(isinstance(p, str) for p in params):

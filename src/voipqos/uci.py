@@ -27,6 +27,7 @@ _DQ_PLAIN = re.compile(rb'[^"\\]+')  # bytes a double-quoted string copies one b
 _BLANKS = re.compile(rb"[ \t]*")  # what strtok(" \t") skips before the command word
 _WORD_END = re.compile(rb"[ \t]")
 _SPACE = b" \t\n\v\f\r"  # C isspace() in the C locale
+_SPACES = re.compile(rb"[ \t\n\v\f\r]*")
 MAX_FILE = 1 << 20  # a config is a few KiB; this bounds memory and time (~0.3 s here)
 _COMMANDS = {b"c": "config", b"config": "config", b"o": "option", b"option": "option",
              b"l": "list", b"list": "list", b"p": "package", b"package": "package"}
@@ -83,8 +84,7 @@ class _Parser:
     # -- words ---------------------------------------------------------------------------
 
     def _skip_whitespace(self) -> None:
-        while self.pos < self.end and self.buf[self.pos] in _SPACE:
-            self.pos += 1
+        self.pos = max(self.pos, _SPACES.match(self.buf, self.pos, self.end).end())
 
     def _backslash(self) -> bool:
         """parse_backslash: True if the next byte is taken literally; False for a
