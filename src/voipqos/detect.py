@@ -407,6 +407,10 @@ class Detector:
             if code in CALL_SHAPED and RANK[code] >= RANK[sockets.get(_socket(f), ("-",))[0]]:
                 sockets[_socket(f)] = (code, (f.out.pps, f.inb.pps))
             detail = (_describe(f.out, f.inb), *_notes(e))
+            if code == ONE_WAY:  # a half of a call on two entries? decided below
+                lan, far = f.hosts
+                for k in ((lan, _socket(f)[1]), (lan, far)):
+                    legs.setdefault(k, []).append(len(flows) * 2 + (f.out.pps >= f.inb.pps))
             if why:
                 # confirmed by a second interval: media before, or call-shaped at this rate
                 pending = t.runs == 1 and not (t.codes[-2:-1] in CALL_SHAPED and steady)
@@ -414,11 +418,6 @@ class Detector:
                                     *([PENDING] if pending else [])),
                          f.out, f.inb, f.lan_side, pending=pending)
             elif code == ONE_WAY:
-                lan, far = f.hosts
-                lan_port = (e.orig.sport if f.lan_side != "reply" else e.reply.sport)
-                out_only = f.out.pps >= f.inb.pps
-                for k in ((lan, lan_port), (lan, far)):
-                    legs.setdefault(k, []).append(len(flows) * 2 + out_only)
                 f = Flow(e, OTHER, ("one-way voice leg, no return leg yet", *detail),
                          f.out, f.inb, f.lan_side)
             else:
@@ -429,19 +428,18 @@ class Detector:
         self.tracks, self.sockets = tracks, sockets
         # one-way legs of one LAN socket or one far host, both directions present: a call
         # whose halves are separate entries (Telegram relays, asymmetric RTP ports)
-        for group in legs.values():
-            if {i & 1 for i in group} == {0, 1}:
-                for i in group:
-                    f = flows[i >> 1]
-                    if f.verdict != MEDIA:
-                        tr = self.tracks.get(f.entry.key)
-                        pending = tr is None or tr.codes[-2:-1] != ONE_WAY
-                        flows[i >> 1] = Flow(f.entry, MEDIA, (
-                            "paired one-way legs: out and in on separate entries",
-                            *f.reasons[1:], *([PENDING] if pending else [])),
-                            f.out, f.inb, f.lan_side, pending=pending)
-                        if tr is not None:
-                            tr.media_at, tr.runs = now, tr.runs + 1
+        paired = {i >> 1 for group in legs.values() if {i & 1 for i in group} == {0, 1}
+                  for i in group}
+        for i in sorted(paired):
+            f = flows[i]
+            tr = self.tracks.get(f.entry.key)
+            pending = f.verdict != MEDIA and (tr is None or tr.codes[-2:-1] != ONE_WAY)
+            if f.verdict != MEDIA and tr is not None:
+                tr.media_at, tr.runs = now, tr.runs + 1
+            flows[i] = Flow(f.entry, MEDIA, (
+                "paired one-way legs: out and in on separate entries",
+                _describe(f.out, f.inb), *_notes(f.entry), *([PENDING] if pending else [])),
+                f.out, f.inb, f.lan_side, pending=pending)
         return _group(flows, dt, cfg)
 
 
