@@ -23,11 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from voipqos import bpf
+from voipqos import bpf, bpf_syscall
 
 NS = "vqb-bench"
 ROOT = Path(__file__).resolve().parents[1]
-BPF_PROG_LOAD, BPF_PROG_TYPE_SCHED_CLS = 5, 3
+BPF_PROG_TYPE_SCHED_CLS = 3
 
 
 def machine() -> str:
@@ -45,20 +45,26 @@ def load_empty_prog() -> int:
     lic = ctypes.create_string_buffer(b"GPL")
     attr = struct.pack("=IIQQIIQII", BPF_PROG_TYPE_SCHED_CLS, 2, ctypes.addressof(code),
                        ctypes.addressof(lic), 0, 0, 0, 0, 0)
-    return bpf.bpf_syscall(BPF_PROG_LOAD, attr)[0]
+    return bpf_syscall.bpf(bpf_syscall.PROG_LOAD, attr)[0]
 
 
-def frame(sport: int) -> bytes:
+def frame(sport: int, proto: int = 17, dport: int = 5004, rtp: bool = False) -> bytes:
+    """A 202-byte UDP/IPv4 frame (an RTP packet with `rtp`) or a 1514-byte TCP/IPv4 one."""
     eth = b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00"
-    udp = struct.pack("!HHHH", sport, 5004, 8 + 160, 0) + b"v" * 160
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+    if proto == 17:
+        payload = (struct.pack("!BBHII", 0x80, 0, 1, 160, 0x1234) + b"v" * 148 if rtp
+                   else b"v" * 160)
+        l4 = struct.pack("!HHHH", sport, dport, 8 + 160, 0) + payload
+    else:
+        l4 = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x10, 1000, 0, 0) + b"t" * 1460
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0, 64, proto, 0,
                      bytes([198, 51, 100, 1]), bytes([198, 51, 100, 2]))
-    return eth + ip + udp
+    return eth + ip + l4
 
 
 def ns_per_packet(fd: int, data: bytes, repeat: int) -> float:
-    """Best of three runs of `repeat` repetitions (mean ns per repetition)."""
-    return min(bpf.prog_test_run(fd, data, repeat).duration_ns for _ in range(3))
+    """Best of five runs of `repeat` repetitions (mean ns per repetition)."""
+    return min(bpf_syscall.prog_test_run(fd, data, repeat).duration_ns for _ in range(5))
 
 
 def timed(fn, n: int) -> float:
@@ -85,7 +91,7 @@ def main() -> None:
         t0 = time.perf_counter()
         c.attach("d0", "egress")
         attach_ms = (time.perf_counter() - t0) * 1e3
-        fds += [bpf.prog_fd_by_id(c.prog_id("d0", "egress")), load_empty_prog()]
+        fds += [bpf_syscall.prog_fd_by_id(c.prog_id("d0", "egress")), load_empty_prog()]
         prog, empty = fds
         c.set_rules(0x00010010, True, False, [])
         flows = [(17, "198.51.100.1", "198.51.100.2", 40000 + i, 5004) for i in range(8)]
@@ -93,25 +99,32 @@ def main() -> None:
         ranges = [(10000 + 100 * i, 10050 + 100 * i) for i in range(16)]
 
         print(f"machine: {machine()}")
-        print(f"BPF_PROG_TEST_RUN, {args.repeat} repetitions, 202-byte UDP/IPv4 frame, "
-              f"best of 3 (ns/packet):")
-        rows = [("empty tc program (baseline)", empty, frame(40000))]
-        rows += [("classifier, flow match", prog, frame(40000)),
-                 ("classifier, no match (2 lookups)", prog, frame(50000))]
+        print(f"BPF_PROG_TEST_RUN, {args.repeat} repetitions, 202-byte UDP/IPv4 frames "
+              "unless said, "
+              f"best of 5 (ns/packet):")
+        rows = [("empty tc program (baseline)", empty, frame(40000)),
+                ("classifier, TCP non-call (1514 B)", prog, frame(50000, 6, 443)),
+                ("classifier, UDP non-call", prog, frame(50000)),
+                ("classifier, call match, not RTP", prog, frame(40000)),
+                ("classifier, call match, RTP", prog, frame(40000, rtp=True))]
         for label, fd, data in rows:
             print(f"  {label:42s} {ns_per_packet(fd, data, args.repeat):7.1f}")
         c.set_rules(0x00010010, True, False, ranges)
-        print(f"  {'classifier, no match, 16 port ranges':42s} "
+        print(f"  {'classifier, UDP non-call, 16 port ranges':42s} "
               f"{ns_per_packet(prog, frame(50000), args.repeat):7.1f}")
+        print(f"  {'empty tc program again (baseline)':42s} "
+              f"{ns_per_packet(empty, frame(40000), args.repeat):7.1f}")
 
         fd = c._fd("voipqos_flows")
-        keys = [bpf.flow_key((17, "192.0.2.1", "192.0.2.2", i, 1)) for i in range(1000)]
-        per_ctypes = timed(lambda i: bpf.map_update(fd, keys[i % 1000], b"\x01"), 20000)
+        keys = [c.maps.flow_key((17, "192.0.2.1", "192.0.2.2", i, 1)) for i in range(1000)]
+        value = bytes(c.maps.size("voipqos_flows", "value"))
+        per_ctypes = timed(lambda i: bpf_syscall.map_update(fd, keys[i % 1000], value), 20000)
         path = str(c.globals_dir / "voipqos_flows")
 
         def by_bpftool(i: int) -> None:
             subprocess.run(["bpftool", "map", "update", "pinned", path, "key", "hex",
-                            *(f"{b:02x}" for b in keys[i]), "value", "hex", "01"],
+                            *(f"{b:02x}" for b in keys[i]), "value", "hex",
+                            *(f"{b:02x}" for b in value)],
                            check=True, capture_output=True)
         per_tool = timed(by_bpftool, 100)
         many = [(17, "192.0.2.1", "192.0.2.2", i, 2) for i in range(100)]
@@ -126,6 +139,11 @@ def main() -> None:
         detach_ms = (time.perf_counter() - t0) * 1e3
         print(f"attach (tc loads the object, clsact created): {attach_ms:.0f} ms; "
               f"detach: {detach_ms:.0f} ms")
+        ncpu = bpf_syscall.possible_cpus()
+        mem = c.maps.memory(ncpu)
+        print(f"map memory when full (key + value x entries, {ncpu} possible CPUs): "
+              + ", ".join(f"{k} {v / 1024:.1f} KiB" for k, v in mem.items())
+              + f"; total {sum(mem.values()) / 1024:.1f} KiB")
     finally:
         for fd in fds:
             os.close(fd)

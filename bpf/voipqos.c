@@ -32,8 +32,8 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#define VOIPQOS_MAX_FLOWS	1024
-#define VOIPQOS_MAX_RANGES	16
+#include "voipqos.h"
+
 #define VOIPQOS_MAX_EXTHDRS	6
 #define DSCP_EF			46
 
@@ -50,45 +50,13 @@
 #define IPPROTO_AH		51
 #define IPPROTO_DSTOPTS		60
 
-/* key of voipqos_flows: addresses as 16 bytes (IPv4 as ::ffff:a.b.c.d), all fields in
- * network byte order, padding zero */
-struct flow_key {
-	__u32 saddr[4];
-	__u32 daddr[4];
-	__be16 sport;
-	__be16 dport;
-	__u8 proto;
-	__u8 pad[3];
-};
-
-struct port_range {
-	__u16 lo;	/* host byte order, inclusive */
-	__u16 hi;
-};
-
-/* written by the daemon; all zero = classify nothing */
-struct voipqos_config {
-	__u32 voice_prio;	/* HTB classid major:minor for skb->priority; 0 = leave */
-	__u8 dscp_mark;		/* rewrite voice packets to EF */
-	__u8 trust_ef;		/* packets already marked EF are voice */
-	__u8 nranges;		/* used entries of ranges[] */
-	__u8 pad;
-	struct port_range ranges[VOIPQOS_MAX_RANGES];
-};
-
-struct counter {
-	__u64 packets;
-	__u64 bytes;
-};
-
-enum { COUNT_VOICE, COUNT_OTHER, COUNT_MAX };
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__type(key, struct flow_key);
-	__type(value, __u8);
+	__type(value, struct flow_state);
 	__uint(max_entries, VOIPQOS_MAX_FLOWS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);	/* memory for the flows in it, not 1024 */
 } voipqos_flows SEC(".maps");
 
 struct {
@@ -100,11 +68,19 @@ struct {
 } voipqos_config SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct voipqos_ports);
+	__uint(max_entries, 1);
+} voipqos_ports SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__type(key, __u32);
-	__type(value, struct counter);
-	__uint(max_entries, COUNT_MAX);
+	__type(value, struct voipqos_stats);
+	__uint(max_entries, 1);
 } voipqos_stats SEC(".maps");
 
 /* what the L3/L4 parsers found */
@@ -114,16 +90,53 @@ struct pkt {
 	__u8 dsfield;		/* IPv4 TOS / IPv6 traffic class */
 	__u8 ipv6;
 	__u8 has_ports;
+	__u32 l4;		/* offset of the UDP/TCP header when has_ports */
 };
 
-static __always_inline void count(struct __sk_buff *skb, __u32 idx)
+/* packets on the wire: a GSO/GRO aggregate is gso_segs of them */
+static __always_inline __u64 segments(struct __sk_buff *skb)
 {
-	struct counter *c = bpf_map_lookup_elem(&voipqos_stats, &idx);
+	return skb->gso_segs > 1 ? skb->gso_segs : 1;
+}
 
-	if (c) {
-		c->packets++;
-		c->bytes += skb->len;
+static __always_inline void count(struct __sk_buff *skb, int voice)
+{
+	__u32 zero = 0;
+	struct voipqos_stats *s = bpf_map_lookup_elem(&voipqos_stats, &zero);
+	struct counter *c;
+
+	if (!s)
+		return;
+	c = voice ? &s->voice : &s->other;
+	c->packets += segments(skb);
+	c->bytes += skb->len;
+}
+
+/* len bytes at off: straight from the linear head when it holds them (the usual case,
+ * and much cheaper than a helper call), else through bpf_skb_load_bytes (paged data) */
+static __always_inline int load(struct __sk_buff *skb, __u32 off, void *to, const __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	if (off < 0x1000 && data + off + len <= end) {
+		__builtin_memcpy(to, data + off, len);
+		return 0;
 	}
+	return bpf_skb_load_bytes(skb, off, to, len);
+}
+
+/* len bytes at off to read in place: a pointer into the linear head when it holds them,
+ * else buf filled by bpf_skb_load_bytes; NULL if the packet is shorter */
+static __always_inline const __u8 *peek(struct __sk_buff *skb, __u32 off, __u8 *buf,
+					const __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	if (off < 0x1000 && data + off + len <= end)
+		return data + off;
+	return bpf_skb_load_bytes(skb, off, buf, len) ? NULL : buf;
 }
 
 /* L4 ports at off (UDP and TCP both start with source, destination) */
@@ -133,22 +146,24 @@ static __always_inline void load_ports(struct __sk_buff *skb, __u32 off, struct 
 
 	if (p->key.proto != IPPROTO_UDP && p->key.proto != IPPROTO_TCP)
 		return;
-	if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
+	if (load(skb, off, ports, sizeof(ports)))
 		return;
 	p->key.sport = ports[0];
 	p->key.dport = ports[1];
 	p->has_ports = 1;
+	p->l4 = off;
 }
 
 static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 {
-	__u8 h[20];	/* fixed IPv4 header, read as bytes: no endian-dependent bitfields */
+	__u8 buf[20];	/* fixed IPv4 header, read as bytes: no endian-dependent bitfields */
+	const __u8 *h = peek(skb, p->l3, buf, sizeof(buf));
 	__u32 ihl;
 
-	if (bpf_skb_load_bytes(skb, p->l3, h, sizeof(h)))
+	if (!h)
 		return -1;
 	ihl = (h[0] & 0x0f) * 4;
-	if ((h[0] >> 4) != 4 || ihl < sizeof(h))
+	if ((h[0] >> 4) != 4 || ihl < sizeof(buf))
 		return -1;
 	p->dsfield = h[1];
 	p->key.proto = h[9];
@@ -169,8 +184,8 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p)
 	__u8 next;
 	int i;
 
-	if (bpf_skb_load_bytes(skb, p->l3, h, sizeof(h)) ||
-	    bpf_skb_load_bytes(skb, p->l3 + 8, p->key.saddr, 32))
+	if (load(skb, p->l3, h, sizeof(h)) ||
+	    load(skb, p->l3 + 8, p->key.saddr, 32))
 		return -1;
 	if ((h[0] >> 4) != 6)
 		return -1;
@@ -185,7 +200,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p)
 		if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
 		    next != IPPROTO_DSTOPTS && next != IPPROTO_FRAGMENT && next != IPPROTO_AH)
 			break;
-		if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
+		if (load(skb, off, ext, sizeof(ext)))
 			return 0;	/* truncated: classify by addresses/DSCP only */
 		if (next == IPPROTO_FRAGMENT) {
 			if ((ext[2] << 5 | ext[3] >> 3) != 0)
@@ -203,39 +218,297 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p)
 	return 0;
 }
 
-static __always_inline int in_ranges(const struct voipqos_config *cfg, __u16 port)
+static __always_inline int in_set(const __u64 *set, __be16 port)
 {
-	int i;
+	__u16 p = bpf_ntohs(port);
 
-#pragma unroll
-	for (i = 0; i < VOIPQOS_MAX_RANGES; i++) {
-		if (i >= cfg->nranges)
-			break;
-		if (port >= cfg->ranges[i].lo && port <= cfg->ranges[i].hi)
-			return 1;
-	}
-	return 0;
+	return (set[(p >> 6) & (VOIPQOS_PORT_WORDS - 1)] >> (p & 63)) & 1;
 }
 
-static __always_inline int is_voice(const struct voipqos_config *cfg, struct pkt *p)
+/* the flow table's entry for the packet's tuple or its reverse, NULL if neither */
+static __always_inline struct flow_state *find_flow(const struct voipqos_ports *ports,
+						    const struct pkt *p)
 {
+	struct flow_state *st;
 	struct flow_key rev;
 
-	if (cfg->trust_ef && (p->dsfield >> 2) == DSCP_EF)
-		return 1;
-	if (!p->has_ports)
-		return 0;
-	if (p->key.proto == IPPROTO_UDP &&
-	    (in_ranges(cfg, bpf_ntohs(p->key.sport)) || in_ranges(cfg, bpf_ntohs(p->key.dport))))
-		return 1;
-	if (bpf_map_lookup_elem(&voipqos_flows, &p->key))
-		return 1;
+	/* a flow (either way round) has both of the packet's ports */
+	if (!in_set(ports->flows, p->key.sport) || !in_set(ports->flows, p->key.dport))
+		return NULL;
+	st = bpf_map_lookup_elem(&voipqos_flows, &p->key);
+	if (st)
+		return st;
 	rev = p->key;
 	__builtin_memcpy(rev.saddr, p->key.daddr, 16);
 	__builtin_memcpy(rev.daddr, p->key.saddr, 16);
 	rev.sport = p->key.dport;
 	rev.dport = p->key.sport;
-	return bpf_map_lookup_elem(&voipqos_flows, &rev) != NULL;
+	return bpf_map_lookup_elem(&voipqos_flows, &rev);
+}
+
+/* voice: a flow of the table (*flow then points at its state), a static voice port,
+ * or a trusted EF mark */
+static __always_inline int is_voice(const struct voipqos_config *cfg, const struct pkt *p,
+				    struct flow_state **flow)
+{
+	struct voipqos_ports *ports;
+	__u32 zero = 0;
+
+	if (p->has_ports) {
+		ports = bpf_map_lookup_elem(&voipqos_ports, &zero);
+		if (!ports)
+			return 0;
+		*flow = find_flow(ports, p);
+		if (*flow)
+			return 1;
+		if (p->key.proto == IPPROTO_UDP &&
+		    (in_set(ports->voice, p->key.sport) || in_set(ports->voice, p->key.dport)))
+			return 1;
+	}
+	return cfg->trust_ef && (p->dsfield >> 2) == DSCP_EF;
+}
+
+/* --- call quality: RFC 3550 sequence accounting and jitter (voipqos.h) -------------- */
+
+struct rtp_hdr {
+	__u32 ts;
+	__u32 ssrc;
+	__u16 seq;
+	__u8 pt;
+};
+
+/* clock rate of a static payload type (RFC 3551); 0 for dynamic ones */
+static __always_inline __u32 static_clock_hz(__u8 pt)
+{
+	switch (pt) {
+	case 0: case 3: case 4: case 5: case 7: case 8: case 9: case 12: case 13: case 15:
+	case 18:
+		return 8000;
+	case 6:
+		return 16000;
+	case 16:
+		return 11025;
+	case 17:
+		return 22050;
+	case 10: case 11:
+		return 44100;
+	case 14: case 25: case 26: case 28: case 31: case 32: case 33: case 34:
+		return 90000;
+	}
+	return 0;
+}
+
+#define TICK_Q16(hz)	((1000000000ULL << 16) / (hz))
+
+/* nanoseconds per RTP tick, times 2^16 (a multiplication, no division per packet) */
+static __always_inline __u64 tick_ns_q16(__u32 hz)
+{
+	switch (hz) {
+	case 8000: return TICK_Q16(8000);
+	case 11025: return TICK_Q16(11025);
+	case 16000: return TICK_Q16(16000);
+	case 22050: return TICK_Q16(22050);
+	case 24000: return TICK_Q16(24000);
+	case 32000: return TICK_Q16(32000);
+	case 44100: return TICK_Q16(44100);
+	case 48000: return TICK_Q16(48000);
+	case 90000: return TICK_Q16(90000);
+	}
+	return 0;
+}
+
+/* the usual RTP clock within 1/8 of dts ticks per dns nanoseconds, else 0 */
+static __always_inline __u32 estimate_clock_hz(__u64 dns, __u32 dts)
+{
+	const __u32 rates[] = { 8000, 16000, 24000, 32000, 48000, 90000 };
+	__u64 ticks_ns = (__u64)dts * 1000000000ULL;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 6; i++) {
+		__u64 want = dns * rates[i];
+		__u64 err = ticks_ns > want ? ticks_ns - want : want - ticks_ns;
+
+		if (err * 8 < want)
+			return rates[i];
+	}
+	return 0;
+}
+
+/* RFC 3550 A.8 in nanoseconds: D = arrival spacing - timestamp spacing, J += (|D| - J)/16
+ * (kept as 16 J). Arrival order, as the RFC says; no sample across a clock jump. */
+static __always_inline void rtp_jitter(struct rtp_dir *r, __u64 now, __u32 ts)
+{
+	__u64 q16 = tick_ns_q16(r->clock_hz);
+	__s32 dts = ts - r->last_ts;
+	__s64 d;
+
+	if (q16 && dts > -(1 << 24) && dts < (1 << 24)) {
+		d = (__s64)(now - r->last_ns) - (((__s64)dts * (__s64)q16) >> 16);
+		if (d < 0)
+			d = -d;
+		r->jitter16_ns += d - ((r->jitter16_ns + 8) >> 4);
+	}
+	r->last_ns = now;
+	r->last_ts = ts;
+}
+
+/* close the current sequence run: its counts go to the prior totals */
+static __always_inline void rtp_fold(struct rtp_dir *r)
+{
+	r->expected_prior += r->cycles + r->max_seq - r->base_seq + 1;
+	r->received_prior += r->received;
+	r->received = 0;
+	r->restarts++;
+}
+
+/* start counting at seq, `run` packets in sequence already arrived (cycles starts at
+ * 65536 so base_seq never goes below zero) */
+static __always_inline void rtp_start(struct rtp_dir *r, const struct rtp_hdr *h, __u64 now,
+				      __u32 run)
+{
+	r->cycles = 65536;
+	r->base_seq = r->cycles + h->seq - (run - 1);
+	r->received = run;
+	r->seen = (1ULL << run) - 1;
+	r->max_seq = h->seq;
+	r->bad_seq = h->seq + 0x8000;
+	r->last_ns = now;
+	r->last_ts = h->ts;
+}
+
+/* one RTP packet of this direction */
+static __always_inline void rtp_update(struct rtp_dir *r, const struct rtp_hdr *h, __u64 now)
+{
+	__u16 delta;
+
+	if (r->state == RTP_LOCKED && h->ssrc != r->ssrc) {
+		if (now - r->last_ns < RTP_SSRC_TIMEOUT_NS) {
+			r->other_ssrc++;	/* bundled stream next to the locked one */
+			return;
+		}
+		rtp_fold(r);		/* the locked stream went silent: a new one */
+		r->state = RTP_NONE;
+	}
+	if (r->state == RTP_PROBING && h->ssrc != r->ssrc &&
+	    now - r->last_ns < RTP_SSRC_TIMEOUT_NS) {
+		r->other_ssrc++;	/* the first stream seen is the one measured */
+		return;
+	}
+	if (r->state != RTP_LOCKED) {
+		r->last_ns = now;
+		if (r->state == RTP_PROBING && h->ssrc == r->ssrc &&
+		    h->seq == (__u16)(r->max_seq + 1)) {
+			r->max_seq = h->seq;
+			if (--r->probation)
+				return;
+			r->state = RTP_LOCKED;
+			r->pt = h->pt;
+			r->clock_hz = static_clock_hz(h->pt);
+			r->first_ns = now;
+			r->first_ts = h->ts;
+			rtp_start(r, h, now, RTP_PROBATION);
+			return;
+		}
+		r->state = RTP_PROBING;
+		r->ssrc = h->ssrc;
+		r->max_seq = h->seq;
+		r->probation = RTP_PROBATION - 1;
+		return;
+	}
+	delta = h->seq - r->max_seq;
+	if (delta == 0) {
+		r->duplicates++;
+	} else if (delta < RTP_MAX_DROPOUT) {		/* in order, maybe after a gap */
+		if (h->seq < r->max_seq)
+			r->cycles += 65536;
+		r->seen = delta >= 64 ? 1 : (r->seen << delta) | 1;
+		r->max_seq = h->seq;
+		r->received++;
+		if (!r->clock_hz && now - r->first_ns >= RTP_RATE_WINDOW_NS)
+			r->clock_hz = estimate_clock_hz(now - r->first_ns, h->ts - r->first_ts);
+		rtp_jitter(r, now, h->ts);
+	} else if (delta > (__u16)(0x10000 - RTP_MAX_MISORDER)) {	/* late */
+		__u16 back = r->max_seq - h->seq;
+
+		if (back < 64) {
+			if ((r->seen >> back) & 1) {
+				r->duplicates++;
+				return;
+			}
+			r->seen |= 1ULL << back;
+		}
+		r->reordered++;
+		r->received++;
+		rtp_jitter(r, now, h->ts);
+	} else if (h->seq == r->bad_seq) {	/* a jump, confirmed: new sequence run */
+		rtp_fold(r);
+		rtp_start(r, h, now, 1);
+	} else {
+		r->bad_seq = h->seq + 1;
+	}
+}
+
+static __always_inline __u32 be32_at(const __u8 *b)
+{
+	return (__u32)b[0] << 24 | (__u32)b[1] << 16 | (__u32)b[2] << 8 | b[3];
+}
+
+/* the first report block of an RTCP SR (type 200) or RR (201) at off, if it has one */
+static __always_inline int rtcp_block(struct __sk_buff *skb, __u32 off, const __u8 *b,
+				      struct rtcp_report *rr)
+{
+	__u8 buf[24];
+	const __u8 *blk;
+
+	if ((b[0] & 0x1f) == 0 || (b[1] != 200 && b[1] != 201))
+		return 0;
+	blk = peek(skb, off + (b[1] == 200 ? 28 : 8), buf, sizeof(buf));
+	if (!blk)
+		return 0;
+	rr->ssrc = be32_at(blk);
+	rr->fraction_lost = blk[4];
+	rr->cum_lost = be32_at(blk + 4) & 0xffffff;
+	rr->ext_max_seq = be32_at(blk + 8);
+	rr->jitter = be32_at(blk + 12);
+	return 1;
+}
+
+/* per-direction counters of a call flow, its RTP quality when it carries RTP, and the
+ * receiver reports of RTCP going the same way */
+static __always_inline void measure(struct __sk_buff *skb, const struct pkt *p,
+				    struct flow_state *st, __u64 segs)
+{
+	__u32 dir = skb->ingress_ifindex == skb->ifindex ? DIR_INGRESS : DIR_EGRESS;
+	struct rtcp_report rr = {};
+	struct rtp_hdr h = {};
+	__u64 now = 0;
+	struct rtp_dir *r;
+	__u8 buf[12];
+	const __u8 *b = NULL;
+	int rtp = 0, rtcp = 0;
+
+	if (p->key.proto == IPPROTO_UDP)
+		b = peek(skb, p->l4 + 8, buf, sizeof(buf));
+	if (b && (b[0] >> 6) == 2 && (b[1] & 0x7f) >= 72 && (b[1] & 0x7f) <= 76)
+		rtcp = rtcp_block(skb, p->l4 + 8, b, &rr);	/* RFC 5761: types 200-204 */
+	else if (b && (b[0] >> 6) == 2) {
+		rtp = 1;
+		h.pt = b[1] & 0x7f;
+		h.seq = (__u16)b[2] << 8 | b[3];
+		h.ts = (__u32)b[4] << 24 | (__u32)b[5] << 16 | (__u32)b[6] << 8 | b[7];
+		h.ssrc = (__u32)b[8] << 24 | (__u32)b[9] << 16 | (__u32)b[10] << 8 | b[11];
+		now = bpf_ktime_get_ns();
+	}
+	r = &st->dir[dir & 1];
+	r->packets += segs;
+	r->bytes += skb->len;
+	if (rtp)
+		rtp_update(r, &h, now);
+	if (rtcp) {
+		rr.reports = r->rtcp.reports + 1;
+		r->rtcp = rr;
+	}
 }
 
 /* DSCP := EF, ECN bits kept. IPv4: the TOS change and the header checksum change cancel
@@ -246,7 +519,7 @@ static __always_inline void mark_ef(struct __sk_buff *skb, const struct pkt *p)
 	__u8 ds = (DSCP_EF << 2) | (p->dsfield & 0x03);
 	__u8 w[2];
 
-	if (p->dsfield == ds || bpf_skb_load_bytes(skb, p->l3, w, sizeof(w)))
+	if (p->dsfield == ds || load(skb, p->l3, w, sizeof(w)))
 		return;
 	if (p->ipv6) {
 		__u8 n[2] = { (w[0] & 0xf0) | (ds >> 4), (ds << 4) | (w[1] & 0x0f) };
@@ -267,6 +540,7 @@ static __always_inline int classify(struct __sk_buff *skb, __u32 l3, __u16 proto
 {
 	__u32 zero = 0;
 	struct voipqos_config *cfg = bpf_map_lookup_elem(&voipqos_config, &zero);
+	struct flow_state *flow = NULL;
 	struct pkt p = { .l3 = l3 };
 	int err;
 
@@ -278,15 +552,17 @@ static __always_inline int classify(struct __sk_buff *skb, __u32 l3, __u16 proto
 		err = parse_ipv6(skb, &p);
 	else
 		err = -1;
-	if (err || !is_voice(cfg, &p)) {
-		count(skb, COUNT_OTHER);
+	if (err || !is_voice(cfg, &p, &flow)) {
+		count(skb, 0);
 		return TC_ACT_UNSPEC;
 	}
 	if (cfg->voice_prio)
 		skb->priority = cfg->voice_prio;
 	if (cfg->dscp_mark)
 		mark_ef(skb, &p);
-	count(skb, COUNT_VOICE);
+	count(skb, 1);
+	if (flow)
+		measure(skb, &p, flow, segments(skb));
 	return TC_ACT_UNSPEC;	/* let later filters (the IFB redirect) run */
 }
 
@@ -300,8 +576,8 @@ int voipqos_eth(struct __sk_buff *skb)
 
 #pragma unroll
 	for (i = 0; i < 3; i++) {
-		if (bpf_skb_load_bytes(skb, off, &type, sizeof(type))) {
-			count(skb, COUNT_OTHER);
+		if (load(skb, off, &type, sizeof(type))) {
+			count(skb, 0);
 			return TC_ACT_UNSPEC;
 		}
 		if (type != bpf_htons(ETH_P_8021Q) && type != bpf_htons(ETH_P_8021AD))

@@ -8,6 +8,7 @@ captured on the far host with tcpdump -v (DSCP, IPv4 header checksum).
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from voipqos import bpf, conntrack
+from voipqos import bpf, bpf_syscall, conntrack, quality
 from voipqos.lab import netns
 from voipqos.lab.netns import run
 
@@ -209,14 +210,38 @@ def test_restart_adopts_pins_and_filters(topo, obj, tmp_path: Path) -> None:
         filters = t.exec("router", "tc filter show dev wan0 egress").stdout
         assert filters.count("voipqos_eth") == 1
         new.set_flows([(17, "192.0.2.1", "192.0.2.2", 3, 4), (17, "2001:db8::1", "::1", 5, 6)])
-        keys = set(bpf.map_keys(new._fd("voipqos_flows"), 40))
-        assert keys == {bpf.flow_key((17, "192.0.2.1", "192.0.2.2", 3, 4)),
-                        bpf.flow_key((17, "2001:db8::1", "::1", 5, 6))}
+        keys = set(bpf_syscall.map_keys(new._fd("voipqos_flows"), 40))
+        assert keys == {new.maps.flow_key((17, "192.0.2.1", "192.0.2.2", 3, 4)),
+                        new.maps.flow_key((17, "2001:db8::1", "::1", 5, 6))}
         new.detach("wan0", "egress")  # never attached by `new` in its own right: still ours
         assert t.exec("router", "tc filter show dev wan0 egress").stdout == ""
         new.close()
         assert not (pin / "tc").exists()
         old._fds.clear()  # its fds belong to a dead process in real life
+    finally:
+        run(["umount", str(pin)], check=False)
+
+
+def test_pins_of_another_version_are_replaced(topo, obj, tmp_path: Path) -> None:
+    """A crashed older daemon left maps with another layout pinned (here the flow table
+    with 1-byte values, as before call quality): tc could not reuse them, so they are
+    unpinned and the attach works."""
+    t = topo
+    pin = tmp_path / "bpffs"
+    pin.mkdir()
+    run(["mount", "-t", "bpf", "bpf", str(pin)])
+    try:
+        (pin / "tc" / "globals").mkdir(parents=True)
+        run(["bpftool", "map", "create", str(pin / "tc/globals/voipqos_flows"), "type", "hash",
+             "key", "40", "value", "1", "entries", "1024", "name", "voipqos_flows"])
+        c = bpf.Classifier(str(pin), obj, netns=t.ns("router"))
+        try:
+            c.attach("wan0", "egress")
+            c.set_flows([(17, "192.0.2.1", "192.0.2.2", 1, 2)])
+            info = bpf_syscall.map_info(c._fd("voipqos_flows"))
+            assert info.value_size == c.maps.size("voipqos_flows", "value")
+        finally:
+            c.close()
     finally:
         run(["umount", str(pin)], check=False)
 
@@ -288,3 +313,150 @@ def test_detach_of_a_vanished_device_is_quiet(topo, obj, tmp_path: Path) -> None
     finally:
         c.close()
     assert c.attached == set()
+
+
+SINK = """
+import socket, sys
+s = socket.create_server(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+c, _ = s.accept()
+while c.recv(1 << 16):
+    pass
+"""
+
+STREAM = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+block = b"x" * (1 << 16)
+for _ in range(int(sys.argv[3]) // len(block)):
+    c.sendall(block)
+c.close()
+"""
+
+
+def nstat(t: netns.Topology, host: str, name: str) -> int:
+    """A SNMP counter of the host's namespace (absolute, not since last call)."""
+    out = t.exec(host, ["nstat", "-a", "-z", "-j", name]).stdout
+    return int(json.loads(out)["kernel"][name])
+
+
+def test_counters_count_segments_of_gso_packets(topo, obj, tmp_path: Path) -> None:
+    """TSO/GSO on along the path: wan0's egress sees 64 KB aggregates, and the
+    classifier counts the segments they become on the wire (≈ the sender's TcpOutSegs,
+    which counts GSO segments), not the skbs."""
+    t = topo
+    for host, dev in (("lan", "eth0"), ("router", "lan0"), ("router", "wan0"), ("wan", "eth0")):
+        t.exec(host, f"ethtool -K {dev} tso on gso on gro on tx on")
+    sink = t.popen("wan", [sys.executable, "-c", SINK, "5201"], stdout=subprocess.PIPE, text=True)
+    assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+    c = bpf.Classifier(str(tmp_path / "bpffs"), obj, netns=t.ns("router"))
+    try:
+        c.attach("wan0", "egress")
+        c.set_rules(VOICE_CLASS, True, False, [])
+        segs_before = nstat(t, "lan", "TcpOutSegs")
+        t.exec("lan", [sys.executable, "-c", STREAM, netns.WAN_HOST4, "5201", str(16 << 20)])
+        sink.wait(timeout=30)
+        segs = nstat(t, "lan", "TcpOutSegs") - segs_before
+        other = c.counters()["other"]
+    finally:
+        c.close()
+    assert segs > (16 << 20) // 1500  # full-sized segments arrived
+    assert abs(other["packets"] - segs) <= 0.02 * segs + 10, (other, segs)
+    assert other["bytes"] / other["packets"] <= 1514  # counted per segment, not per skb
+
+
+RTP_STREAM = """
+import socket, struct, time
+
+def stream(s, dst, n, skip, ssrc):
+    t0 = time.monotonic()
+    for i in range(n):
+        # 20 ms packets leaving 0-8 ms late, as a busy phone or Wi-Fi would
+        time.sleep(max(0.0, t0 + 0.02 * i + (0, 0.008, 0.002, 0.005)[i % 4] - time.monotonic()))
+        if i not in skip:
+            s.sendto(struct.pack("!BBHII", 0x80, 0, i, 160 * i, ssrc) + bytes(160), dst)
+"""
+
+RTP_SEND = RTP_STREAM + """
+import sys
+src, sport, dst, dport, n, skip = sys.argv[1:]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, int(sport)))
+s.sendto(b"hello", (dst, int(dport)))            # not RTP: opens the conntrack entry
+time.sleep(0.5)
+stream(s, (dst, int(dport)), int(n), {int(x) for x in skip.split(",")}, 1111)
+"""
+
+RTP_ANSWER = RTP_STREAM + """
+import json, sys, threading
+n, skip = sys.argv[2:]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS (not in the socket module)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.settimeout(3)
+print("ready", flush=True)
+_, peer = s.recvfrom(100)                         # "hello": answer where it came from
+time.sleep(0.5)                                   # as the caller: flows are set by then
+threading.Thread(target=stream, args=(s, peer, int(n), {int(x) for x in skip.split(",")},
+                                      2222)).start()
+got = []
+try:
+    while True:
+        data, anc, _, _ = s.recvmsg(2048, 1024)
+        if len(data) < 12 or data[0] >> 6 != 2:
+            continue
+        sec, nsec = struct.unpack("=qq", anc[0][2][:16])
+        seq, ts = struct.unpack_from("!HI", data, 2)
+        got.append((seq, ts, sec + nsec / 1e9))
+except socket.timeout:
+    pass
+print(json.dumps(got))
+"""
+
+
+def test_rtp_call_through_nat_quality_per_direction(topo, obj, tmp_path: Path) -> None:
+    """A real RTP call across the router (NAT): loss before the router (packets the phone
+    never got out) shows on egress, loss on the far side on ingress, and the egress
+    jitter matches RFC 3550 computed from the far end's receive timestamps."""
+    t = topo
+    sink = t.popen("wan", [sys.executable, "-c", RTP_ANSWER, "5004", "100", "7,50,51"],
+                   stdout=subprocess.PIPE, text=True)
+    assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+    c = bpf.Classifier(str(tmp_path / "bpffs"), obj, netns=t.ns("router"))
+    try:
+        c.attach("wan0", "egress")
+        c.attach("wan0", "ingress")
+        c.set_rules(VOICE_CLASS, True, False, [])
+        up = t.popen("lan", [sys.executable, "-c", RTP_SEND, netns.LAN_HOST4, "40000",
+                             netns.WAN_HOST4, "5004", "150", "5,17,18,40"])
+        deadline = time.monotonic() + 5
+        while True:  # the conntrack entry of the call, as the daemon would find it
+            try:
+                tuples = call_tuples(t, 40000)
+                break
+            except AssertionError:
+                assert time.monotonic() < deadline, "no conntrack entry for the call"
+                time.sleep(0.05)
+        c.set_flows(tuples)   # before the stream starts (the sender waits 0.5 s)
+        assert up.wait(timeout=20) == 0
+        received = json.loads(sink.communicate(timeout=10)[0].splitlines()[-1])
+        entries = c.flow_quality()
+    finally:
+        c.close()
+    q = bpf_quality(entries, tuples)
+    assert q.egress is not None and q.ingress is not None
+    assert (q.egress.ssrc, q.egress.expected, q.egress.lost) == (1111, 150, 4)
+    assert q.egress.packets == 146 and q.egress.duplicates == q.egress.reordered == 0
+    # the far end's stream, 3 lost on its way: the internet side
+    assert (q.ingress.ssrc, q.ingress.expected, q.ingress.lost) == (2222, 100, 3)
+    ref = quality.RtpReceiver(received[3][0], received[3][1], received[3][2], 8000, run=4)
+    for seq, ts, at in received[4:]:
+        ref.packet(seq, ts, at)
+    assert ref.lost == q.egress.lost
+    assert q.egress.jitter_ms is not None and ref.jitter_ms > 1
+    assert abs(q.egress.jitter_ms - ref.jitter_ms) <= max(0.2 * ref.jitter_ms, 0.5)
+    assert q.summary() == "losing 3 % on the Wi-Fi/LAN side; losing 3 % on the internet side"
+
+
+def bpf_quality(entries, tuples) -> quality.CallQuality:
+    return quality.call_quality(entries[tp] for tp in tuples if tp in entries)

@@ -11,13 +11,14 @@ import ipaddress
 import os
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voipqos import bpf
+from voipqos import bpf, bpf_syscall, quality
 from voipqos.lab.netns import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def loaded(objects: Path, tmp_path_factory: pytest.TempPathFactory):
         run(["ip", "-n", NS, "tuntap", "add", "dev", "t0", "mode", "tun"])
         c.attach("d0", "egress")
         c.attach("t0", "egress")
-        fds += [bpf.prog_fd_by_id(c.prog_id(dev, "egress")) for dev in ("d0", "t0")]
+        fds += [bpf_syscall.prog_fd_by_id(c.prog_id(dev, "egress")) for dev in ("d0", "t0")]
         yield c, fds[0], fds[1]
     finally:
         for fd in fds:
@@ -125,13 +126,13 @@ def clf(loaded):
     c.set_rules(VOICE, True, False, [])
     c.set_flows([])
 
-    def go(frame: bytes) -> bpf.RunResult:
-        return bpf.prog_test_run(fd, frame)
+    def go(frame: bytes) -> bpf_syscall.RunResult:
+        return bpf_syscall.prog_test_run(fd, frame)
     go.classifier = c  # type: ignore[attr-defined]
     return go
 
 
-def assert_voice(res: bpf.RunResult, sent: bytes, ecn: int = 0, l3: int = 14) -> None:
+def assert_voice(res: bpf_syscall.RunResult, sent: bytes, ecn: int = 0, l3: int = 14) -> None:
     assert res.retval == UNSPEC
     assert res.priority == VOICE
     assert tos_of(res.data, l3) == (46 << 2) | ecn
@@ -143,7 +144,7 @@ def assert_voice(res: bpf.RunResult, sent: bytes, ecn: int = 0, l3: int = 14) ->
     assert set(changed) <= allowed
 
 
-def assert_other(res: bpf.RunResult, sent: bytes) -> None:
+def assert_other(res: bpf_syscall.RunResult, sent: bytes) -> None:
     assert res.retval == UNSPEC
     assert res.priority == 0
     assert res.data == sent
@@ -374,6 +375,44 @@ def test_counters_count_voice_and_other(clf) -> None:
     assert after["other"]["packets"] - before["other"]["packets"] == 1
 
 
+def test_counters_count_gso_segments(clf, loaded) -> None:
+    """An skb that is a GSO aggregate counts as the segments it goes out as."""
+    c, fd, _ = loaded
+    c.set_flows([(UDP, A4, B4, 40000, 5004)])
+    before = c.counters()
+    bpf_syscall.prog_test_run(fd, udp4(), gso_segs=7)
+    bpf_syscall.prog_test_run(fd, udp4(sport=1, proto=TCP), gso_segs=44)
+    after = c.counters()
+    assert after["voice"]["packets"] - before["voice"]["packets"] == 7
+    assert after["other"]["packets"] - before["other"]["packets"] == 44
+    assert after["voice"]["bytes"] - before["voice"]["bytes"] == len(udp4())
+
+
+def test_any_number_of_port_ranges(clf) -> None:
+    """Ranges are a port bitmap: 100 ranges cost and match like one."""
+    clf.classifier.set_rules(VOICE, True, False, [(10000 + 10 * i, 10001 + 10 * i)
+                                                 for i in range(100)])
+    for sport, voice in ((10990, True), (10991, True), (10992, False), (9999, False)):
+        frame = udp4(sport=sport, dport=443)
+        (assert_voice if voice else assert_other)(clf(frame), frame)
+
+
+def test_flow_ports_without_the_flow_are_other(clf) -> None:
+    """Both ports in the flows' port set, but not a flow (the set lets it through to the
+    hash lookup, which says no)."""
+    clf.classifier.set_flows([(UDP, A4, B4, 40000, 5004), (UDP, A6, B6, 5004, 40000)])
+    frame = udp4(src="192.0.2.99")
+    assert_other(clf(frame), frame)
+    assert_voice(clf(udp4()), udp4())
+
+
+def test_removed_flow_no_longer_matches(clf) -> None:
+    clf.classifier.set_flows([(UDP, A4, B4, 40000, 5004)])
+    assert_voice(clf(udp4()), udp4())
+    clf.classifier.set_flows([(UDP, A4, B4, 40001, 5004)])
+    assert_other(clf(udp4()), udp4())
+
+
 def test_l3_section_reads_ip_at_offset_zero(loaded) -> None:
     """tc_l3 (PPPoE/tun devices): the test run hands it an Ethernet frame, so a frame
     whose bytes from offset 0 form an IPv4 packet shows it parses there."""
@@ -383,7 +422,7 @@ def test_l3_section_reads_ip_at_offset_zero(loaded) -> None:
     # address: 8.0.x.x reads as ETH_P_IP
     c.set_flows([(UDP, "8.0.2.10", B4, 40000, 5004)])
     packet = ipv4("8.0.2.10", B4, UDP, l4(UDP, 40000, 5004))
-    res = bpf.prog_test_run(fd_l3, packet)
+    res = bpf_syscall.prog_test_run(fd_l3, packet)
     assert res.priority == VOICE and res.data[1] == 46 << 2
 
 
@@ -397,7 +436,7 @@ def test_any_bytes_pass_untouched_without_rules(loaded, junk: bytes,
     c.set_flows([])
     ethertype, least = kind
     frame = bytes(12) + ethertype + junk + bytes(max(0, least - len(junk)))
-    assert_other(bpf.prog_test_run(fd, frame), frame)
+    assert_other(bpf_syscall.prog_test_run(fd, frame), frame)
 
 
 def test_objects_are_rebuilt_from_source(objects: Path) -> None:
@@ -423,6 +462,195 @@ def test_any_tuple_in_the_table_matches_both_ways(loaded, proto, addrs, sport, d
             return eth(0x0800) + ipv4(src, dst, proto, l4(proto, sport, dp))
         return eth(0x86DD) + ipv6(src, dst, proto, l4(proto, sport, dp))
     hit = frame(dport)
-    assert_voice(bpf.prog_test_run(fd, hit), hit)
+    assert_voice(bpf_syscall.prog_test_run(fd, hit), hit)
     miss = frame(dport + 1)  # neither the entry nor its reverse, whatever the addresses
-    assert_other(bpf.prog_test_run(fd, miss), miss)
+    assert_other(bpf_syscall.prog_test_run(fd, miss), miss)
+
+
+# --- call quality (RTP) --------------------------------------------------------------
+
+FLOW = (UDP, A4, B4, 40000, 5004)
+
+
+def rtp_frame(seq: int, ts: int, ssrc: int = 0x11223344, pt: int = 0, size: int = 160,
+              sport: int = 40000, dport: int = 5004) -> bytes:
+    rtp = struct.pack("!BBHII", 0x80, pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc) + b"\xd5" * size
+    return eth(0x0800) + ipv4(A4, B4, UDP, l4(UDP, sport, dport, rtp))
+
+
+def run_at(fd: int, frame: bytes, ingress: bool = False) -> float:
+    """Run one frame; the arrival time the program saw, within the syscall (seconds,
+    CLOCK_MONOTONIC like bpf_ktime_get_ns)."""
+    t0 = time.monotonic_ns()
+    bpf_syscall.prog_test_run(fd, frame, ingress=ingress)
+    return (t0 + time.monotonic_ns()) / 2e9
+
+
+@pytest.fixture
+def call(loaded):
+    """A fresh table entry for FLOW (re-adding it resets its counters)."""
+    c, fd, _ = loaded
+    c.set_rules(VOICE, True, False, [])
+    c.set_flows([])
+    c.set_flows([FLOW])
+
+    def directions() -> dict[str, quality.Direction]:
+        return c.flow_quality()[FLOW]
+    return fd, directions
+
+
+def test_rtp_stream_is_counted_in_its_direction(call) -> None:
+    fd, directions = call
+    for i in range(20):
+        run_at(fd, rtp_frame(100 + i, 160 * i))
+    for i in range(5):
+        run_at(fd, rtp_frame(7 + i, 160 * i, ssrc=0x55), ingress=True)
+    out, back = directions()["egress"], directions()["ingress"]
+    assert out.rtp and out.ssrc == 0x11223344 and out.payload_type == 0
+    assert (out.packets, out.expected, out.received, out.lost) == (20, 20, 20, 0)
+    assert out.clock_hz == 8000 and out.jitter_ms is not None
+    assert out.bytes == 20 * len(rtp_frame(0, 0))
+    assert back.rtp and (back.packets, back.expected, back.ssrc) == (5, 5, 0x55)
+
+
+def test_reversed_tuple_entry_gets_both_directions(loaded) -> None:
+    """With NAT both WAN directions match the conntrack reply entry."""
+    c, fd, _ = loaded
+    c.set_rules(VOICE, True, False, [])
+    reply = (UDP, B4, A4, 5004, 40000)
+    c.set_flows([reply])
+    for i in range(6):
+        run_at(fd, rtp_frame(i, 160 * i))                  # egress: the reply reversed
+    got = c.flow_quality()
+    assert set(got) == {reply}
+    assert got[reply]["egress"].received == 6 and got[reply]["ingress"].packets == 0
+
+
+def test_flow_leaving_the_table_resets_its_counters(call, loaded) -> None:
+    fd, directions = call
+    for i in range(8):
+        run_at(fd, rtp_frame(i, 160 * i))
+    assert directions()["egress"].received == 8
+    c = loaded[0]
+    c.set_flows([(UDP, A4, B4, 40001, 5004)])
+    c.set_flows([FLOW])
+    assert directions()["egress"].packets == 0 and not directions()["egress"].rtp
+
+
+def test_not_rtp_is_counted_but_quality_unknown(call) -> None:
+    fd, directions = call
+    for _ in range(10):
+        run_at(fd, udp4())                       # payload b"x" * 20: version 1
+    for seq in range(10):                        # RTCP multiplexed on the port (PT 200)
+        run_at(fd, rtp_frame(seq, 0, pt=72))
+    d = directions()["egress"]
+    assert d.packets == 20 and not d.rtp
+    assert quality.call_quality([directions()]).summary() == "quality unknown (no RTP seen)"
+
+
+def test_probation_needs_four_in_sequence(call) -> None:
+    fd, directions = call
+    for seq in (1, 2, 3, 9, 10, 11):             # no four in a row of one SSRC
+        run_at(fd, rtp_frame(seq, 0))
+    assert not directions()["egress"].rtp
+    run_at(fd, rtp_frame(12, 0))
+    assert directions()["egress"].received == 4
+
+
+def test_bundled_stream_is_not_mixed_in(call) -> None:
+    fd, directions = call
+    for i in range(30):
+        run_at(fd, rtp_frame(1000 + i, 160 * i))
+        run_at(fd, rtp_frame(5000 + 3 * i, 90 * i, ssrc=0xB1DE0, pt=96))  # video, gaps
+    d = directions()["egress"]
+    assert d.ssrc == 0x11223344 and (d.expected, d.lost, d.other_ssrc) == (30, 0, 30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["next", "skip", "skip3", "dup", "swap", "late"]),
+                min_size=1, max_size=60),
+       st.integers(0, 65535))
+def test_sequence_accounting_matches_the_reference(loaded, steps: list[str],
+                                                   start: int) -> None:
+    """Loss, duplicates and reordering across the 16-bit wrap, as RtpReceiver counts."""
+    c, fd, _ = loaded
+    c.set_rules(VOICE, True, False, [])
+    c.set_flows([])
+    c.set_flows([FLOW])
+    seqs = [start + i for i in range(4)]          # probation
+    for step in steps:
+        top = max(seqs[-1], seqs[-2] if len(seqs) > 1 else 0)
+        if step == "next":
+            seqs.append(top + 1)
+        elif step == "skip":
+            seqs.append(top + 2)
+        elif step == "skip3":
+            seqs.append(top + 4)
+        elif step == "dup":
+            seqs.append(seqs[-1])
+        elif step == "swap":
+            seqs += [top + 2, top + 1]
+        else:                                     # an old one, 1-80 back
+            seqs.append(top - 1 - (len(seqs) * 7) % 80)
+    ref = quality.RtpReceiver(seqs[3] % 65536, 0, 0.0, None, run=4)
+    for i, seq in enumerate(seqs):
+        run_at(fd, rtp_frame(seq, 160 * i))
+        if i >= 4:
+            ref.packet(seq % 65536, 160 * i, 0.0)
+    d = c.flow_quality()[FLOW]["egress"]
+    assert (d.expected, d.received, d.lost, d.duplicates, d.reordered) == (
+        ref.expected, ref.received, ref.lost, ref.duplicates, ref.reordered), seqs
+
+
+def test_jitter_matches_the_rfc3550_reference(call) -> None:
+    """Timestamps every 20 ms at 8 kHz, sent with uneven real spacing: the kernel's J
+    equals the reference fed with the arrival times the program saw (to a few µs)."""
+    fd, directions = call
+    arrivals, ts = [], 0
+    for i in range(60):
+        if i >= 4:
+            time.sleep((0.0, 0.004, 0.012, 0.001)[i % 4])
+        ts += 160
+        arrivals.append(run_at(fd, rtp_frame(500 + i, ts)))
+    ref = quality.RtpReceiver(503, 160 * 4, arrivals[3], 8000, run=4)
+    for i in range(4, 60):
+        ref.packet(500 + i, 160 * (i + 1), arrivals[i])
+    got = directions()["egress"].jitter_ms
+    assert got is not None and ref.jitter_ms > 5
+    assert abs(got - ref.jitter_ms) < 0.05, (got, ref.jitter_ms)
+
+
+def test_dynamic_payload_type_clock_is_estimated(call) -> None:
+    """Opus (PT 111) at 48 kHz: no jitter until 1 s of stream gave the clock rate."""
+    fd, directions = call
+    t0 = time.monotonic()
+    i = 0
+    while time.monotonic() - t0 < 1.3:
+        ts = int((time.monotonic() - t0) * 48000)
+        run_at(fd, rtp_frame(i, ts, pt=111))
+        i += 1
+        time.sleep(0.02)
+    d = directions()["egress"]
+    assert d.payload_type == 111 and d.clock_hz == 48000
+    assert d.jitter_ms is not None and d.jitter_ms < 5
+
+
+def rtcp_frame(kind: int, about: int, fraction: int, cum_lost: int, jitter: int) -> bytes:
+    """An RTCP SR (200) or RR (201) with one report block about SSRC `about`."""
+    block = struct.pack("!IB3sIIII", about, fraction, cum_lost.to_bytes(3, "big"), 70000,
+                        jitter, 0, 0)
+    info = struct.pack("!IIIII", 1, 2, 3, 4, 5) if kind == 200 else b""
+    body = struct.pack("!I", 0x5EED) + info + block
+    pkt = struct.pack("!BBH", 0x81, kind, len(body) // 4) + body
+    return eth(0x0800) + ipv4(A4, B4, UDP, l4(UDP, 40000, 5004, pkt))
+
+
+@pytest.mark.parametrize("kind", [200, 201], ids=["SR", "RR"])
+def test_rtcp_report_block_is_kept_per_direction(call, kind: int) -> None:
+    fd, directions = call
+    run_at(fd, rtcp_frame(kind, 0x11223344, 26, 5, 40), ingress=True)
+    run_at(fd, rtcp_frame(kind, 0x11223344, 13, 7, 80), ingress=True)
+    d = directions()["ingress"]
+    assert not d.rtp and d.packets == 2
+    assert d.carried_report == quality.Report(0x11223344, 13 / 256 * 100, 7, 80, 2)
+    assert directions()["egress"].carried_report is None

@@ -6,13 +6,20 @@ a stub that records each procd/UCI/ubus call, and the test compares what was rec
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+from voipqos.lab import netns
 
 ROOT = Path(__file__).resolve().parents[1]
 INIT = ROOT / "files/etc/init.d/voipqos"
@@ -24,7 +31,7 @@ SHELLS = [["sh"]] + ([["busybox", "ash"]] if shutil.which("busybox") else [])
 
 
 def shell_files() -> list[Path]:
-    found = []
+    found = [ROOT / "tests/compile_bpf.sh"]
     for base in ("files", "package"):
         for path in sorted((ROOT / base).rglob("*")):
             if path.is_file() and path.read_bytes()[:64].split(b"\n")[0] in (
@@ -33,16 +40,17 @@ def shell_files() -> list[Path]:
     return found
 
 
-def run_init(tmp_path: Path, action: str, uci: dict[str, str], shell: list[str]) -> list[str]:
+def run_init(tmp_path: Path, action: str, uci: dict[str, str], shell: list[str],
+             **env: str) -> list[str]:
     calls = tmp_path / "calls"
     calls.write_text("")
     script = (f". {STUBS}/procd.sh\n. {INIT}\n"
               'call "PROG=$PROG START=$START STOP=$STOP USE_PROCD=$USE_PROCD"\n'
               f"PROG=fake_voipqos\n{action}\n")
-    env = {"PATH": os.environ["PATH"], "CALLS": str(calls)}
+    env = {"PATH": os.environ["PATH"], "CALLS": str(calls), **env}
     env.update({f"UCI_{k.replace('.', '_')}": v for k, v in uci.items()})
     subprocess.run([*shell, "-c", script], env=env, check=True, stdin=subprocess.DEVNULL,
-                   timeout=10)
+                   timeout=10, cwd=tmp_path)
     return calls.read_text().splitlines()
 
 
@@ -71,22 +79,157 @@ def test_enabled_0_idles_and_removes_leftover_profile(tmp_path, shell):
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[-1])
-def test_stop_removes_profile_after_procd_killed_daemon(tmp_path, shell):
+def test_stop_waits_for_the_daemon_then_removes_what_is_left(tmp_path, shell):
     calls = run_init(tmp_path, "stop", ENABLED, shell)
-    assert calls[1:] == ["procd_kill", "logger -t voipqos voipqos remove"]
+    assert calls[1:] == ["procd_kill", "logger -t voipqos voipqos remove --wait 15"]
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[-1])
-def test_reload_reregisters_then_asks_daemon(tmp_path, shell):
-    calls = run_init(tmp_path, "reload", ENABLED, shell)
-    assert calls[1:] == ["open_service", *RUN, *TRIGGERS, "close_service",
-                         "ubus -t 5 call voipqos reload"]
+def test_reload_reregisters_then_signals_the_running_daemon(tmp_path, shell):
+    calls = run_init(tmp_path, "reload", ENABLED, shell, PROCD_RUNNING="1")
+    assert calls[1:] == ["procd_running voipqos", "open_service", *RUN, *TRIGGERS,
+                         "close_service", "procd_send_signal voipqos * HUP"]
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[-1])
+def test_reload_starts_a_stopped_daemon_without_signalling_it(tmp_path, shell):
+    """A daemon procd starts just now reads the config anyway; a SIGHUP before its
+    handler is set would kill it."""
+    calls = run_init(tmp_path, "reload", ENABLED, shell, PROCD_RUNNING="0")
+    assert calls[1:] == ["procd_running voipqos", "open_service", *RUN, *TRIGGERS,
+                         "close_service"]
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[-1])
+def test_reload_with_enabled_0_drops_the_instance_and_never_races_the_daemon(tmp_path, shell):
+    """procd stops the running daemon after the service is re-registered without an
+    instance; the remove before that does not wait (it would wait for itself) and, the
+    daemon still holding its lock, leaves the cleanup to it."""
+    calls = run_init(tmp_path, "reload", {**ENABLED, "voipqos.main.enabled": "0"}, shell,
+                     PROCD_RUNNING="1")
+    assert calls[1:] == ["procd_running voipqos", "open_service",
+                         "logger -t voipqos disabled (voipqos.main.enabled=0): not starting",
+                         "logger -t voipqos voipqos remove", *TRIGGERS, "close_service"]
+
+
+def test_save_and_apply_reaches_the_reload_trigger(tmp_path):
+    """tests/data/rpcd_config_change.json: what the real rpcd sent procd's `service`
+    object (`event`) for `uci commit` and for LuCI's apply-with-rollback + confirm
+    (tests/record_config_change.py). procd runs `/etc/init.d/voipqos reload` for a
+    config.change whose package is what procd_add_reload_trigger named (procd.sh)."""
+    rec = json.loads((ROOT / "tests/data/rpcd_config_change.json").read_text())
+    [trigger] = [c for c in run_init(tmp_path, "start", ENABLED, SHELLS[-1])
+                 if c.startswith("reload_trigger ")]
+    package = trigger.split()[1]
+    for path in ("commit", "apply_rollback"):
+        assert all(c["returncode"] == 0 for c in rec[path]["uci_calls"]), path
+        assert rec[path]["service_event"] == [
+            {"type": "config.change", "data": {"package": package}}], path
+
+
+@pytest.mark.kernel
+def test_stop_right_after_sigterm_leaves_nothing_and_no_error(tmp_path):
+    """The real daemon shaping (HTB + IFB + BPF) in a namespace; the init script's stop
+    under busybox ash, its procd_kill sending the SIGTERM: `voipqos remove` runs at once,
+    as on a router, and must neither overlap the daemon's own removal nor fail."""
+    run_dir = tmp_path / "run"
+    conf = tmp_path / "voipqos"
+    conf.write_text(
+        f"config voipqos 'main'\n\toption interface '{netns.ROUTER_WAN_DEV}'\n"
+        f"\toption download '20000'\n\toption run_dir '{run_dir}'\n"
+        f"\toption rpc_listen 'unix:{run_dir}/rpc.sock'\n")
+    with netns.three_hosts("vqs-") as lab:
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return lab.exec("router", [sys.executable, "-m", "voipqos.cli", *args,
+                                       "--config", str(conf)], check=False)
+
+        def state() -> str:
+            """Root and clsact qdiscs of wan0, voipqos's IFB, BPF filters on wan0."""
+            return "".join(lab.exec("router", cmd).stdout for cmd in (
+                f"tc qdisc show dev {netns.ROUTER_WAN_DEV}", "ip -o link show type ifb",
+                f"tc filter show dev {netns.ROUTER_WAN_DEV} egress"))
+
+        def wait(pred, what: str) -> None:
+            deadline = time.monotonic() + 15
+            while not pred():
+                assert time.monotonic() < deadline, f"no {what} in 15 s"
+                time.sleep(0.1)
+
+        daemon = lab.popen("router", [sys.executable, "-m", "voipqos.cli", "run",
+                                      "--foreground", "--config", str(conf)])
+        wait(lambda: cli("on").returncode == 0, "daemon answering")
+        wait(lambda: all(w in state() for w in ("htb", "clsact", "vqi-", "voipqos")),
+             "profile on (BPF classifier: make bpf)")
+        # a second daemon is refused the lock and leaves the running one's profile alone
+        assert cli("run", "--foreground").returncode == 1
+        assert "htb" in state()
+        # nor does a remove without --wait: the daemon still holds its lock
+        res = cli("remove")
+        assert res.returncode == 1 and "already running" in res.stderr
+        assert "htb" in state()
+
+        prog = tmp_path / "voipqos-in-router"
+        prog.write_text(f'#!/bin/sh\nexec ip netns exec {lab.ns("router")} '
+                        f'{sys.executable} -m voipqos.cli "$@" --config {conf}\n')
+        prog.chmod(0o755)
+        calls = tmp_path / "calls"
+        calls.write_text("")
+        script = (f". {STUBS}/procd.sh\n. {INIT}\nPROG={prog}\n"
+                  f'procd_kill() {{ call procd_kill; kill -TERM {daemon.pid}; }}\nstop\n')
+        subprocess.run([*SHELLS[-1], "-c", script], check=True, timeout=60, cwd=tmp_path,
+                       env={"PATH": os.environ["PATH"], "CALLS": str(calls),
+                            "PYTHONPATH": str(ROOT / "src")})
+        assert daemon.wait(5) == 0
+        assert calls.read_text().splitlines() == [
+            "procd_kill", "logger -t voipqos voipqos: profile removed (htb)"]
+        assert not [w for w in ("htb", "clsact", "vqi-", "voipqos") if w in state()]
+
+
+@pytest.mark.kernel
+def test_reload_signal_while_the_daemon_starts_does_not_kill_it(tmp_path):
+    """SIGHUP all through start-up: the launcher ignores it from its first lines until the
+    daemon's handler is set (a reload during the seconds of imports on a router must not
+    kill it); the window left is the interpreter's own start, before any of our code."""
+    run_dir = tmp_path / "run"
+    conf = tmp_path / "voipqos"
+    conf.write_text(f"config voipqos 'main'\n\toption interface 'lo'\n"
+                    f"\toption run_dir '{run_dir}'\n"
+                    f"\toption rpc_listen 'unix:{run_dir}/rpc.sock'\n")
+    launcher = ROOT / "package/voipqos/files/voipqos"
+    with netns.Topology("vqh-") as t:
+        t.add("r")
+        daemon = t.popen("r", [sys.executable, str(launcher), "run", "--foreground",
+                               "--dry-run", "--config", str(conf)],
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        deadline = time.monotonic() + 15
+
+        def hup_ignored() -> bool:  # the launcher's first lines ran (SigIgn bit 0)
+            with contextlib.suppress(OSError):
+                status = Path(f"/proc/{daemon.pid}/status").read_text()
+                return bool(int(status.split("SigIgn:")[1].split()[0], 16) & 1)
+            return False
+
+        while not hup_ignored():
+            assert time.monotonic() < deadline, "the launcher never ignored SIGHUP"
+            time.sleep(0.001)
+        # from here on, all through the imports, until the daemon's socket is up
+        while not (run_dir / "rpc.sock").exists():
+            daemon.send_signal(signal.SIGHUP)
+            assert daemon.poll() is None, "a SIGHUP during start-up killed the daemon"
+            assert time.monotonic() < deadline, "no daemon socket in 15 s"
+            time.sleep(0.01)
+        daemon.send_signal(signal.SIGHUP)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(10) == 0
 
 
 @pytest.mark.parametrize(("iface", "uci", "trigger"), [
     ("wan", {}, None),  # no network.wan section: not a logical interface
     ("eth1", {}, None),  # a device name
     ("@wan6", {"network.wan6.TYPE": "interface"}, "wan6"),  # netifd alias syntax
+    ("pppoe-wan", {}, None),  # a device name: never passed to config_get's eval
+    ("eth0.2", {}, None),
+    ("$(touch${IFS}pwned)", {}, None),
     (None, {"network.wan.TYPE": "interface"}, "wan"),  # option unset: default wan
 ])
 def test_interface_trigger_only_for_logical_interfaces(tmp_path, iface, uci, trigger):
@@ -97,6 +240,7 @@ def test_interface_trigger_only_for_logical_interfaces(tmp_path, iface, uci, tri
              if c.startswith("interface_trigger")]
     want = [f"interface_trigger interface.* {trigger} /etc/init.d/voipqos reload"]
     assert calls == (want if trigger else [])
+    assert not (tmp_path / "pwned").exists()
 
 
 @pytest.mark.parametrize("path", shell_files(), ids=lambda p: str(p.relative_to(ROOT)))
@@ -115,66 +259,53 @@ def test_shell_file_list_covers_what_ships():
 
 @pytest.fixture
 def defaults_env(tmp_path):
-    """Runs 90-voipqos in a private mount namespace where a scratch file stands in for
-    /proc/sys/net/netfilter/nf_conntrack_acct and a scratch dir for /etc/sysctl.d."""
-    acct, sysctl_d = tmp_path / "acct", tmp_path / "sysctl.d"
+    """Runs 90-voipqos in a private mount namespace where a scratch dir stands in for
+    /etc/sysctl.d, with the UCI stub."""
+    sysctl_d = tmp_path / "sysctl.d"
     sysctl_d.mkdir()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shutil.copy(STUBS / "uci", bin_dir / "uci")
-    (bin_dir / "logger").write_text('#!/bin/sh\necho "logger $*" >>"$CALLS"\n')
-    (bin_dir / "logger").chmod(0o755)
     state, calls = tmp_path / "uci", tmp_path / "calls"
 
-    def run(acct_value: str, uci_lines: list[str]) -> tuple[int, str]:
-        acct.write_text(acct_value + "\n")
+    def run(uci_lines: list[str]) -> int:
         state.write_text("".join(line + "\n" for line in uci_lines))
         calls.write_text("")
-        script = (f"mount --bind {acct} /proc/sys/net/netfilter/nf_conntrack_acct && "
-                  f"mount --bind {sysctl_d} /etc/sysctl.d && {' '.join(SHELLS[-1])} {DEFAULTS}")
+        script = f"mount --bind {sysctl_d} /etc/sysctl.d && {' '.join(SHELLS[-1])} {DEFAULTS}"
         env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls),
                "UCI_STATE": str(state)}
-        rc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                             script], env=env, timeout=10).returncode
-        return rc, acct.read_text().strip()
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               script], env=env, timeout=10).returncode
 
     return SimpleNamespace(run=run, state=state, sysctl_d=sysctl_d, calls=calls)
 
 
+LEGACY_SYSCTL = ("# voipqos: call detection needs conntrack counters\n"
+                 "net.netfilter.nf_conntrack_acct=1\n")
+
+
 @pytest.mark.kernel
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a mount namespace")
-def test_uci_defaults_turns_acct_on_and_persists_it(defaults_env):
+def test_uci_defaults_deletes_only_its_own_legacy_sysctl_file(defaults_env):
+    """0.1.0 wrote /etc/sysctl.d/90-voipqos.conf, owned by no package, left after
+    removal; the daemon turns accounting on itself, so the upgrade deletes that file
+    and never touches one the user wrote."""
     env = defaults_env
-    rc, acct = env.run("0", ["voipqos.main=voipqos"])
-    assert (rc, acct) == (0, "1")
     conf = env.sysctl_d / "90-voipqos.conf"
-    assert "net.netfilter.nf_conntrack_acct=1" in conf.read_text()
-    assert env.state.read_text() == "voipqos.main=voipqos\n"  # the user's config untouched
-
-
-@pytest.mark.kernel
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a mount namespace")
-def test_uci_defaults_respects_user_choices(defaults_env):
-    env = defaults_env
-    # conntrack_acct '0': voipqos must not touch the sysctl
-    rc, acct = env.run("0", ["voipqos.main=voipqos", "voipqos.main.conntrack_acct=0"])
-    assert (rc, acct) == (0, "0")
+    conf.write_text(LEGACY_SYSCTL)
+    assert env.run(["voipqos.main=voipqos"]) == 0
     assert not list(env.sysctl_d.iterdir())
-    # an existing sysctl.d entry is never rewritten
-    (env.sysctl_d / "90-voipqos.conf").write_text("# mine\n")
-    rc, acct = env.run("0", ["voipqos.main=voipqos"])
-    assert (rc, acct) == (0, "1")
-    assert (env.sysctl_d / "90-voipqos.conf").read_text() == "# mine\n"
+    assert env.state.read_text() == "voipqos.main=voipqos\n"  # the user's config untouched
+    conf.write_text(LEGACY_SYSCTL + "net.netfilter.nf_conntrack_helper=1\n")
+    assert env.run(["voipqos.main=voipqos"]) == 0
+    assert conf.read_text() == LEGACY_SYSCTL + "net.netfilter.nf_conntrack_helper=1\n"
 
 
 @pytest.mark.kernel
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a mount namespace")
 def test_uci_defaults_creates_missing_main_section_only(defaults_env):
     env = defaults_env
-    rc, acct = env.run("1", [])
-    assert (rc, acct) == (0, "1")
+    assert env.run([]) == 0
     assert env.state.read_text() == "voipqos.main=voipqos\n"
     assert "uci -q commit voipqos" in env.calls.read_text()
-    rc, _ = env.run("1", ["voipqos.main=voipqos", "voipqos.main.upload=5000"])
-    assert rc == 0
+    assert env.run(["voipqos.main=voipqos", "voipqos.main.upload=5000"]) == 0
     assert "set" not in env.calls.read_text()
+    assert not list(env.sysctl_d.iterdir())

@@ -190,6 +190,8 @@ def test_settings_fields_match_config_options(settings_form):
         if opt.datatype == "bool":
             # LuCI has no `bool` datatype; a Flag that keeps '0' is the boolean field
             assert f["widget"] == "Flag" and f["datatype"] is None and f["rmempty"] is False
+        elif f["widget"] == "ListValue":
+            assert f["datatype"] is None, where  # its choices are the check (below)
         else:
             assert f["widget"] != "Flag" and f["datatype"] == opt.datatype, where
         for choice in f["choices"]:
@@ -214,10 +216,40 @@ def test_settings_choice_lists_are_complete(settings_form):
             assert accepted == (word in f["choices"]), f"{f['name']}: {word}"
 
 
-def test_settings_uses_wan_picker_and_sqm_dependency(settings_form):
+def test_settings_wan_field_takes_networks_and_devices(settings_form):
+    """Not widgets.NetworkSelect (logical networks only, uciname, drops a device name set
+    from the CLI): a Value suggesting networks and devices, which LuCI renders as a
+    combobox that keeps a value it does not list."""
     fields = {f["name"]: f for f in settings_form["sections"][0]["options"]}
-    assert fields["interface"]["widget"] == "NetworkSelect"
+    wan = fields["interface"]
+    assert wan["widget"] == "Value" and wan["datatype"] == "or(uciname,netdevname)"
+    assert wan["choices"] == ["lan", "wan", "wan6", "br-lan", "eth0", "eth0.2", "pppoe-wan"]
     assert fields["sqm_section"]["depends"] == [["backend", "sqm"]]
+
+
+def test_wan_datatype_and_daemon_agree_as_recorded_from_real_luci():
+    """tests/data/luci_datatypes.json: what LuCI's own validation.js answered for each
+    value (tests/record_luci_datatypes.mjs); the daemon takes exactly those."""
+    rec = json.loads((ROOT / "tests/data/luci_datatypes.json").read_text())
+    opt = config.OPTION_BY_NAME["interface"]
+    assert rec["datatype"] == opt.datatype
+    for value in ("wan", "wan6", "@wan", "pppoe-wan", "eth0.2", "eth1"):
+        assert rec["verdicts"][value], value
+    for value, luci_ok in rec["verdicts"].items():
+        try:
+            opt.parse(value)
+            daemon_ok = True
+        except ValueError:
+            daemon_ok = False
+        assert daemon_ok == luci_ok, repr(value)
+
+
+def test_settings_view_is_written_in_luci_idiom():
+    """One `o = s.taboption(...)` per option with its own settings, as luci-app-sqm:
+    no field tables, no patching of s.children."""
+    text = (RESOURCES / "view/voipqos/settings.js").read_text()
+    assert "children" not in text and "FIELDS" not in text
+    assert text.count("o = s.taboption(") == len(config.OPTIONS)
 
 
 if __name__ == "__main__":

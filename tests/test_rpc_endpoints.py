@@ -14,10 +14,14 @@ import pytest
 
 from test_rpc import stub_dispatcher
 from voipqos import rpc
-from voipqos.endpoints import MAX_BODY, EndpointError, Endpoints
+from voipqos.endpoints import MAX_CLIENTS, OUT_HIGH, EndpointError, Endpoints
+from voipqos.httpframe import MAX_BODY, MAX_HEADER
 
+# a call the null session may make (it has only rpcd's `unauthenticated` group)
 STATUS = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "call",
-                     "params": [rpc.NULL_SESSION, "voipqos", "status", {}]}).encode()
+                     "params": [rpc.NULL_SESSION, "session", "access",
+                                {"scope": "ubus", "object": "voipqos",
+                                 "function": "status"}]}).encode()
 
 
 def post(body: bytes, extra: str = "") -> bytes:
@@ -70,7 +74,7 @@ def test_status_over_http(ep):
         resp = exchange(ep, s, post(STATUS))
     assert resp.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"Content-Type: application/json" in resp
-    assert body_of(resp) == {"jsonrpc": "2.0", "id": 1, "result": [0, {"state": "watching"}]}
+    assert body_of(resp) == {"jsonrpc": "2.0", "id": 1, "result": [0, {"access": False}]}
 
 
 def test_keep_alive_and_pipelining(ep):
@@ -86,6 +90,7 @@ def test_huge_body_is_413_and_closed(ep):
                                "\r\n\r\n".encode())
     assert resp.startswith(b"HTTP/1.1 413 ")
     assert b"Connection: close" in resp
+    ep.wait(0.05)  # the client's EOF ends our graceful close
     assert not ep.clients
 
 
@@ -214,3 +219,160 @@ def test_no_endpoint_at_all_still_waits(tmp_path):
     finally:
         e.close()
     assert not (tmp_path / "s").exists()
+
+
+# -- issue 14: bounded, fair, never raising ---------------------------------------------
+
+def call(sid: str, obj: str, method: str, args: dict) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "call",
+                       "params": [sid, obj, method, args]}).encode()
+
+
+@pytest.mark.parametrize("body", [
+    b"[" * 30000 + b"]" * 30000,  # the daemon exited (RecursionError)
+    b'{"jsonrpc":"2.0","id":' + b"[" * 33 + b"]" * 33 + b',"method":"list"}',
+    call(rpc.NULL_SESSION, "session", "login", {}).replace(b"{}", b'{"timeout":1e400}'),
+    call(rpc.NULL_SESSION, "session", "login", {}).replace(b"{}", b'{"timeout":1' + b"0" * 400
+                                                            + b"}"),
+    b'{"jsonrpc":"2.0","id":NaN,"method":"list"}',
+])
+def test_json_beyond_json_c_limits_is_a_parse_error(ep, body):
+    with connect(ep) as s:
+        resp = exchange(ep, s, post(body))
+    assert body_of(resp)["error"]["code"] == -32700
+
+
+def test_login_with_a_huge_timeout_gets_invalid_argument_not_a_crash(ep, tmp_path):
+    secret = (tmp_path / "rpc.secret").read_text().strip()
+    login = call(rpc.NULL_SESSION, "session", "login",
+                 {"username": "root", "password": secret, "timeout": 2**63 - 1})
+    with connect(ep) as s:
+        answer = body_of(exchange(ep, s, post(login)))
+    assert answer["result"][0] == 0
+    assert body_of(exchange(ep, connect(ep), post(STATUS)))["result"][0] == 0
+
+
+def test_failed_logins_are_logged_once_a_minute(ep, caplog):
+    bad = post(call(rpc.NULL_SESSION, "session", "login", {"username": "root",
+                                                             "password": "x" * 100}))
+    with connect(ep) as s:
+        resp = exchange(ep, s, bad * 50, want=50)
+    assert resp.count(b'"result":[6]') == 50  # each refused...
+    lines = [r for r in caplog.records if "failed login" in r.getMessage()]
+    assert len(lines) == 1  # ...one line (17,099 logins in 5 s gave 17,099 lines)
+    assert len(lines[0].getMessage()) < 100
+
+
+def test_a_client_that_does_not_read_is_not_read_and_closed_at_its_deadline(ep):
+    ep.client_timeout = 0.5
+    hog = connect(ep)
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    hog.setblocking(False)
+    sent = 0
+    with contextlib.suppress(BlockingIOError):
+        for _ in range(20000):  # pipelined requests, answers never read
+            sent += hog.send(post(STATUS))
+            ep.wait(0)
+    client = next(iter(ep.clients.values()))
+    assert len(client.outbuf) < OUT_HIGH + 1024  # bounded, not the whole backlog
+    assert len(client.inbuf) <= MAX_HEADER + MAX_BODY
+    with connect(ep) as other:  # others are answered meanwhile
+        assert body_of(exchange(ep, other, post(STATUS)))["result"][0] == 0
+    ep.wait(0.6)
+    assert client.sock not in ep.clients  # past its deadline with unread answers
+    hog.close()
+    assert sent > 100 * len(post(STATUS))
+
+
+def test_past_the_deadline_one_request_is_answered_per_wait(ep):
+    socks = [connect(ep) for _ in range(10)]
+    for s in socks:
+        s.sendall(post(STATUS))
+    time.sleep(0.05)
+    ep.wait(0)  # accept
+    ep.wait(0)  # read all ten; answer one: the poll is due
+    assert len(ep.ready) == 9
+    for _ in range(9):
+        ep.wait(0)
+    assert not ep.ready
+    for s in socks:
+        s.settimeout(1)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        s.close()
+
+
+def answers(ep: Endpoints, socks: list[socket.socket], seconds: float) -> list[bytes]:
+    """Serve until every socket has a whole answer (then closes it, as clients do) or
+    was closed (or `seconds`)."""
+    got = {s: b"" for s in socks}
+    open_ = set(socks)
+    for s in socks:
+        s.setblocking(False)
+    end = time.monotonic() + seconds
+    while open_ and time.monotonic() < end:
+        ep.wait(0.01)
+        for s in list(open_):
+            try:
+                chunk = s.recv(65536)
+            except (BlockingIOError, TimeoutError):
+                continue
+            got[s] += chunk
+            if not chunk or b"\r\n\r\n" in got[s]:
+                open_.discard(s)
+                s.close()
+    return [got[s] for s in socks]
+
+
+def test_200_parallel_calls_are_answered_or_cleanly_refused(ep):
+    socks = []
+    for _ in range(200):
+        s = connect(ep)  # none fails: the backlog is deep
+        s.sendall(post(STATUS, "Connection: close\r\n"))
+        socks.append(s)
+    got = answers(ep, socks, 10)
+    codes = [g[9:12] for g in got]
+    assert set(codes) <= {b"200", b"503"}
+    assert codes.count(b"200") >= 32
+    for g in got:
+        if g.startswith(b"HTTP/1.1 503"):
+            assert b"Retry-After: 1" in g
+
+
+def test_idle_clients_make_room_for_a_working_one(ep):
+    idle = [connect(ep) for _ in range(100)]
+    for _ in range(5):
+        ep.wait(0.05)  # some get a slot and stay idle past IDLE_GRACE
+    with connect(ep) as watcher:
+        watcher.sendall(post(STATUS))
+        assert answers(ep, [watcher], 3)[0].startswith(b"HTTP/1.1 200")
+    assert len(ep.clients) <= MAX_CLIENTS
+    for s in idle:
+        s.close()
+
+
+def test_a_half_closed_client_still_gets_its_answers(ep):
+    with connect(ep) as s:
+        s.sendall(post(STATUS) * 3)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            ep.wait(0.01)
+            with contextlib.suppress(TimeoutError):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break  # closed by the endpoint, after the answers
+                got += chunk
+    assert got.count(b"HTTP/1.1 200") == 3
+    assert not ep.clients
+
+
+def test_bad_arguments_are_logged_once_a_minute_and_short(ep, caplog):
+    secret = ep.rpc.sessions._password.decode()  # the null session may call nothing
+    sid = ep.rpc.sessions.login(rpc.USER, secret)
+    bad = post(call(sid, "voipqos", "set_mode", {"mode": "x" * 5000}))
+    with connect(ep) as s:
+        resp = exchange(ep, s, bad * 20, want=20)
+    assert resp.count(b'"result":[2,') == 20
+    lines = [r.getMessage() for r in caplog.records if "mode must be" in r.getMessage()]
+    assert len(lines) == 1 and len(lines[0]) < 300

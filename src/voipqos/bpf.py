@@ -1,28 +1,37 @@
-"""The tc-BPF call classifier: load it with iproute2 `tc`, fill its maps through bpf(2).
+"""The tc-BPF call classifier: load it with iproute2 `tc`, attach it, fill its maps.
 
 `tc ... bpf da obj FILE sec SEC` loads the object exactly as OpenWrt's tc-bpf/tc-full
-does and pins the three maps under `<pin_dir>/tc/globals/` (pin_dir must be, or is
-made, a bpffs mount; `TC_BPF_MNT` points tc at it, which also survives `ip netns exec`
-remounting /sys as long as pin_dir is not under /sys). Maps are then read and written
-with the bpf() syscall through ctypes: microseconds per update, where a `bpftool`
-subprocess costs about a millisecond (bench/bpf_classifier.py). The data layouts here
-mirror bpf/voipqos.c.
+does and pins the maps under `<pin_dir>/tc/globals/` (pin_dir must be, or is made, a
+bpffs mount; `TC_BPF_MNT` points tc at it, which also survives `ip netns exec`
+remounting /sys as long as pin_dir is not under /sys). The maps are then read and
+written through bpf_syscall.py, with the layouts classifier_maps.py reads from the
+object's BTF (declared once, in bpf/voipqos.h).
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import ipaddress
 import json
 import logging
 import os
-import struct
 import subprocess
 import sys
-from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
 from pathlib import Path
+
+from . import bpf_syscall, quality
+from .btf import BtfError
+from .classifier_maps import (
+    CONFIG,
+    FLOWS,
+    MAP_NAMES,
+    PORTS,
+    STATS,
+    ClassifierMaps,
+    FiveTuple,
+    LayoutError,
+    for_object,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,132 +41,11 @@ HOOKS = ("egress", "ingress")
 DEFAULT_ROOTS = {"noqueue", "pfifo_fast", "mq", "fq_codel", "fq", "noop"}
 PREF = 1          # our filter runs first; later filters (IFB redirect) still see the packet
 HANDLE = 1
-MAX_RANGES = 16   # VOIPQOS_MAX_RANGES in voipqos.c
-MAP_NAMES = ("voipqos_flows", "voipqos_config", "voipqos_stats")
 PROG_NAMES = ("voipqos_eth", "voipqos_l3")   # the entry functions in voipqos.c
-SKB_PRIORITY_OFFSET = 32   # offsetof(struct __sk_buff, priority)
-SK_BUFF_SIZE = 192         # sizeof(struct __sk_buff) (kernel 5.16+; older copy less)
-
-# bpf(2) syscall numbers. MIPS differs per ABI (o32 / n64); the rest per architecture.
-_NR_BPF = {
-    "x86_64": 321, "i386": 357, "i686": 357, "aarch64": 280, "arm": 386,
-    "mips": 4355, "mips64": 5315, "riscv64": 280, "loongarch64": 280,
-    "ppc": 361, "ppc64": 361, "ppc64le": 361, "s390x": 351,
-}
-(BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY,
- BPF_OBJ_GET, BPF_PROG_TEST_RUN, BPF_PROG_GET_FD_BY_ID) = (1, 2, 3, 4, 7, 10, 13)
-
-_FLOW_KEY = struct.Struct("!16s16sHHB3x")       # struct flow_key, network byte order
-_CONFIG = struct.Struct("=IBBBx" + "HH" * MAX_RANGES)   # struct voipqos_config, host order
-_COUNTER = struct.Struct("=QQ")                  # struct counter, per CPU
-_STATS = ("voice", "other")                      # COUNT_VOICE, COUNT_OTHER
 
 
 class BpfError(RuntimeError):
     """One-line cause of a failed load, attach or map operation."""
-
-
-def syscall_nr(machine: str, pointer_size: int) -> int:
-    """bpf(2)'s number for `uname -m` and the userland's pointer size (MIPS o32/n64)."""
-    if machine.startswith("arm") and machine != "arm64":
-        machine = "arm"
-    elif machine.startswith("mips"):
-        machine = "mips64" if pointer_size == 8 else "mips"
-    elif machine == "x86_64" and pointer_size == 4:
-        machine = "i386"
-    try:
-        return _NR_BPF[machine]
-    except KeyError:
-        raise BpfError(f"bpf() syscall number unknown for {machine}") from None
-
-
-_libc: ctypes.CDLL | None = None
-_nr = 0
-
-
-def bpf_syscall(cmd: int, attr: bytes) -> tuple[int, bytes]:
-    """bpf(cmd, attr): returns (result, attr as the kernel left it); OSError on failure."""
-    global _libc, _nr
-    if _libc is None:
-        _nr = syscall_nr(os.uname().machine, struct.calcsize("P"))
-        _libc = ctypes.CDLL(None, use_errno=True)
-    buf = ctypes.create_string_buffer(attr, len(attr))
-    ret = _libc.syscall(_nr, ctypes.c_int(cmd), buf, ctypes.c_uint(len(attr)))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return ret, buf.raw
-
-
-def _addr(buf: ctypes.Array | None) -> int:
-    return ctypes.addressof(buf) if buf is not None else 0
-
-
-def obj_get(path: str | Path) -> int:
-    """fd of a pinned BPF object."""
-    p = ctypes.create_string_buffer(os.fsencode(path))
-    return bpf_syscall(BPF_OBJ_GET, struct.pack("=QII", _addr(p), 0, 0))[0]
-
-
-def prog_fd_by_id(prog_id: int) -> int:
-    return bpf_syscall(BPF_PROG_GET_FD_BY_ID, struct.pack("=III", prog_id, 0, 0))[0]
-
-
-def _map_op(cmd: int, fd: int, key: bytes, value: ctypes.Array | None, flags: int = 0) -> None:
-    k = ctypes.create_string_buffer(key, len(key))
-    bpf_syscall(cmd, struct.pack("=IIQQQ", fd, 0, _addr(k), _addr(value), flags))
-
-
-def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
-    value = ctypes.create_string_buffer(value_size)
-    try:
-        _map_op(BPF_MAP_LOOKUP_ELEM, fd, key, value)
-    except FileNotFoundError:
-        return None
-    return value.raw
-
-
-def map_update(fd: int, key: bytes, value: bytes) -> None:
-    _map_op(BPF_MAP_UPDATE_ELEM, fd, key, ctypes.create_string_buffer(value, len(value)))
-
-
-def map_delete(fd: int, key: bytes) -> None:
-    _map_op(BPF_MAP_DELETE_ELEM, fd, key, None)
-
-
-def map_keys(fd: int, key_size: int) -> Iterator[bytes]:
-    """Every key of a hash map (GET_NEXT_KEY from no key = the first)."""
-    nxt = ctypes.create_string_buffer(key_size)
-    cur: ctypes.Array | None = None
-    while True:
-        try:
-            bpf_syscall(BPF_MAP_GET_NEXT_KEY,
-                        struct.pack("=IIQQ", fd, 0, _addr(cur), _addr(nxt)))
-        except FileNotFoundError:
-            return
-        yield nxt.raw
-        cur = ctypes.create_string_buffer(nxt.raw, key_size)
-
-
-@dataclass(frozen=True)
-class RunResult:
-    retval: int
-    data: bytes       # the packet as the program left it
-    priority: int     # skb->priority after the run
-    duration_ns: int  # mean per repetition
-
-
-def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1) -> RunResult:
-    """Run a tc program on one Ethernet frame with BPF_PROG_TEST_RUN."""
-    din = ctypes.create_string_buffer(data, len(data))
-    dout = ctypes.create_string_buffer(len(data) + 256)
-    ctx = ctypes.create_string_buffer(SK_BUFF_SIZE)
-    attr = struct.pack("=IIIIQQIIIIQQIII", prog_fd, 0, len(data), len(dout), _addr(din),
-                       _addr(dout), repeat, 0, 0, SK_BUFF_SIZE, 0, _addr(ctx), 0, 0, 0)
-    _, out = bpf_syscall(BPF_PROG_TEST_RUN, attr)
-    _, retval, _, size_out, _, _, _, duration = struct.unpack_from("=IIIIQQII", out)
-    priority = struct.unpack_from("=I", ctx.raw, SKB_PRIORITY_OFFSET)[0]
-    return RunResult(ctypes.c_int32(retval).value, dout.raw[:size_out], priority, duration)
 
 
 def find_object(byteorder: str = sys.byteorder) -> Path:
@@ -169,50 +57,6 @@ def find_object(byteorder: str = sys.byteorder) -> Path:
         if (Path(d) / name).is_file():
             return Path(d) / name
     raise BpfError(f"{name} not found in {', '.join(filter(None, dirs))} (run make bpf)")
-
-
-def flow_key(flow: tuple[int, str, str, int, int]) -> bytes:
-    """voipqos_flows key of (ipproto, src, dst, sport, dport); IPv4 as ::ffff:a.b.c.d."""
-    proto, src, dst, sport, dport = flow
-    try:
-        addrs = [ipaddress.ip_address(a) for a in (src, dst)]
-        packed = [(ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + a.packed)
-                   if a.version == 4 else a).packed for a in addrs]
-        return _FLOW_KEY.pack(packed[0], packed[1], sport, dport, proto)
-    except (ValueError, struct.error) as e:
-        raise BpfError(f"bad flow {flow!r}: {e}") from None
-
-
-def config_value(voice_classid: int, dscp_mark: bool, trust_ef: bool,
-                 voice_ports: Sequence[tuple[int, int]]) -> bytes:
-    """struct voipqos_config for the rules; BpfError names the bad field."""
-    if not 0 <= voice_classid <= 0xFFFFFFFF:
-        raise BpfError(f"voice_classid {voice_classid:#x} out of range")
-    if voice_classid and not voice_classid & 0xFFFF:
-        raise BpfError(f"voice_classid {voice_classid >> 16:x}:0 is HTB's unshaped direct class")
-    if len(voice_ports) > MAX_RANGES:
-        raise BpfError(f"voice_ports: {len(voice_ports)} ranges, at most {MAX_RANGES}")
-    flat: list[int] = []
-    for lo, hi in voice_ports:
-        if not 0 < lo <= hi <= 65535:
-            raise BpfError(f"voice_ports: bad range {lo}-{hi}")
-        flat += (lo, hi)
-    flat += [0] * (2 * MAX_RANGES - len(flat))
-    return _CONFIG.pack(voice_classid, dscp_mark, trust_ef, len(voice_ports), *flat)
-
-
-def cpu_count(cpu_list: str) -> int:
-    """CPUs in a kernel CPU list such as "0-3,6"."""
-    n = 0
-    for part in cpu_list.strip().split(","):
-        lo, _, hi = part.partition("-")
-        n += int(hi or lo) - int(lo) + 1
-    return n
-
-
-def possible_cpus() -> int:
-    """Per-CPU map values hold one slot for each possible CPU."""
-    return cpu_count(Path("/sys/devices/system/cpu/possible").read_text())
 
 
 def _is_bpffs(path: Path) -> bool:
@@ -249,6 +93,14 @@ class Classifier:
         self._fds: dict[str, int] = {}
         if netns and self.pin_dir.resolve().is_relative_to("/sys"):
             raise BpfError(f"pin_dir {pin_dir} is under /sys, which ip netns exec remounts")
+
+    @property
+    def maps(self) -> ClassifierMaps:
+        """The map layouts of the object (read once per object file)."""
+        try:
+            return for_object(self.obj or find_object())
+        except BtfError as e:
+            raise BpfError(f"classifier object: {e}") from None
 
     @property
     def globals_dir(self) -> Path:
@@ -344,6 +196,7 @@ class Classifier:
             created = True
         try:
             self._ensure_bpffs()
+            self._drop_stale_pins()
             self._our_filter(dev, where)
             self._tc("filter", "replace", "dev", dev, *where, "pref", str(PREF), "handle",
                      str(HANDLE), "bpf", "da", "obj", str(obj), "sec", self._section(dev))
@@ -354,6 +207,28 @@ class Classifier:
         if created:
             self._own_clsact.add(dev)
         self.attached.add((dev, hook))
+
+    def _drop_stale_pins(self) -> None:
+        """Unpin maps another version of the program left (a crash before an upgrade):
+        tc cannot reuse them ("Unable to load program") and would fail every attach.
+        Programs still using them keep them until they are replaced."""
+        maps = self.maps
+        for name in MAP_NAMES:
+            path = self.globals_dir / name
+            if name in self._fds or not path.exists():
+                continue
+            try:
+                fd = bpf_syscall.obj_get(path)
+            except OSError:
+                continue
+            try:
+                i = bpf_syscall.map_info(fd)
+            finally:
+                os.close(fd)
+            if not maps.matches(name, i.type, i.key_size, i.value_size, i.max_entries):
+                log.warning("pinned map %s is from another version of the classifier: "
+                            "replaced", path)
+                path.unlink()
 
     def detach(self, dev: str, hook: str) -> None:
         """Remove our filter, and the clsact if we added it and it is now empty. A device
@@ -382,7 +257,7 @@ class Classifier:
     def _fd(self, name: str) -> int:
         if name not in self._fds:
             try:
-                self._fds[name] = obj_get(self.globals_dir / name)
+                self._fds[name] = bpf_syscall.obj_get(self.globals_dir / name)
             except OSError as e:
                 raise BpfError(f"map {name} not pinned in {self.globals_dir} "
                                f"(attach first): {e.strerror}") from None
@@ -392,37 +267,78 @@ class Classifier:
                   voice_ports: Sequence[tuple[int, int]]) -> None:
         """voice_classid: full HTB classid (0x00010010 = 1:10) put in skb->priority, or 0
         to only mark DSCP; voice_ports: static UDP (lo, hi) ranges, either port matches."""
-        value = config_value(voice_classid, dscp_mark, trust_ef, voice_ports)
+        maps = self.maps
         try:
-            map_update(self._fd("voipqos_config"), struct.pack("=I", 0), value)
+            value = maps.config_value(voice_classid, dscp_mark, trust_ef)
+            voice = maps.port_set("voice", maps.voice_ports(voice_ports))
+        except LayoutError as e:
+            raise BpfError(str(e)) from None
+        self._update_ports(voice=voice)
+        try:
+            bpf_syscall.map_update(self._fd(CONFIG), bytes(maps.size(CONFIG, "key")), value)
         except OSError as e:
-            raise BpfError(f"voipqos_config update: {e.strerror}") from None
+            raise BpfError(f"{CONFIG} update: {e.strerror}") from None
 
-    def set_flows(self, flows: Collection[tuple[int, str, str, int, int]]) -> None:
-        """Make the flow table hold exactly these directed 5-tuples; the program also
-        matches each reversed, so orig + reply tuples cover both directions and NAT."""
-        want = {flow_key(f) for f in flows}
-        fd = self._fd("voipqos_flows")
+    def _update_ports(self, **sets: bytes) -> None:
+        maps, fd, key = self.maps, self._fd(PORTS), bytes(4)
         try:
-            have = set(map_keys(fd, _FLOW_KEY.size))
+            old = bpf_syscall.map_lookup(fd, key, maps.size(PORTS, "value"))
+            bpf_syscall.map_update(fd, key, maps.ports_value(old, **sets))
+        except OSError as e:
+            raise BpfError(f"{PORTS} update: {e.strerror}") from None
+
+    def set_flows(self, flows: Collection[FiveTuple]) -> None:
+        """Make the flow table hold exactly these directed 5-tuples; the program also
+        matches each reversed, so orig + reply tuples cover both directions and NAT.
+        Entries that stay keep their value; new ones start from zero. The flows' port
+        set covers old and new keys while the table changes, so no call packet misses."""
+        maps = self.maps
+        try:
+            want = {maps.flow_key(f) for f in flows}
+        except LayoutError as e:
+            raise BpfError(str(e)) from None
+        fd = self._fd(FLOWS)
+        fresh = bytes(maps.size(FLOWS, "value"))
+        try:
+            have = set(bpf_syscall.map_keys(fd, maps.size(FLOWS, "key")))
+            if want == have:
+                return
+            self._update_ports(flows=maps.port_set("flows", maps.flow_ports(want | have)))
             for key in have - want:
-                map_delete(fd, key)
+                bpf_syscall.map_delete(fd, key)
             for key in want - have:
-                map_update(fd, key, b"\x01")
+                bpf_syscall.map_update(fd, key, fresh, bpf_syscall.NOEXIST)
         except OSError as e:
             cause = "table full" if e.errno == errno.E2BIG else e.strerror
-            raise BpfError(f"voipqos_flows update: {cause}") from None
+            raise BpfError(f"{FLOWS} update: {cause}") from None
+        self._update_ports(flows=maps.port_set("flows", maps.flow_ports(want)))
 
     def counters(self) -> dict[str, dict[str, int]]:
-        """{"voice"|"other": {"packets", "bytes"}} summed over CPUs."""
-        fd, ncpu = self._fd("voipqos_stats"), possible_cpus()
-        out = {}
-        for idx, name in enumerate(_STATS):
-            raw = map_lookup(fd, struct.pack("=I", idx), _COUNTER.size * ncpu) or b""
-            per_cpu = [_COUNTER.unpack_from(raw, i * _COUNTER.size) for i in range(ncpu)]
-            out[name] = {"packets": sum(p for p, _ in per_cpu),
-                         "bytes": sum(b for _, b in per_cpu)}
-        return out
+        """{"voice"|"other": {"packets", "bytes"}} summed over CPUs; packets count GSO
+        segments, i.e. packets on the wire."""
+        maps, ncpu = self.maps, bpf_syscall.possible_cpus()
+        slot = -(-maps.size(STATS, "value") // 8) * 8
+        try:
+            raw = bpf_syscall.map_lookup(self._fd(STATS), bytes(4), slot * ncpu)
+        except OSError as e:
+            raise BpfError(f"{STATS} lookup: {e.strerror}") from None
+        return maps.stats(raw or bytes(slot * ncpu), ncpu)
+
+    def flow_quality(self) -> dict[FiveTuple, dict[str, quality.Direction]]:
+        """Per flow-table entry (a call's orig or reply tuple), per direction at the WAN
+        device ("egress" leaving, "ingress" arriving): packets and RTP quality counters.
+        One batch read of the table; `quality.call_quality` combines a call's entries."""
+        maps = self.maps
+        key_size, value_size = maps.size(FLOWS, "key"), maps.size(FLOWS, "value")
+        try:
+            items = bpf_syscall.map_items(self._fd(FLOWS), key_size, value_size,
+                                          maps.defs[FLOWS].max_entries)
+        except OSError as e:
+            raise BpfError(f"{FLOWS} read: {e.strerror}") from None
+        return {maps.flow_tuple(key): {name: quality.direction(raw) for name, raw in
+                                       zip(quality.DIRECTIONS, maps.flow_directions(value),
+                                           strict=True)}
+                for key, value in items}
 
     def close(self) -> None:
         """Detach everywhere, unpin the maps (also a crashed run's), unmount what we
@@ -463,7 +379,7 @@ class Classifier:
 
 def start(clf: Classifier, device: str, hooks: Sequence[str], voice_classid: int,
           dscp_mark: bool, trust_ef: bool, voice_ports: Sequence[tuple[int, int]],
-          flows: Collection[tuple[int, str, str, int, int]]) -> Classifier:
+          flows: Collection[FiveTuple]) -> Classifier:
     """Attach `clf` on the hooks and fill its maps; on BpfError nothing is left behind."""
     try:
         for hook in hooks:

@@ -2,18 +2,22 @@
 
 The table is the single source for validation, the shipped defaults, the README's
 configuration reference and the LuCI datatypes (a test compares them). A bad value
-raises ConfigError with one line naming `section.option`, the value and what is allowed.
+raises ConfigError with one line naming `section.option`, the value and what is allowed
+(a long value is quoted by a short prefix only). Numbers are ASCII digits only, as
+LuCI's datatypes and the shell scripts that read the same file understand them.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .uci import UciSyntaxError, parse_uci
+from .uci import UciSyntaxError, read_uci
 
 DEFAULT_PATH = "/etc/config/voipqos"
 SECTION = "main"  # `config voipqos 'main'`
@@ -36,9 +40,16 @@ def _bool(v: str) -> bool:
     raise ValueError("a boolean (0 or 1)")
 
 
+def shown(value: str, limit: int = 40) -> str:
+    """A value as quoted in a message: its repr, cut to a short prefix."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
 def _int(lo: int, hi: int) -> Callable[[str], int]:
     def parse(v: str) -> int:
-        if not re.fullmatch(r"\d+", v) or not lo <= int(v) <= hi:
+        if not re.fullmatch(r"[0-9]{1,10}", v) or not lo <= int(v) <= hi:
             raise ValueError(f"a whole number from {lo} to {hi}")
         return int(v)
 
@@ -47,7 +58,7 @@ def _int(lo: int, hi: int) -> Callable[[str], int]:
 
 def _float(lo: float, hi: float) -> Callable[[str], float]:
     def parse(v: str) -> float:
-        if not re.fullmatch(r"\d+(\.\d+)?", v) or not lo <= float(v) <= hi:
+        if not re.fullmatch(r"[0-9]{1,10}(\.[0-9]{1,10})?", v) or not lo <= float(v) <= hi:
             raise ValueError(f"a number from {lo:g} to {hi:g}")
         return float(v)
 
@@ -63,6 +74,17 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _interface(v: str) -> str:
+    # exactly LuCI's datatype or(uciname,netdevname), as the settings page checks it: a
+    # logical interface (wan, wan6) or a device (eth0.2, pppoe-wan; @wan is netifd's
+    # alias syntax), so whatever LuCI saves the daemon takes, and the other way round
+    if re.fullmatch(r"[A-Za-z0-9_]+", v) or (
+            re.fullmatch(r"[^:/%\s]{1,15}", v) and v not in (".", "..")):
+        return v
+    raise ValueError("a logical interface (wan) or a device name (eth0.2, pppoe-wan: "
+                     "1-15 characters, no ':', '/', '%' or spaces)")
+
+
 def _name(v: str) -> str:
     # logical interface names (wan, wan6, @wan) and device names (eth0.2, pppoe-wan)
     if not re.fullmatch(r"@?[A-Za-z0-9_.:-]{1,31}", v):
@@ -74,13 +96,38 @@ def _optional_name(v: str) -> str:
     return v and _name(v)
 
 
+LISTEN_FORMS = "unix:/PATH, 127.0.0.1:PORT, [::1]:PORT or localhost:PORT (loopback only)"
+
+
+def listen_address(listen: str, any_port: bool = False) -> tuple[socket.AddressFamily, Any]:
+    """The socket family and address of an `rpc_listen` value, parsed here only (the
+    endpoint binds it, the CLI connects to it). Loopback or a unix socket, nothing else,
+    so the endpoint can never face the network; port 0 (a free port) only if
+    `any_port`, as tests bind. ValueError says what is allowed."""
+    if listen.startswith("unix:/"):
+        path = listen[5:]
+        if re.search(r"\s", path) or len(path.encode()) > 107:  # sun_path holds 108
+            raise ValueError("unix:/PATH with a path of at most 107 bytes, no spaces")
+        return socket.AF_UNIX, path
+    m = re.fullmatch(r"(\[::1\]|localhost|[0-9.]{7,15}):([0-9]{1,5})", listen)
+    if m and (any_port or int(m.group(2)) > 0) and int(m.group(2)) < 65536:
+        host = {"[::1]": "::1", "localhost": "127.0.0.1"}.get(m.group(1), m.group(1))
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                return family, (host, int(m.group(2)))
+        except ValueError:
+            pass
+    raise ValueError(LISTEN_FORMS)
+
+
 def _listen(v: str) -> str:
-    if v == "" or re.fullmatch(r"unix:/\S+", v):
-        return v
-    m = re.fullmatch(r"(127\.\d+\.\d+\.\d+|\[::1\]|localhost):(\d{1,5})", v)
-    if m and 0 < int(m.group(2)) < 65536:
-        return v
-    raise ValueError("unix:/PATH, 127.0.0.1:PORT, [::1]:PORT, or empty to disable")
+    if v:
+        try:
+            listen_address(v)
+        except ValueError as exc:
+            raise ValueError(f"{exc}, or empty to disable") from None
+    return v
 
 
 def _path(v: str) -> str:
@@ -94,7 +141,7 @@ def _port(v: str) -> int:
 
 
 def _port_range(v: str) -> PortRange:
-    m = re.fullmatch(r"(\d{1,5})(?:-(\d{1,5}))?", v)
+    m = re.fullmatch(r"([0-9]{1,5})(?:-([0-9]{1,5}))?", v)
     if m:
         lo = int(m.group(1))
         hi = int(m.group(2) or lo)
@@ -120,9 +167,9 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     # General
     Option("enabled", _bool, "1", "Run the service (0 = installed but idle).", "general", "bool"),
-    Option("interface", _name, "wan",
+    Option("interface", _interface, "wan",
            "WAN logical interface (wan) or device (eth1, pppoe-wan) to shape.", "general",
-           "string"),
+           "or(uciname,netdevname)"),
     Option("backend", _choice("htb", "sqm"), "htb",
            "htb: built-in HTB shaper; sqm: switch an existing sqm-scripts queue.", "general",
            "string"),
@@ -169,6 +216,11 @@ OPTIONS: tuple[Option, ...] = (
            "detection", "and(uinteger,range(20,9000))"),
     Option("both_directions", _bool, "1",
            "Media must flow both ways (a call is bidirectional).", "detection", "bool"),
+    Option("media_ports", _port_range,
+           ("3478-3481", "8801-8810", "16384-16387", "16393-16402", "19302-19309",
+            "50000-50059"),
+           "UDP ports documented as call media (STUN/TURN, Teams, Zoom, FaceTime, Meet): "
+           "flows on them need less evidence.", "detection", "portrange"),
     Option("on_polls", _int(1, 60), "2",
            "Consecutive polls that must see a call before the profile goes on.", "detection",
            "and(uinteger,range(1,60))"),
@@ -232,6 +284,7 @@ class Config:
     min_size: int
     max_size: int
     both_directions: bool
+    media_ports: tuple[PortRange, ...]
     on_polls: int
     off_hold: float
     min_on: float
@@ -257,21 +310,22 @@ def _value(opt: Option, raw: str | list[str]) -> Any:
             try:
                 out.append(opt.parse(item))
             except ValueError as exc:
-                raise ConfigError(f"{where}: {item!r} is not allowed; expected {exc}") from None
+                raise ConfigError(f"{where}: {shown(item)} is not allowed; "
+                                  f"expected {exc}") from None
         return tuple(out)
     if isinstance(raw, list):
         raise ConfigError(f"{where}: given as a list; expected a single option")
     try:
         return opt.parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"{where}: {raw!r} is not allowed; expected {exc}") from None
+        raise ConfigError(f"{where}: {shown(raw)} is not allowed; expected {exc}") from None
 
 
 def from_options(options: dict[str, str | list[str]]) -> Config:
     """Build a Config from raw UCI option values, defaults for what is missing."""
     unknown = sorted(set(options) - set(OPTION_BY_NAME))
     if unknown:
-        raise ConfigError(f"{SECTION}.{unknown[0]}: unknown option; known: "
+        raise ConfigError(f"{SECTION}.{unknown[0][:40]}: unknown option; known: "
                           + ", ".join(OPTION_BY_NAME))
     values = {}
     for opt in OPTIONS:
@@ -304,11 +358,7 @@ def load(path: str | Path = DEFAULT_PATH) -> Config:
     """Read and validate a UCI file; ConfigError names the problem in one line."""
     p = Path(path)
     try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from None
-    try:
-        sections = parse_uci(text, str(p))
+        sections = read_uci(p)
     except UciSyntaxError as exc:
         raise ConfigError(str(exc)) from None
     for sec in sections:

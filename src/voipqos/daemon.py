@@ -1,8 +1,11 @@
-"""The service: one thread that polls conntrack on a fixed grid, feeds detection and
-hysteresis, switches the profile, and serves the method table in between polls.
+"""The service: wires conntrack polling, detection, hysteresis and switching to the
+profile, serves the method table in between polls, and owns time.
 
-It owns time and the profile's lifecycle: whatever it applied is removed on SIGTERM,
-SIGINT or a failed start, so the line is never left throttled by a dead daemon.
+Each part keeps its own rules and renders its own status (Hysteresis: when shaping is
+wanted; switching.Switch: which profile actions to run and what the kernel holds;
+the profile: its kernel objects); this module only runs them in order and executes the
+switching actions. Whatever it applied is removed on SIGTERM, SIGINT or a failed start,
+so the line is never left throttled by a dead daemon.
 """
 
 from __future__ import annotations
@@ -20,28 +23,36 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from . import __version__, conntrack, hostinfo
+from . import alerts as A
+from .alerts import Alert, Ledger
 from .api import Dispatcher, InvalidArgument
 from .config import Config, ConfigError, load, to_dict
-from .detect import Call, DetectConfig, Detection, Detector, FiveTuple, Flow, Sides
+from .detect import Call, DetectConfig, Detection, Detector, Sides
+from .documents import call_doc, flows_document
 from .hysteresis import Hysteresis, HysteresisConfig, Mode
+from .linkwatch import Events
 from .profile import Profile, ProfileError
+from .switching import Action, Kind, Switch, SwitchConfig, call_tuples
 
 log = logging.getLogger("voipqos")
 
 ProfileFactory = Callable[[Config, str], Profile]
 
-APPLY_RETRY = 10.0  # seconds between attempts when applying the profile failed
+APPLY_RETRY = 10.0  # seconds between attempts when a profile action failed
 SIDES_REFRESH = 30.0  # seconds between re-reads of the router's addresses
 METRICS_REFRESH = 5.0
+WATCH_INTERVAL = 0.25  # while shaping, look for kernel changes this often between polls
+CHECK_INTERVAL = 0.5  # at most this often read the kernel back after events (busy routers)
 
 
 class System:
     """The daemon's reads and writes of the OS, in one place so tests can script them."""
 
-    tracker: Any = None  # ctnetlink.Tracker: its watched flows carry over between polls
+    def __init__(self) -> None:
+        self._watch: Any = None
+        self._process: Any = None
+        self.tracker: Any = None  # ctnetlink.Tracker: its watched flows carry over polls
 
     def snapshot(self, cfg: Config, now: float) -> conntrack.Snapshot:
         """netlink: a cost that grows with the flows that can be calls (ctnetlink.Tracker);
@@ -77,9 +88,41 @@ class System:
     def enable_accounting(self) -> None:
         conntrack.enable_accounting()
 
+    def kernel_events(self) -> Events:
+        """Link and tc changes since the last call (rtnetlink events)."""
+        if self._watch is None:
+            from .linkwatch import LinkWatch
 
-def _warning(code: str, message: str, fix: str = "") -> dict[str, str]:
-    return {"code": code, "message": message, "fix": fix}
+            self._watch = LinkWatch()
+        return self._watch.events()
+
+    def traffic(self, device: str) -> dict[str, int] | None:
+        """The device's own counters (rx = download), also while the profile is off."""
+        import psutil
+
+        io = psutil.net_io_counters(pernic=True).get(device)
+        if io is None:
+            return None
+        return {"rx_bytes": io.bytes_recv, "tx_bytes": io.bytes_sent,
+                "rx_packets": io.packets_recv, "tx_packets": io.packets_sent}
+
+    def _proc(self) -> Any:
+        if self._process is None:
+            import psutil
+
+            self._process = psutil.Process()
+        return self._process
+
+    def cpu_percent(self) -> float:
+        """CPU use of this process since the previous call."""
+        return float(self._proc().cpu_percent(None))
+
+    def rss(self) -> int:
+        return int(self._proc().memory_info().rss)
+
+
+class ReloadRejected(ValueError):
+    """The new config was refused (one line naming the cause); the running one is kept."""
 
 
 class Daemon:
@@ -94,22 +137,23 @@ class Daemon:
         self.clock = clock
         now = clock()
         self.hyst = Hysteresis(HysteresisConfig.from_config(cfg), now)
+        self.switch = Switch(SwitchConfig.from_config(cfg, APPLY_RETRY))
         self.detector: Detector | None = None
         self.detection: Detection | None = None
         self.call_started: dict[str, float] = {}
-        self.applied = False
-        self.apply_failed_at: float | None = None
-        self.reapply_at: float | None = None  # re-apply the configured rates then
-        self.flows_set: frozenset[FiveTuple] = frozenset()
-        self.warnings: dict[str, dict[str, str]] = {}
+        self.alerts: dict[str, Alert] = {}  # the daemon's own; the profile has its own
+        self.profile_alerts: list[Alert] = []
+        self.ledger = Ledger()
         self.sides = Sides()
         self.sides_at = -SIDES_REFRESH
         self.polls = 0
         self.poll_ms = 0.0
         self.metrics_at: float | None = None
-        self.process = psutil.Process()
         self.cpu_percent = 0.0
         self.send_event: Callable[[str, dict[str, Any]], None] = lambda event, data: None
+        self.tuples: frozenset = frozenset()  # what the calls put in the classifier
+        self.unchecked = False  # kernel events not yet followed by a check
+        self.checked_at = float("-inf")
         self._configure(cfg)
 
     # -- configuration -------------------------------------------------------------------
@@ -134,42 +178,42 @@ class Daemon:
         self._check_accounting()
 
     def _check_accounting(self) -> None:
+        """Every poll: accounting switched off while running makes calls undetectable."""
         acct = self.system.accounting()
-        self.warnings.pop("acct_off", None)
-        if acct is False and self.cfg.conntrack_acct:
+        if acct is False and self.cfg.conntrack_acct and "acct_off" not in self.alerts:
             try:
                 self.system.enable_accounting()
                 log.warning("nf_conntrack_acct was 0: turned it on; flows that existed "
                             "before get no counters (a running call is seen from its next "
                             "conntrack entry)")
-                return
+                acct = True
             except OSError as exc:
                 log.error("cannot turn on nf_conntrack_acct: %s", exc.strerror)
         if acct is False:
-            self.warnings["acct_off"] = _warning(
-                "acct_off", "connection accounting is off: no packet counters, no detection",
-                "sysctl -w net.netfilter.nf_conntrack_acct=1 (or set main.conntrack_acct 1)")
+            self.alerts["acct_off"] = A.acct_off()
+        else:
+            self.alerts.pop("acct_off", None)
 
-    def reload(self, args: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Re-read the config; a bad one is rejected and the running one kept."""
-        old = (self.profile, self.device, self.cfg.backend)
+    def reload(self) -> dict[str, Any]:
+        """Re-read the config; a bad one is rejected (ReloadRejected) and the running one
+        kept. `enabled 0` switches the profile off like the end of a call."""
+        old, where = self.profile, (self.device, self.cfg.backend)
         try:
             self._configure(load(self.config_path))
         except (ConfigError, hostinfo.DeviceError, ProfileError) as exc:
             log.error("reload rejected, keeping the running config: %s", exc)
-            self.warnings["config_rejected"] = _warning(
+            self.alerts["config_rejected"] = Alert(
                 "config_rejected", str(exc), "fix the option and reload again")
-            raise InvalidArgument(str(exc)) from None
-        self.warnings.pop("config_rejected", None)
+            self._publish()
+            raise ReloadRejected(str(exc)) from exc
+        self.alerts.pop("config_rejected", None)
         log.info("config reloaded from %s", self.config_path)
-        if self.applied:
-            if old[1:] != (self.device, self.cfg.backend):
-                self._remove(old[0])
-                self.applied = False
-            else:  # apply() reconciles: the new rates are changed in place, no drain
-                self.reapply_at = self.clock()
-            self.flows_set = frozenset()
-            self._sync_profile(self.clock())
+        same = (self.device, self.cfg.backend) == where
+        if not same and self.switch.active:
+            self._execute(Action(Kind.REMOVE), old)
+        self.switch.reconfigured(SwitchConfig.from_config(self.cfg, APPLY_RETRY), same)
+        self._switch(self.clock())
+        self._publish()
         return {"reloaded": True}
 
     # -- the poll ------------------------------------------------------------------------
@@ -182,57 +226,73 @@ class Daemon:
         snap = self._read(now)
         if snap is not None:
             self.detection = self.detector.update(snap, self.sides)
+            self.tuples = call_tuples(self.detection)
             self._note_offload(snap)
+        self._check_accounting()
         # what every poll costs (read + detect); switching the profile is the exception
         self.poll_ms = (time.perf_counter() - start) * 1000
         calls = self.detection.calls if self.detection and snap is not None else ()
         self._track_calls(calls, now)
         was = self.hyst.active
         self.hyst.step(now, len(calls))
-        self._sync_profile(now)
+        self.tend(now)
         if self.hyst.active != was:
             self._announce()
         self.polls += 1
         if self.metrics_at is None:  # start the CPU window after start-up's own work
-            self.process.cpu_percent(None)
+            self.system.cpu_percent()
             self.metrics_at = now
         elif now - self.metrics_at >= METRICS_REFRESH:
-            self.cpu_percent = self.process.cpu_percent(None)
+            self.cpu_percent = self.system.cpu_percent()
             self.metrics_at = now
+        self._publish()
+
+    def tend(self, now: float) -> None:
+        """Between polls too: restore a profile the kernel lost, retry what is due."""
+        events = self.system.kernel_events()
+        self.unchecked |= events.seen
+        if self.device in events.links:
+            self.switch.kick()  # e.g. the device a failed apply needed is back
+        if self.switch.active and self.unchecked and now - self.checked_at >= CHECK_INTERVAL:
+            self.unchecked, self.checked_at = False, now
+            try:
+                lost = self.profile.check()
+            except ProfileError as exc:
+                lost = str(exc)
+            if lost:
+                log.warning("profile lost on %s (%s): restoring it", self.device, lost)
+                self.switch.lost()
+        self._switch(now)
 
     def _read(self, now: float) -> conntrack.Snapshot | None:
         """The table now, or None with a `conntrack` warning saying why not."""
         try:
             snap = self.system.snapshot(self.cfg, now)
         except OSError as exc:
-            self.warnings["conntrack"] = _warning(
+            self.alerts["conntrack"] = Alert(
                 "conntrack", f"cannot read the connection table: {exc.strerror}",
                 "load nf_conntrack (kmod-nf-conntrack) and check /proc/net/nf_conntrack")
             return None
         if snap.parsed == 0 and snap.malformed > 0:
-            self.warnings["conntrack"] = _warning(
+            self.alerts["conntrack"] = Alert(
                 "conntrack", f"none of {snap.lines} conntrack lines could be parsed: "
                 "unknown kernel format?", "report it with a copy of /proc/net/nf_conntrack")
         else:
-            self.warnings.pop("conntrack", None)
+            self.alerts.pop("conntrack", None)
         if snap.note:
-            self.warnings["conntrack_reader"] = _warning(
+            self.alerts["conntrack_reader"] = Alert(
                 "conntrack_reader", snap.note,
                 "install kmod-nf-conntrack-netlink; a smaller table (nf_conntrack_max, "
                 "shorter UDP timeouts) shortens the scan")
         else:
-            self.warnings.pop("conntrack_reader", None)
+            self.alerts.pop("conntrack_reader", None)
         return snap
 
     def _note_offload(self, snap: conntrack.Snapshot) -> None:
         if any(e.offloaded for e in snap.entries.values()):
-            self.warnings["offload"] = _warning(
-                "offload", "flow offloading is on: offloaded flows have frozen counters and "
-                "bypass the classifier",
-                "uci set firewall.@defaults[0].flow_offloading=0; uci commit firewall; "
-                "/etc/init.d/firewall restart")
+            self.alerts["offload"] = A.offload("conntrack shows offloaded flows")
         else:
-            self.warnings.pop("offload", None)
+            self.alerts.pop("offload", None)
 
     def _track_calls(self, calls: tuple[Call, ...], now: float) -> None:
         ids = {c.id for c in calls}
@@ -252,59 +312,52 @@ class Daemon:
     def _calls(self) -> tuple[Call, ...]:
         return self.detection.calls if self.detection else ()
 
-    def _sync_profile(self, now: float) -> None:
-        """Make the profile follow the hysteresis; failures keep the line unshaped."""
-        if self.hyst.active and not self.applied:
-            if self.apply_failed_at is not None and now - self.apply_failed_at < APPLY_RETRY:
-                return
-            # a drain burst first: the modem's buffer, filled before the call, holds
-            # seconds of queue that only the gap below the line rate can empty
-            drain = self.cfg.drain_time > 0 and self.cfg.drain_rate < 100
-            try:
-                self.profile.apply(self.cfg.drain_rate / 100 if drain else 1.0)
-            except ProfileError as exc:
-                self.apply_failed_at = now
-                log.error("profile apply failed (line left unshaped, retry in %.0f s): %s",
-                          APPLY_RETRY, exc)
-                self.warnings["profile_error"] = _warning(
-                    "profile_error", str(exc), "run `voipqos check` for missing features")
-                return
-            self.applied, self.apply_failed_at = True, None
-            self.reapply_at = now + self.cfg.drain_time if drain else None
-            self.warnings.pop("profile_error", None)
-        elif not self.hyst.active and self.applied:
-            self.applied = not self._remove(self.profile)
-            self.flows_set = frozenset()
-            self.reapply_at = None
-        if self.applied and self.reapply_at is not None and now >= self.reapply_at:
-            try:
-                self.profile.apply()  # the configured rates, changed in place
-                self.reapply_at = None
-            except ProfileError as exc:
-                log.error("re-applying the configured rates failed, will retry: %s", exc)
-        if self.applied:
-            tuples = self.detection.tuples if self.detection else frozenset()
-            if tuples != self.flows_set:
-                try:
-                    self.profile.set_flows(tuples)
-                    self.flows_set = tuples
-                except ProfileError as exc:
-                    log.error("classifier flow update failed: %s", exc)
+    # -- switching: run what switching.Switch decides --------------------------------------
 
-    def _remove(self, profile: Profile) -> bool:
+    def _switch(self, now: float) -> None:
+        wanted = self.cfg.enabled and self.hyst.active
+        actions = self.switch.step(now, wanted, self.tuples)
+        for action in actions:
+            ok = self._execute(action, self.profile)
+            self.switch.done(action, ok, now)
+            if not ok:
+                break
+        if actions:
+            self.profile_alerts = [Alert(**w) for w in self.profile.status()["warnings"]]
+
+    def _execute(self, action: Action, profile: Profile) -> bool:
+        """Run one action; a failure becomes a status warning (logged once by the ledger)
+        and the line stays as the profile's rollback left it."""
+        code = "flow_table" if action.kind is Kind.FLOWS else "profile_error"
         try:
-            profile.remove()
+            if action.kind in (Kind.APPLY, Kind.RATES):
+                profile.apply(action.scale)
+            elif action.kind is Kind.REMOVE:
+                profile.remove()
+            else:
+                profile.set_flows(action.flows)
         except ProfileError as exc:
-            log.error("profile remove failed, will retry: %s", exc)
-            self.warnings["profile_error"] = _warning(
-                "profile_error", str(exc), "voipqos remove")
+            if action.kind is Kind.FLOWS:
+                self.alerts[code] = Alert(
+                    code, f"{len(action.flows)} call flows not classified: {exc}",
+                    "none needed: retried when the calls change; other traffic is unaffected")
+            else:
+                fix = "voipqos remove" if action.kind is Kind.REMOVE else \
+                    "run `voipqos check` for missing features"
+                self.alerts[code] = Alert(code, f"profile {action.kind} failed (retried "
+                                          f"in {APPLY_RETRY:.0f} s): {exc}", fix)
             return False
+        self.alerts.pop(code, None)
         return True
 
     def shutdown(self) -> None:
         """Remove what we applied (also what a crashed predecessor left)."""
-        if self._remove(self.profile):
-            self.applied = False
+        self.switch.done(Action(Kind.REMOVE), self._execute(Action(Kind.REMOVE), self.profile),
+                         self.clock())
+        self._publish()
+
+    def _publish(self) -> None:
+        self.ledger.update([*self.alerts.values(), *self.profile_alerts])
 
     # -- documents served over ubus / JSON-RPC ---------------------------------------------
 
@@ -314,28 +367,25 @@ class Daemon:
     def status(self, args: dict[str, Any] | None = None) -> dict[str, Any]:
         now = self.clock()
         prof = self.profile.status()
-        warnings = [*self.warnings.values(), *prof.get("warnings", [])]
         snap = self.detector.prev
+        hyst = self.hyst.status(self._wall)
         return {
             "version": __version__,
             "enabled": self.cfg.enabled,
-            "state": str(self.hyst.state) if self.cfg.enabled else "off",
-            "mode": str(self.hyst.mode),
-            "mode_expires": self._wall(self.hyst.expires) if self.hyst.expires else None,
-            "active": self.applied,
-            "since": self._wall(self.hyst.since),
-            "reason": self.hyst.reason,
+            **hyst,
+            "state": hyst["state"] if self.cfg.enabled else "off",
+            "active": self.switch.active,
             "device": self.device,
-            "calls": [self._call_doc(c, now) for c in self._calls()],
-            "transitions": [
-                {"at": self._wall(t.at), "state": str(t.state), "active": t.active,
-                 "reason": t.reason} for t in reversed(self.hyst.transitions)],
-            "profile": {k: v for k, v in prof.items() if k != "warnings"},
-            "traffic": self._traffic(),
-            "warnings": warnings,
+            "calls": [call_doc(c, self.call_started.get(c.id, now), now, self._wall)
+                      for c in self._calls()],
+            # one record of "on": the switching's (the profile's own may predate a loss)
+            "profile": {**{k: v for k, v in prof.items() if k != "warnings"},
+                        "applied": self.switch.active},
+            "traffic": self.system.traffic(self.device),
+            "warnings": [*(a.as_dict() for a in self.alerts.values()), *prof["warnings"]],
             "metrics": {
                 "cpu_percent": self.cpu_percent,
-                "rss_bytes": self.process.memory_info().rss,
+                "rss_bytes": self.system.rss(),
                 "poll_ms": round(self.poll_ms, 3),
                 "polls": self.polls,
                 "entries": len(snap.entries) if snap else 0,
@@ -343,27 +393,6 @@ class Daemon:
                 "malformed": snap.malformed if snap else 0,
             },
             "config": to_dict(self.cfg),
-        }
-
-    def _traffic(self) -> dict[str, int] | None:
-        """The WAN device's own counters (rx = download), for throughput graphs that
-        also cover the time the profile is off."""
-        io = psutil.net_io_counters(pernic=True).get(self.device)
-        if io is None:
-            return None
-        return {"rx_bytes": io.bytes_recv, "tx_bytes": io.bytes_sent,
-                "rx_packets": io.packets_recv, "tx_packets": io.packets_sent}
-
-    def _call_doc(self, c: Call, now: float) -> dict[str, Any]:
-        started = self.call_started.get(c.id, now)
-        return {
-            "id": c.id, "lan_host": c.lan_host, "far_host": c.far_host, "flows": len(c.flows),
-            "flow_list": [{"proto": k[0], "src": k[1], "dst": k[2], "sport": k[3], "dport": k[4]}
-                          for k in c.flows],
-            "sip": c.sip, "lan_known": c.lan_known,
-            "pps_out": round(c.out.pps, 1), "pps_in": round(c.inb.pps, 1),
-            "kbps_out": round(c.out.bps * 8 / 1000, 1), "kbps_in": round(c.inb.bps * 8 / 1000, 1),
-            "started": self._wall(started), "duration": round(now - started, 1),
         }
 
     def flows(self, args: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -380,41 +409,26 @@ class Daemon:
         now = self.clock()
         was = self.hyst.active
         self.hyst.set_mode(Mode(mode), now, now + expires if expires else None)
-        self._sync_profile(now)
+        self._switch(now)
         if was != self.hyst.active:
             self._announce()
-        return {"mode": mode, "state": str(self.hyst.state), "active": self.applied}
+        self._publish()
+        return {"mode": mode, "state": str(self.hyst.state), "active": self.switch.active}
 
     def check(self, args: dict[str, Any] | None = None) -> dict[str, Any]:
         from .probe import flow_offload, probe, report
 
         return report(probe(), flow_offload())
 
+    def _reload_call(self, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.reload()
+        except ReloadRejected as exc:
+            raise InvalidArgument(str(exc)) from exc
+
     def dispatcher(self) -> Dispatcher:
         return Dispatcher({"status": self.status, "flows": self.flows, "check": self.check,
-                           "set_mode": self.set_mode, "reload": self.reload})
-
-
-def flow_row(f: Flow) -> dict[str, Any]:
-    o = f.entry.orig
-    return {
-        "proto": f.entry.proto, "src": o.src, "dst": o.dst, "sport": o.sport, "dport": o.dport,
-        "verdict": f.verdict, "reasons": list(f.reasons), "call": f.call,
-        "lan_side": f.lan_side,
-        "pps_out": round(f.out.pps, 1) if f.out else None,
-        "pps_in": round(f.inb.pps, 1) if f.inb else None,
-        "size_out": round(f.out.mean_size) if f.out else None,
-        "size_in": round(f.inb.mean_size) if f.inb else None,
-        "flags": sorted(f.entry.flags),
-    }
-
-
-def flows_document(det: Detection, include_other: bool = True) -> dict[str, Any]:
-    """The `flows` shape shared by the daemon and `voipqos analyze`."""
-    rows = [flow_row(f) for f in det.flows if include_other or f.verdict != "other"]
-    order = {"media": 0, "signalling": 1, "other": 2}
-    rows.sort(key=lambda r: (order[r["verdict"]], r["src"], r["dst"], r["sport"]))
-    return {"calls": len(det.calls), "interval": det.interval, "flows": rows}
+                           "set_mode": self.set_mode, "reload": self._reload_call})
 
 
 # -- process plumbing ------------------------------------------------------------------------
@@ -425,17 +439,25 @@ class AlreadyRunning(RuntimeError):
 
 
 @contextlib.contextmanager
-def pid_lock(run_dir: str):
-    """One daemon per run_dir: an flock on the pid file, released when we exit."""
+def pid_lock(run_dir: str, wait: float = 0.0):
+    """One daemon per run_dir: an flock on the pid file, released when we exit. `apply`
+    and `remove` take it too, so nothing changes the device under a running daemon;
+    `wait` is how long to wait for a holder that is shutting down (procd does not wait)."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     path = Path(run_dir, "voipqos.pid")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode().strip() or "?"
-            raise AlreadyRunning(f"voipqos is already running (pid {other}, {path})") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as exc:
+                if time.monotonic() >= deadline:
+                    other = os.pread(fd, 32, 0).decode().strip() or "?"
+                    raise AlreadyRunning(
+                        f"voipqos is already running (pid {other}, {path})") from exc
+                time.sleep(0.05)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
@@ -475,6 +497,16 @@ def make_endpoints(d: Daemon, wake_fd: int):
                      use_ubus, wake_fd)
 
 
+def _until(d: Daemon, next_poll: float) -> float:
+    """Seconds to wait: the next poll, a switching deadline, or the next look at the
+    kernel while shaping (a lost IFB blackholes download traffic until restored)."""
+    now = d.clock()
+    wake = min(next_poll, d.switch.next_deadline() or next_poll)
+    if d.switch.active:
+        wake = min(wake, now + WATCH_INTERVAL)
+    return max(0.0, wake - now)
+
+
 def run(d: Daemon) -> int:
     """The loop: polls on a drift-free grid, endpoints served in between."""
     flags = {"stop": False, "reload": False}
@@ -493,7 +525,11 @@ def run(d: Daemon) -> int:
     handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     endpoints = None
     try:
-        with pid_lock(d.cfg.run_dir):
+        with pid_lock(d.cfg.run_dir), contextlib.ExitStack() as held:
+            # on any way out, before the lock is released: `voipqos remove --wait` (the
+            # init script's stop) then finds nothing left, and a second daemon refused
+            # the lock never removes the running one's profile
+            held.callback(d.shutdown)
             d.shutdown()  # a predecessor killed with -9 may have left its profile
             endpoints = make_endpoints(d, rsock.fileno())
             d.send_event = endpoints.send_event
@@ -507,17 +543,18 @@ def run(d: Daemon) -> int:
                     d.poll(now)
                     # drift-free: the next slot on the grid, skipping any we overran
                     n = int((d.clock() - start) / d.cfg.poll_interval) + 1
+                elif d.switch.active or d.switch.next_deadline() is not None:
+                    d.tend(now)
                 if flags["reload"]:
                     flags["reload"] = False
-                    with contextlib.suppress(InvalidArgument):
+                    with contextlib.suppress(ReloadRejected):
                         d.reload()
-                endpoints.wait(max(0.0, start + n * d.cfg.poll_interval - d.clock()))
+                endpoints.wait(_until(d, start + n * d.cfg.poll_interval))
                 with contextlib.suppress(BlockingIOError):
                     while rsock.recv(512):
                         pass
             log.info("stopping: removing the profile")
     finally:
-        d.shutdown()
         if endpoints is not None:
             endpoints.close()
         signal.set_wakeup_fd(old_wake)

@@ -1,18 +1,21 @@
 """The daemon's single thread of control between polls: the local /ubus JSON-RPC endpoint
-(minimal HTTP/1.1 on a unix or loopback socket), the ubus connection and the signal
-wake-up fd, all in one selector so no side can starve another.
+(HTTP/1.1 on a unix or loopback socket, framed by httpframe), the ubus connection and the
+signal wake-up fd, all in one selector so no side can starve another.
 
 Written on socket + selectors rather than http.server or asyncio: the daemon is single
 threaded, and on OpenWrt those would pull extra split-stdlib packages for little gain.
-Every client has a deadline, so a slow or half-open client costs a socket, never time.
+Everything a client can make the daemon hold is bounded: a deadline per client (a slow or
+half-open one costs a socket, never time), its input (one request), its output (a client
+that does not read its answers is not read from, and closed at its deadline), the number
+of clients (an idle keep-alive makes room, else new ones wait in the backlog, as with
+uhttpd, and are refused with 503 if that lasts), and the work done per `wait()` (one
+request per client per round, and only one once the poll is due).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
-import re
 import secrets
 import selectors
 import socket
@@ -22,14 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import api, rpc
+from . import api, config, rpc
+from .httpframe import MAX_BODY, MAX_HEADER, HttpError, error_response, parse_request, response
 from .ubus import UbusObject
 
 log = logging.getLogger(__name__)
 
-MAX_HEADER = 8 * 1024
-MAX_BODY = 64 * 1024  # a voipqos request is < 1 KiB; uhttpd's limit is of this order
-MAX_CLIENTS = 32
+MAX_CLIENTS = 32  # connections being served
+MAX_CLOSING = 32  # more connections being closed gracefully (answered or refused)
+OUT_HIGH = 64 * 1024  # answers buffered for one client before it is no longer read
+QUEUE_TIME = 0.5  # s new connections may wait in the backlog when all slots are busy
+IDLE_GRACE = 0.1  # s a connection has to send its request before it may make room
+LINGER = 1.0  # s to drain a refused or closed client's input so close() sends no reset
+RECV = 65536
 UBUS_SLICE = 0.05  # poll python-ubus this often when its socket could not be found
 UBUS_RETRY = 10.0  # seconds between reconnects after ubusd went away
 
@@ -38,79 +46,12 @@ class EndpointError(Exception):
     """One line naming the address or file and the cause."""
 
 
-class HttpError(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"{code} {reason}")
-        self.code, self.reason = code, reason
-
-
-@dataclass(frozen=True)
-class Request:
-    body: bytes
-    keep_alive: bool
-
-
-def parse_request(buf: bytes | bytearray) -> tuple[Request, int] | None:
-    """The first complete `POST /ubus` request in `buf` and how many bytes it took;
-    None while incomplete; HttpError for anything the endpoint will not serve."""
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        if len(buf) > MAX_HEADER:
-            raise HttpError(431, "Request Header Fields Too Large")
-        return None
-    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
-    parts = lines[0].split()
-    if len(parts) != 3 or parts[2] not in ("HTTP/1.0", "HTTP/1.1"):
-        raise HttpError(400, "Bad Request")
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise HttpError(400, "Bad Request")
-        headers[name.strip().lower()] = value.strip()
-    if parts[1].split("?")[0] != "/ubus":
-        raise HttpError(404, "Not Found")
-    if parts[0] != "POST":
-        raise HttpError(405, "Method Not Allowed")
-    length = headers.get("content-length")
-    if "transfer-encoding" in headers or length is None:
-        raise HttpError(411, "Length Required")
-    if not length.isdigit():
-        raise HttpError(400, "Bad Request")
-    if int(length) > MAX_BODY:
-        raise HttpError(413, "Request Entity Too Large")
-    total = end + 4 + int(length)
-    if len(buf) < total:
-        return None
-    tokens = headers.get("connection", "").lower()
-    keep = "close" not in tokens if parts[2] == "HTTP/1.1" else "keep-alive" in tokens
-    return Request(bytes(buf[end + 4:total]), keep), total
-
-
-def response(code: int, reason: str, body: bytes, keep_alive: bool,
-             ctype: str = "application/json") -> bytes:
-    head = (f"HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n"
-            f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n")
-    return head.encode() + body
-
-
 def parse_listen(listen: str) -> tuple[socket.AddressFamily, Any]:
-    """`unix:/PATH`, `127.x.x.x:PORT`, `[::1]:PORT` or `localhost:PORT`; nothing else,
-    so the endpoint can never face the network (port 0 picks a free port, for tests)."""
-    if listen.startswith("unix:/"):
-        return socket.AF_UNIX, listen[5:]
-    m = re.fullmatch(r"(\[::1\]|localhost|[\d.]+):(\d{1,5})", listen)
-    if m and int(m.group(2)) < 65536:
-        host = {"[::1]": "::1", "localhost": "127.0.0.1"}.get(m.group(1), m.group(1))
-        try:
-            if ipaddress.ip_address(host).is_loopback:
-                family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                return family, (host, int(m.group(2)))
-        except ValueError:
-            pass
-    raise EndpointError(f"rpc_listen: {listen!r} is not allowed; expected unix:/PATH, "
-                        "127.0.0.1:PORT or [::1]:PORT (loopback only)")
+    """config.listen_address (port 0 allowed: tests bind a free port), as EndpointError."""
+    try:
+        return config.listen_address(listen, any_port=True)
+    except ValueError as exc:
+        raise EndpointError(f"rpc_listen: {listen!r} is not allowed; expected {exc}") from None
 
 
 def load_secret(path: str) -> str:
@@ -140,7 +81,13 @@ class _Client:
     deadline: float
     inbuf: bytearray = field(default_factory=bytearray)
     outbuf: bytearray = field(default_factory=bytearray)
-    closing: bool = False
+    closing: bool = False  # input is discarded; close once outbuf is sent
+    shut: bool = False  # our side is shut down: waiting for the client's EOF
+    eof: bool = False  # the client shut its side: answer what it asked, then close
+
+    def idle(self) -> bool:
+        """A keep-alive between requests (or one that never sent any)."""
+        return not (self.inbuf or self.outbuf or self.closing or self.eof)
 
 
 class Endpoints:
@@ -153,7 +100,11 @@ class Endpoints:
         self.dispatcher = dispatcher
         self.sel = selectors.DefaultSelector()
         self.clients: dict[socket.socket, _Client] = {}
+        self.ready: list[_Client] = []  # clients with a whole request buffered
         self.listener: socket.socket | None = None
+        self.listening = False  # the listener is in the selector
+        self.full_since: float | None = None  # since when all slots are busy
+        self.accept_at: float | None = None  # when to look at the backlog again
         self.listen = ""  # the bound address, as rpc_listen would say it
         self.rpc: rpc.UbusRpc | None = None
         self.ubus: UbusObject | None = None
@@ -163,7 +114,7 @@ class Endpoints:
             if listen:
                 self.rpc = rpc.UbusRpc(dispatcher, rpc.Sessions(load_secret(secret_path)))
                 self.listener = self._bind(listen)
-                self.sel.register(self.listener, selectors.EVENT_READ, "accept")
+                self._watch_listener(True)
             if wake_fd is not None:
                 self.sel.register(wake_fd, selectors.EVENT_READ, "wake")
             if use_ubus:
@@ -193,7 +144,9 @@ class Endpoints:
                 sock.bind(addr)
                 host, port = sock.getsockname()[:2]
                 self.listen = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
-            sock.listen(64)
+            # a deep backlog: a burst of clients waits there instead of being refused by
+            # the kernel (a unix socket's connect() fails with EAGAIN when it is full)
+            sock.listen(socket.SOMAXCONN)
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
@@ -226,7 +179,7 @@ class Endpoints:
         try:
             self.ubus = UbusObject(self.dispatcher)
         except Exception as exc:  # no ubusd (yet): JSON-RPC still works, retry later
-            log.warning("ubus: cannot register %s: %s; retrying in %g s", api.OBJECT,
+            log.warning("ubus: cannot register %s: %s; retrying in %g s", api.DAEMON_OBJECT,
                         str(exc).strip(), UBUS_RETRY)
             self._ubus_retry_at = now + UBUS_RETRY
             return
@@ -235,13 +188,14 @@ class Endpoints:
             log.info("ubus: connection socket not found; polling it every %g s", UBUS_SLICE)
         else:
             self.sel.register(self.ubus.fd, selectors.EVENT_READ, "ubus")
-        log.info("ubus: object %s registered", api.OBJECT)
+        log.info("ubus: object %s registered", api.DAEMON_OBJECT)
 
     # -- the loop ------------------------------------------------------------------------
 
     def wait(self, timeout: float) -> None:
         """Serve requests for up to `timeout` s; return early when wake_fd is readable
-        (the caller drains it: it carries the signal numbers)."""
+        (the caller drains it: it carries the signal numbers). Returns on time whatever
+        the clients do: work left when the time is up waits for the next call."""
         end = time.monotonic() + max(0.0, timeout)
         while True:
             now = time.monotonic()
@@ -255,18 +209,25 @@ class Endpoints:
             if self.ubus is not None and self.ubus.fd is None:
                 self.ubus.process()
                 step = min(step, UBUS_SLICE)
+            if self.accept_at is not None:  # connections wait in the backlog
+                if now >= self.accept_at:
+                    self._accept(now)
+                if self.accept_at is not None:
+                    step = min(step, self.accept_at - now)
             if self.clients:
                 step = min(step, min(c.deadline for c in self.clients.values()) - now)
-            woken = False
-            for key, mask in self.sel.select(max(0.0, step)):
-                if key.data == "wake":
-                    woken = True
-                elif key.data == "accept":
-                    self._accept()
+            if self.ready:
+                step = 0.0
+            events = self.sel.select(max(0.0, step))
+            woken = any(key.data == "wake" for key, _ in events)
+            for key, mask in events:  # cheap: accept, read, send; answers come below
+                if key.data == "accept":
+                    self._accept(time.monotonic())
                 elif key.data == "ubus":
                     self._serve_ubus()
-                elif key.data.sock in self.clients:  # not evicted earlier in this batch
-                    self._serve(key.data, mask)
+                elif key.data != "wake" and key.data.sock in self.clients:
+                    self._serve(key.data, mask)  # (not dropped earlier in this batch)
+            self._serve_ready(end)
             if woken or time.monotonic() >= end:
                 return
 
@@ -279,59 +240,147 @@ class Endpoints:
             return
         self.ubus.process()
 
-    def _accept(self) -> None:
+    def _watch_listener(self, on: bool) -> None:
+        if self.listener is not None and on != self.listening:
+            if on:
+                self.sel.register(self.listener, selectors.EVENT_READ, "accept")
+                self.full_since = self.accept_at = None
+            else:
+                self.sel.unregister(self.listener)
+            self.listening = on
+
+    def _accept(self, now: float) -> None:
+        """Take new connections while there is room; when full, leave them in the
+        backlog (as uhttpd does) and after QUEUE_TIME refuse them with a 503."""
         assert self.listener is not None
-        for _ in range(MAX_CLIENTS):
+        for _ in range(MAX_CLIENTS + MAX_CLOSING):
+            if len(self.clients) >= MAX_CLIENTS + MAX_CLOSING:
+                self._watch_listener(False)  # the next _drop watches again
+                return
+            refuse = False
+            serving = sum(not c.closing for c in self.clients.values())
+            if serving >= MAX_CLIENTS and not self._make_room(now):
+                if self.full_since is None:
+                    self.full_since = now
+                if now < self.full_since + QUEUE_TIME:
+                    self._watch_listener(False)
+                    self.accept_at = min([self.full_since + QUEUE_TIME] + [
+                        c.deadline - self.client_timeout + IDLE_GRACE
+                        for c in self.clients.values() if c.idle()])  # may make room then
+                    return
+                refuse = True
             try:
                 sock, _addr = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError):  # the backlog is empty
+                self._watch_listener(True)
                 return
             except OSError as exc:  # e.g. EMFILE: keep serving the clients we have
                 log.warning("rpc: accept: %s", exc)
                 return
-            if len(self.clients) >= MAX_CLIENTS:  # the stalest client makes room
-                self._drop(min(self.clients.values(), key=lambda c: c.deadline))
             sock.setblocking(False)
-            client = _Client(sock, time.monotonic() + self.client_timeout)
+            client = _Client(sock, now + self.client_timeout)
             self.clients[sock] = client
             self.sel.register(sock, selectors.EVENT_READ, client)
+            if refuse:
+                self._close_after(client, error_response(503, "Service Unavailable",
+                                                         "Retry-After: 1\r\n"))
+                self._flush(client)
+
+    def _make_room(self, now: float) -> bool:
+        """Close the longest-idle keep-alive connection (HTTP lets a server do that at
+        any time; clients reconnect), idle for IDLE_GRACE at least: a client that just
+        connected is sending its request. One that has sent a request meanwhile stays."""
+        idle_since = now - IDLE_GRACE + self.client_timeout  # as a deadline
+        for client in sorted((c for c in self.clients.values()
+                              if c.idle() and c.deadline <= idle_since),
+                             key=lambda c: c.deadline):
+            self._read(client)
+            if client.sock in self.clients:
+                self._flush(client)
+            if client.sock not in self.clients:
+                return True  # it had gone
+            if client.idle():
+                self._drop(client)
+                return True
+        return False
+
+    @staticmethod
+    def _whole(client: _Client) -> bool:
+        """A whole request (or a refusal) is buffered: nothing more to read for now."""
+        try:
+            return parse_request(client.inbuf) is not None
+        except HttpError:
+            return True
+
+    def _read(self, client: _Client) -> None:
+        """Take what the client sent, as far as its buffers have room."""
+        if client.eof:
+            return
+        if client.closing:
+            size = RECV  # discarded
+        elif len(client.outbuf) >= OUT_HIGH or self._whole(client):
+            return  # it reads its answers first
+        else:
+            size = min(RECV, MAX_HEADER + MAX_BODY - len(client.inbuf))
+        try:
+            data = client.sock.recv(size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # reset: nothing can be delivered any more
+            self._drop(client)
+            return
+        if not data:
+            client.eof = True  # a half-close: what it asked for is still answered
+        elif not client.closing:
+            client.inbuf += data
 
     def _serve(self, client: _Client, mask: int) -> None:
-        if mask & selectors.EVENT_READ and not client.closing:
-            try:
-                data = client.sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                data = None
-            except OSError:
-                data = b""
-            if data == b"":
-                self._drop(client)
+        if mask & selectors.EVENT_READ:
+            self._read(client)
+            if client.sock not in self.clients:
                 return
-            if data:
-                client.inbuf += data
-                self._answer(client)
         self._flush(client)
 
+    def _serve_ready(self, end: float) -> None:
+        """Answer one request of each client that has one buffered, round robin; once
+        `end` is past, only one (so an overrunning poll still lets clients progress)."""
+        ready, self.ready = self.ready, []
+        for i, client in enumerate(ready):
+            if i and time.monotonic() >= end:
+                self.ready.extend(ready[i:])
+                return
+            if client.sock in self.clients:
+                self._answer(client)
+                self._flush(client)
+
     def _answer(self, client: _Client) -> None:
-        while not client.closing:
-            try:
-                parsed = parse_request(client.inbuf)
-            except HttpError as exc:
-                client.inbuf.clear()
-                client.outbuf += response(exc.code, exc.reason, exc.reason.encode() + b"\n",
-                                          False, "text/plain")
-                client.closing = True
-                return
-            if parsed is None:
-                return
-            req, used = parsed
-            del client.inbuf[:used]
-            assert self.rpc is not None
-            client.outbuf += response(200, "OK", self.rpc.handle(req.body), req.keep_alive)
-            client.closing = not req.keep_alive
-            client.deadline = time.monotonic() + self.client_timeout
+        try:
+            parsed = parse_request(client.inbuf)
+        except HttpError as exc:
+            self._close_after(client, error_response(exc.code, exc.reason))
+            return
+        if parsed is None:
+            return
+        req, used = parsed
+        del client.inbuf[:used]
+        assert self.rpc is not None
+        answer = response(200, "OK", self.rpc.handle(req.body), req.keep_alive)
+        if not req.keep_alive:
+            self._close_after(client, answer)
+            return
+        client.outbuf += answer
+        client.deadline = time.monotonic() + self.client_timeout
+
+    def _close_after(self, client: _Client, answer: bytes) -> None:
+        """Send `answer`, then close; what the client sends meanwhile is discarded."""
+        client.outbuf += answer
+        client.inbuf.clear()
+        client.closing = True
+        client.deadline = time.monotonic() + self.client_timeout
 
     def _flush(self, client: _Client) -> None:
+        """Send what can be sent, then settle the client's state: queued for an answer,
+        closed, or registered for what it waits for."""
         if client.outbuf:
             try:
                 sent = client.sock.send(client.outbuf)
@@ -341,10 +390,29 @@ class Endpoints:
                 self._drop(client)
                 return
             del client.outbuf[:sent]
-        if client.closing and not client.outbuf:
+        if client.closing and not client.outbuf and not (client.shut or client.eof):
+            # close() with unread input would send a reset that can destroy the answer
+            # at the client: shut our side, read to its EOF (or LINGER), then close
+            try:
+                client.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self._drop(client)
+                return
+            client.shut = True
+            client.deadline = min(client.deadline, time.monotonic() + LINGER)
+        whole = not client.closing and self._whole(client)
+        if whole and len(client.outbuf) < OUT_HIGH and client not in self.ready:
+            self.ready.append(client)  # answered in this round (pipelined: the next)
+        if client.eof and not client.outbuf and not whole:
             self._drop(client)
             return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.outbuf else 0)
+        wants_read = not client.eof and (
+            client.closing or not (whole or len(client.outbuf) >= OUT_HIGH))
+        events = (selectors.EVENT_READ if wants_read else 0) | \
+            (selectors.EVENT_WRITE if client.outbuf else 0)
+        # nothing to wait for means a request is queued for this round: keep the
+        # registration (selectors cannot hold none), _read takes nothing meanwhile
+        events = events or selectors.EVENT_READ
         if self.sel.get_key(client.sock).events != events:
             self.sel.modify(client.sock, events, client)
 
@@ -356,6 +424,7 @@ class Endpoints:
         self.sel.unregister(client.sock)
         client.sock.close()
         del self.clients[client.sock]
+        self._watch_listener(True)  # a slot is free: the backlog is taken next round
 
     def _drop_ubus(self) -> None:
         if self.ubus is not None:
@@ -372,12 +441,13 @@ class Endpoints:
             self.ubus.send_event(event, data)
 
     def close(self) -> None:
+        if self.listener is not None:
+            self._watch_listener(False)
+            self.listener.close()
+            self.listener = None
         for client in list(self.clients.values()):
             self._drop(client)
         self._drop_ubus()
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
         if self._unix is not None:
             path, inode = self._unix
             try:

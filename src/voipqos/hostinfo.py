@@ -13,6 +13,7 @@ import subprocess
 
 import psutil
 
+from .config import shown
 from .detect import Sides
 
 
@@ -31,17 +32,18 @@ def resolve_device(interface: str) -> str:
         return interface
     name = interface.lstrip("@")
     if shutil.which("ubus") is None:
-        raise DeviceError(f"main.interface: {interface!r} is no network device here, "
+        raise DeviceError(f"main.interface: {shown(interface)} is no network device here, "
                           "and there is no ubus to resolve a logical interface")
     res = subprocess.run(["ubus", "call", f"network.interface.{name}", "status"],
                          capture_output=True, text=True, timeout=5)
     if res.returncode != 0:
-        raise DeviceError(f"main.interface: {interface!r} is neither a device nor a "
+        raise DeviceError(f"main.interface: {shown(interface)} is neither a device nor a "
                           "logical interface known to netifd")
     status = json.loads(res.stdout or "{}")
     dev = status.get("l3_device") or status.get("device")
     if not dev or not status.get("up", True):
-        raise DeviceError(f"main.interface: logical interface {name!r} is down (no l3_device)")
+        raise DeviceError(f"main.interface: logical interface {shown(name)} is down "
+                          "(no l3_device)")
     return str(dev)
 
 

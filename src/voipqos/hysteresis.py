@@ -9,8 +9,10 @@ state is recorded with its time and reason.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from .config import Config
 
@@ -38,9 +40,11 @@ class Transition:
 
 @dataclass(frozen=True)
 class HysteresisConfig:
-    on_polls: int = 2
-    off_hold: float = 15.0
-    min_on: float = 30.0
+    """The three options of the same names (defaults: config.OPTIONS)."""
+
+    on_polls: int
+    off_hold: float
+    min_on: float
 
     @classmethod
     def from_config(cls, cfg: Config) -> HysteresisConfig:
@@ -126,3 +130,15 @@ class Hysteresis:
                 self.last_call = now
             self._record(now, why)
         return self.active != was
+
+    def status(self, wall: Callable[[float], float]) -> dict[str, Any]:
+        """Its part of the daemon's status; `wall` turns its times into epoch seconds."""
+        return {
+            "state": str(self.state),
+            "mode": str(self.mode),
+            "mode_expires": wall(self.expires) if self.expires else None,
+            "since": wall(self.since),
+            "reason": self.reason,
+            "transitions": [{"at": wall(t.at), "state": str(t.state), "active": t.active,
+                             "reason": t.reason} for t in reversed(self.transitions)],
+        }

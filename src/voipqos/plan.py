@@ -17,6 +17,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .alerts import Alert
 from .config import Config
 from .detect import FiveTuple
 from .profile import ProfileError
@@ -79,18 +80,6 @@ class Features:
     bpffs: bool = True
     tc_bpf: bool = True
     conntrack_acct: bool = True
-
-
-@dataclass(frozen=True)
-class Alert:
-    """A status warning: `code` from docs/design.md, a one-line message and the fix."""
-
-    code: str
-    message: str
-    fix: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message, "fix": self.fix}
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .plan import TC_H_INGRESS, TC_H_ROOT, Alert, Features
+from . import alerts as A
+from .alerts import Alert
+from .conntrack import ACCT_SYSCTL
+from .plan import TC_H_INGRESS, TC_H_ROOT, Features
 from .tc import Foreign, worker
 from .uci import UciSyntaxError, parse_uci
 
 __all__ = ["Features", "flow_offload", "foreign_shaper", "format_report", "probe", "report"]
 
-ACCT_SYSCTL = "/proc/sys/net/netfilter/nf_conntrack_acct"
 FW4_CONFIG = "/etc/config/firewall"
 SHAPERS = {"htb", "hfsc", "cake", "tbf", "cbq", "drr", "qfq", "ets", "prio", "fq_pie", "netem"}
 
@@ -152,11 +154,7 @@ def report(features: Features, offload: str | None = None) -> dict[str, Any]:
              for name, (pkg, why) in NEEDS.items()}
     warnings = [a.as_dict() for a in alerts(features)]
     if offload:
-        warnings.append(Alert(
-            "offload", f"{offload}: offloaded flows freeze their conntrack counters and "
-            "bypass the classifier", "uci set firewall.@defaults[0].flow_offloading=0; "
-            "uci set firewall.@defaults[0].flow_offloading_hw=0; uci commit firewall; "
-            "/etc/init.d/firewall restart").as_dict())
+        warnings.append(A.offload(offload).as_dict())
     return {"ok": features.htb, "features": items, "warnings": warnings}
 
 
@@ -182,8 +180,7 @@ def alerts(features: Features) -> list[Alert]:
     """Status warnings for what is missing (the daemon shows them next to its own)."""
     out = []
     if not features.conntrack_acct:
-        out.append(Alert("acct_off", "conntrack accounting is off: calls cannot be measured",
-                         "sysctl -w net.netfilter.nf_conntrack_acct=1"))
+        out.append(A.acct_off())
     missing = [n for n in NEEDS if n not in ("conntrack_acct", "cake", "fq_codel") and
                not getattr(features, n)]
     if missing:
@@ -201,6 +198,8 @@ def format_report(rep: dict[str, Any]) -> str:
         lines.append(f"{mark} {name:<15} {item['used_for']}{extra}")
     for w in rep["warnings"]:
         lines.append(f"warning [{w['code']}] {w['message']} (fix: {w['fix']})")
+    lines.append("note: option conntrack_source 'netlink' needs kmod-nf-conntrack-netlink "
+                 "(the default, proc, needs nothing more)")
     return "\n".join(lines)
 
 

@@ -5,7 +5,10 @@ every backend keeps and the kernel tests check:
 - `apply()` and `remove()` are idempotent; `remove()` touches only what voipqos made;
 - a failing `apply()` raises ProfileError after undoing its partial work, so the line
   is never left half-built or throttled by accident;
-- `set_flows()` replaces the classifier's table of call 5-tuples (both directions);
+- `set_flows()` replaces the classifier's table of call 5-tuples (both directions); when
+  it fails the previous table stays the profile's;
+- `check()` says what of an applied profile the kernel no longer holds (None: all of it),
+  read from the kernel, so the daemon can restore it;
 - `apply(rate_scale)` with a scale below 1 shapes that much below the configured rates
   (the daemon's drain burst right after switching on); backends that do not own the
   rates (sqm) ignore it.
@@ -37,6 +40,8 @@ class Profile(Protocol):
 
     def set_flows(self, flows: Collection[FiveTuple]) -> None: ...
 
+    def check(self) -> str | None: ...
+
     def status(self) -> dict[str, Any]: ...
 
 
@@ -63,6 +68,35 @@ class LogProfile:
     def set_flows(self, flows: Collection[FiveTuple]) -> None:
         self.flows = frozenset(flows)
 
+    def check(self) -> str | None:
+        return None
+
     def status(self) -> dict[str, Any]:
         return {"backend": self.name, "applied": self.applied, "flows": len(self.flows),
                 "warnings": []}
+
+
+def classifier_hooks(clf: Any, device: str, hooks: Collection[str], repair: bool = True) -> bool:
+    """Compare the BPF classifier's hooks on `device` with the kernel, not with its own
+    record (a device re-created or a failed apply leaves that record wrong): with `repair`,
+    attach where wanted and missing, detach where no longer wanted. True when it runs on
+    every wanted hook."""
+    from .bpf import BpfError
+
+    complete = True
+    for hook in ("egress", "ingress"):
+        try:
+            clf.prog_id(device, hook)
+            present = True
+        except BpfError:
+            present = False
+        try:
+            if hook in hooks and not present and not repair:
+                complete = False
+            elif hook in hooks and not present:
+                clf.attach(device, hook)
+            elif hook not in hooks and present and repair:
+                clf.detach(device, hook)
+        except BpfError as exc:
+            raise ProfileError(str(exc)) from exc
+    return complete

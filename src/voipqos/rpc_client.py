@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import api, rpc
+from . import api, config, rpc
 
 PASSWORD_ENV = "VOIPQOS_PASSWORD"
 
@@ -187,22 +187,18 @@ class SessionClient:
 
 
 class LocalClient(SessionClient):
-    """The daemon's endpoint on this machine (`rpc_listen`). Read methods go through the
-    null session; write methods log in as root with the password in `secret_path`."""
+    """The daemon's endpoint on this machine (`rpc_listen`): logs in as root with the
+    password in `secret_path` (the null session may call nothing, as on a router)."""
 
     def __init__(self, listen: str, secret_path: str, timeout: float = 5) -> None:
         super().__init__(listen, rpc.USER, timeout)
         self.listen = listen
         self.secret_path = secret_path
-        if listen.startswith("unix:/"):
-            self._unix: str | None = listen[5:]
-        else:
-            self._unix = None
-            m = re.fullmatch(r"\[?([^\]]+?)\]?:(\d+)", listen)
-            if not m:
-                raise RpcError(f"rpc_listen: {listen!r}: expected unix:/PATH or HOST:PORT")
-            host = m.group(1)
-            self._addr = ("127.0.0.1" if host == "localhost" else host, int(m.group(2)))
+        try:
+            family, self._addr = config.listen_address(listen)
+        except ValueError as exc:
+            raise RpcError(f"rpc_listen: {listen!r}: expected {exc}") from None
+        self._unix = self._addr if family == socket.AF_UNIX else None
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._unix is not None:
@@ -210,7 +206,7 @@ class LocalClient(SessionClient):
         return http.client.HTTPConnection(*self._addr, timeout=self.timeout)
 
     def _needs_login(self, method: str) -> bool:
-        return method in api.WRITE_METHODS
+        return True
 
     def _password(self) -> str:
         try:

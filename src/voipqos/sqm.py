@@ -21,10 +21,11 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+from .alerts import Alert
 from .config import Config
 from .detect import FiveTuple
-from .plan import Alert
-from .profile import ProfileError
+from .hostinfo import device_exists
+from .profile import ProfileError, classifier_hooks
 from .uci import Section, UciSyntaxError, format_uci, parse_uci
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,9 @@ class SqmProfile:
             return parse_uci(self.config_path.read_text(), str(self.config_path))
         except OSError as exc:
             raise ProfileError(f"{self.config_path}: cannot read sqm config: "
-                               f"{exc.strerror} (is sqm-scripts installed?)") from None
+                               f"{exc.strerror} (is sqm-scripts installed?)") from exc
         except UciSyntaxError as exc:
-            raise ProfileError(str(exc)) from None
+            raise ProfileError(str(exc)) from exc
 
     def _queue(self, sections: list[Section]) -> Section:
         queues = [s for s in sections if s.type == "queue"]
@@ -116,6 +117,8 @@ class SqmProfile:
         self.applied = True
         if self.use_bpf and self._clf is None:
             self._start_marking()
+        elif self._clf is not None:  # a re-apply: the hooks as the kernel has them
+            classifier_hooks(self._clf, self.device, self._hooks())
 
     def _start_marking(self) -> None:
         try:
@@ -158,20 +161,33 @@ class SqmProfile:
         clf = self._clf or bpf.Classifier(self.pin_dir, self.bpf_obj, self.netns)
         self._clf = None
         try:
-            for dev, hook in sorted(clf.attached) or [(self.device, "egress")]:
-                clf.detach(dev, hook)
+            for hook in ("egress", "ingress"):
+                clf.detach(self.device, hook)
             clf.close()
         except bpf.BpfError as exc:
             log.warning("classifier removal: %s", exc)
 
     def set_flows(self, flows: Collection[FiveTuple]) -> None:
-        self.flows = frozenset(flows)
+        """Replace the call tuples; on failure the previous set stays the profile's."""
+        flows = frozenset(flows)
         if self._clf is not None:
             from .bpf import BpfError
             try:
-                self._clf.set_flows(self.flows)
+                self._clf.set_flows(flows)
             except BpfError as exc:
-                raise ProfileError(str(exc)) from None
+                raise ProfileError(str(exc)) from exc
+        self.flows = flows
+
+    def check(self) -> str | None:
+        """sqm restarts its own queue with the device (hotplug); ours is the EF marking."""
+        if not self.applied:
+            return None
+        if not device_exists(self.device):
+            return f"device {self.device} is gone"
+        if self._clf is not None and not classifier_hooks(self._clf, self.device,
+                                                          self._hooks(), repair=False):
+            return f"the EF-marking classifier is not attached on {self.device}"
+        return None
 
     def status(self) -> dict[str, Any]:
         counters = {"voice": {"packets": 0, "bytes": 0}, "other": {"packets": 0, "bytes": 0}}

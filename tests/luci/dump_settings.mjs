@@ -19,7 +19,6 @@ class Flag extends Option {}
 class Value extends Option {}
 class ListValue extends Option {}
 class DynamicList extends Option {}
-class NetworkSelect extends Option {}
 
 class NamedSection {
 	constructor(map, name, type) { Object.assign(this, { name, type, tabs: [], children: [] }); }
@@ -42,9 +41,15 @@ class FormMap {
 }
 
 const form = { Map: FormMap, NamedSection, Flag, Value, ListValue, DynamicList };
-const L = loader({ form, 'tools.widgets': { NetworkSelect }, view: Class });
+// what network.js would list on a PPPoE router (networks, then devices)
+const named = (names) => names.map((n) => ({ getName: () => n }));
+const network = {
+	getNetworks: async () => named(['lan', 'loopback', 'wan', 'wan6']),
+	getDevices: async () => named(['br-lan', 'eth0', 'eth0.2', 'lo', 'pppoe-wan']),
+};
+const L = loader({ form, network, view: Class });
 const view = await L.require('view.voipqos.settings');
-const m = view.render();
+const m = view.render(await view.load());
 const out = {
 	config: m.config,
 	sections: m.sections.map((s) => ({

@@ -8,11 +8,14 @@
  * classes Value, Flag, ListValue, DynamicList with datatype validation and depends().
  * Save writes through uci like LuCI: a valid value is set, an empty one with rmempty is
  * removed, a hidden dependant is removed, and any invalid field stops the save.
- * Datatypes: the subset of LuCI's validation.js the voipqos settings use.
+ * Datatypes: the subset of LuCI's validation.js the voipqos settings use; Value with
+ * choices as a text field with a datalist.
  */
 
 var TYPES = {
 	string: function() { return true; },
+	uciname: function(v) { return /^[a-zA-Z0-9_]+$/.test(v); },
+	netdevname: function(v) { return v != '.' && v != '..' && /^[^:\/%\s]{1,15}$/.test(v); },
 	directory: function() { return true; },
 	uinteger: function(v) { return /^\d+$/.test(v); },
 	integer: function(v) { return /^-?\d+$/.test(v); },
@@ -112,7 +115,10 @@ var AbstractValue = baseclass.extend({
 	}
 });
 
+/* with value() choices a text field suggesting them (LuCI: a combobox that also takes a
+ * value it does not list) */
 var Value = AbstractValue.extend({
+	value: function(key, label) { (this.choices = this.choices || []).push([ key, label || key ]); },
 	renderWidget: function(sid, value) {
 		var inp = E('input', { 'type': 'text', 'class': 'cbi-input-text', 'name': this.option,
 			'value': value == null ? '' : value, 'placeholder': this.placeholder });
@@ -120,7 +126,11 @@ var Value = AbstractValue.extend({
 		inp.addEventListener('input', function() {
 			inp.classList.toggle('cbi-input-invalid', !self.validate(inp.value));
 		});
-		return inp;
+		if (!this.choices)
+			return inp;
+		inp.setAttribute('list', 'choices-' + this.option);
+		return E('span', {}, [ inp, E('datalist', { 'id': 'choices-' + this.option },
+			this.choices.map(function(c) { return E('option', { 'value': c[0] }, c[1]); })) ]);
 	}
 });
 
