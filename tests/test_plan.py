@@ -192,7 +192,7 @@ def test_pfifo_fallback_puts_pure_acks_in_voice_and_keeps_the_download_leaf_shor
         (d, proto) for d in ("wan0", ifb) for proto in (P.ETH_P_IP, P.ETH_P_IPV6)}
     assert all(f.flowid == P.VOICE_CLASSID and f.rules in (P.ACK4, P.ACK6) for f in acks)
     leaf = {(q.dev, q.parent): dict(q.opts)["limit"] for q in p.of(P.Qdisc) if q.kind == "pfifo"}
-    assert leaf[(ifb, P.handle(P.DEFAULT))] == 20  # ~13.5 ms at 18 Mbit/s
+    assert leaf[(ifb, P.handle(P.DEFAULT))] == 16  # ~11 ms at 18 Mbit/s
     assert leaf[("wan0", P.handle(P.DEFAULT))] == P.pfifo_limit(10000)  # upload: 50 ms
     with_fq = P.build(cfg(), "wan0", P.Features()).of(P.FilterGroup)
     assert [f.redirect for f in with_fq] == [P.ifb_name("wan0")]  # fq_codel: no ACK rules

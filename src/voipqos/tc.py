@@ -97,9 +97,12 @@ class Tc:
         self._local = Kernel(ipr) if ipr is not None else None
 
     def _run(self, method: str, *args: Any) -> Any:
-        if self._local is not None:
+        if self._local is None:
+            return worker().call(method, *args)
+        try:
             return getattr(self._local, method)(*args)
-        return worker().call(method, *args)
+        except _netlink_error() as exc:  # e.g. the device went away between two dumps
+            raise refusal(method, args, exc) from exc
 
     def close(self) -> None:
         if self._local is not None:
@@ -357,6 +360,12 @@ def _describe(obj: P.Obj) -> str:
     if isinstance(obj, P.Class):
         return f"class {obj.handle >> 16:x}:{obj.handle & 0xFFFF:x} on {obj.dev}"
     return f"filter prio {obj.prio} on {obj.dev}"
+
+
+def refusal(method: str, args: tuple, exc: BaseException) -> ProfileError:
+    """A kernel error while reading, as the one-line ProfileError callers handle."""
+    dev = f" {args[0]}" if args and isinstance(args[0], str) else ""
+    return ProfileError(f"{method}{dev}: {_reason(exc)}")
 
 
 def _reason(exc: BaseException) -> str:

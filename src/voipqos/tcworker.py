@@ -14,8 +14,7 @@ import select
 import sys
 from typing import Any
 
-from .profile import ProfileError
-from .tc import WORKER_ORPHAN_S, Kernel, _netlink_error, _reason
+from .tc import WORKER_ORPHAN_S, Kernel, _netlink_error, refusal
 
 
 def handle(kernel: Kernel, method: str, args: tuple) -> Any:
@@ -33,7 +32,7 @@ def main() -> int:
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the answers
     kernel = Kernel(IPRoute())
-    refusal = _netlink_error()
+    kernel_error = _netlink_error()
     try:
         while select.select([inp], [], [], WORKER_ORPHAN_S)[0]:
             try:
@@ -42,8 +41,8 @@ def main() -> int:
                 break
             try:
                 answer: tuple[bool, Any] = (True, handle(kernel, method, args))
-            except refusal as exc:
-                answer = (False, ProfileError(f"{method}: {_reason(exc)}"))
+            except kernel_error as exc:
+                answer = (False, refusal(method, args, exc))
             except Exception as exc:  # a bug: its type goes back
                 logging.exception("%s failed", method)
                 answer = (False, exc)
