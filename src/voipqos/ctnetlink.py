@@ -133,13 +133,6 @@ def decode(buf: memoryview, start: int, end: int) -> Entry | None:
     if reply is None:
         raise Malformed("reply tuple of another protocol")
     status = _BE32.unpack_from(buf, a[CTA_STATUS][0])[0]
-    flags = set() if status & IPS_SEEN_REPLY else {"UNREPLIED"}
-    if status & IPS_HW_OFFLOAD:
-        flags.add("HW_OFFLOAD")
-    elif status & IPS_OFFLOAD:
-        flags.add("OFFLOAD")
-    elif status & IPS_ASSURED:
-        flags.add("ASSURED")
     state = ""
     if num == TCP and CTA_PROTOINFO in a:
         tcp = attr_spans(buf, *attr_spans(buf, *a[CTA_PROTOINFO])[1])
@@ -151,7 +144,20 @@ def decode(buf: memoryview, start: int, end: int) -> Entry | None:
     mark = _BE32.unpack_from(buf, a[CTA_MARK][0])[0] if CTA_MARK in a else 0
     return Entry(family, {UDP: "udp", TCP: "tcp"}[num], orig, reply,
                  *_counters(buf, a, CTA_COUNTERS_ORIG), *_counters(buf, a, CTA_COUNTERS_REPLY),
-                 timeout, frozenset(flags), state, mark, zone)
+                 timeout, _flags(status), state, mark, zone)
+
+
+@lru_cache(maxsize=64)
+def _flags(status: int) -> frozenset[str]:
+    """The status bits /proc prints ([UNREPLIED], [ASSURED], [OFFLOAD], [HW_OFFLOAD])."""
+    flags = set() if status & IPS_SEEN_REPLY else {"UNREPLIED"}
+    if status & IPS_HW_OFFLOAD:
+        flags.add("HW_OFFLOAD")
+    elif status & IPS_OFFLOAD:
+        flags.add("OFFLOAD")
+    elif status & IPS_ASSURED:
+        flags.add("ASSURED")
+    return frozenset(flags)
 
 
 def dump_messages(sock: socket.socket, kind: int, seq: int, body: bytes
@@ -380,23 +386,16 @@ class Tracker:
         """The watched entry with this answer's status, timeout and counters: its tuples
         do not change, so only those are read (at remembered offsets), else decoded."""
         at = self._layout(view, start, end)
-        if at is None or at[2] < 0 or at[3] < 0:
+        if at is None or at[2] < 0 or at[3] < 0 or last.proto == "tcp":  # TCP: its state
             try:
                 return decode(view, start, end)
             except (Malformed, KeyError, IndexError, struct.error):
                 return None
         status, timeout = _BE32.unpack_from(view, at[0])[0], _BE32.unpack_from(view, at[1])[0]
-        flags = set() if status & IPS_SEEN_REPLY else {"UNREPLIED"}
-        if status & IPS_HW_OFFLOAD:
-            flags.add("HW_OFFLOAD")
-        elif status & IPS_OFFLOAD:
-            flags.add("OFFLOAD")
-        elif status & IPS_ASSURED:
-            flags.add("ASSURED")
         return Entry(last.family, last.proto, last.orig, last.reply,
                      _BE64.unpack_from(view, at[2] + 4)[0], _BE64.unpack_from(view, at[2] + 16)[0],
                      _BE64.unpack_from(view, at[3] + 4)[0], _BE64.unpack_from(view, at[3] + 16)[0],
-                     0 if status & IPS_OFFLOAD else timeout, frozenset(flags), last.state,
+                     0 if status & IPS_OFFLOAD else timeout, _flags(status), last.state,
                      last.mark, last.zone)
 
     def _keep(self, snap: Snapshot, key: tuple[int, bytes], w: _Watched, e: Entry,
