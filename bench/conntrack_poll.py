@@ -153,7 +153,9 @@ def run_live(repeat: int) -> dict:
     """Inside the router namespace: the real table, every way we can read it."""
     proc = conntrack.read_proc()
     nlsnap = ctnetlink.read_netlink()
-    assert nlsnap.entries.keys() == proc.entries.keys(), "netlink and /proc disagree"
+    # idle entries expire between the two reads: a few may differ, not many
+    differ = len(nlsnap.entries.keys() ^ proc.entries.keys())
+    assert differ <= len(proc.entries) // 50, f"netlink and /proc disagree on {differ}"
     return {
         "n": proc.lines, "udp": len(proc.entries),
         "cat": median_ms(lambda: cat("cat", conntrack.PROC_PATH), repeat),
