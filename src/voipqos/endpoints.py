@@ -179,7 +179,7 @@ class Endpoints:
         try:
             self.ubus = UbusObject(self.dispatcher)
         except Exception as exc:  # no ubusd (yet): JSON-RPC still works, retry later
-            log.warning("ubus: cannot register %s: %s; retrying in %g s", api.OBJECT,
+            log.warning("ubus: cannot register %s: %s; retrying in %g s", api.DAEMON_OBJECT,
                         str(exc).strip(), UBUS_RETRY)
             self._ubus_retry_at = now + UBUS_RETRY
             return
@@ -188,7 +188,7 @@ class Endpoints:
             log.info("ubus: connection socket not found; polling it every %g s", UBUS_SLICE)
         else:
             self.sel.register(self.ubus.fd, selectors.EVENT_READ, "ubus")
-        log.info("ubus: object %s registered", api.OBJECT)
+        log.info("ubus: object %s registered", api.DAEMON_OBJECT)
 
     # -- the loop ------------------------------------------------------------------------
 
