@@ -417,3 +417,21 @@ def test_refusals_as_the_real_uhttpd_answers_them(ep, case):
     doc = body_of(got) if status == 200 else None
     error = doc["error"]["code"] if isinstance(doc, dict) and "error" in doc else None
     assert (status, error) == want
+
+
+def test_out_of_file_descriptors_is_retried_not_spun_on(ep, caplog):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with connect(ep) as s:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (3, hard))  # accept() fails: EMFILE
+        try:
+            for _ in range(20):
+                ep.wait(0.01)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert len([r for r in caplog.records if "accept" in r.getMessage()]) == 1
+        ep.wait(1.1)  # retried: served
+        s.sendall(post(STATUS))
+        got = answers(ep, [s], 2)[0]
+    assert got.startswith(b"HTTP/1.1 200")
