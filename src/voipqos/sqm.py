@@ -56,7 +56,7 @@ class SqmProfile:
     # ---- sqm config ----
     def _load(self) -> list[Section]:
         try:
-            return parse_uci(self.config_path.read_text(), str(self.config_path))
+            return parse_uci(self.config_path.read_bytes(), str(self.config_path))
         except OSError as exc:
             raise ProfileError(f"{self.config_path}: cannot read sqm config: "
                                f"{exc.strerror} (is sqm-scripts installed?)") from exc
