@@ -309,8 +309,9 @@ def row_timeout_1e400(d: Daemon, tmp: Path) -> tuple[bool, str]:
 
 
 def row_non_utf8_config(d: Daemon, tmp: Path) -> tuple[bool, str]:
-    garbage = d.good + "\toption interface 'caf\xe9'\n"
-    d.conf.write_bytes(garbage.encode("latin-1"))
+    garbage = (d.good + "\toption interface 'caf\xe9'\n").encode("latin-1")
+    running = d.status()["config"]
+    d.conf.write_bytes(garbage)
     before = len(d.log_lines())
     d.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 5
@@ -319,20 +320,20 @@ def row_non_utf8_config(d: Daemon, tmp: Path) -> tuple[bool, str]:
     time.sleep(0.2)
     new = d.log_lines()[before:]
     said = [line for line in new if "not UTF-8 text" in line]
-    sid = d.login()
-    rpc = d.call(sid, "voipqos", "reload", {})["result"]
+    rpc = d.call(d.login(), "voipqos", "reload", {})["result"]
+    kept = d.status()["config"] == running
     d.conf.write_text(d.good)
-    check, _ = cli("check-config", "--config", str(tmp / "bad"))
-    (tmp / "bad").write_bytes(garbage.encode("latin-1"))
+    (tmp / "bad").write_bytes(garbage)
     check, _ = cli("check-config", "--config", str(tmp / "bad"))
     start, _ = cli("run", "--foreground", "--dry-run", "--config", str(tmp / "bad"))
-    ok = (said and "Traceback" not in "".join(new) and d.alive() and rpc[0] == 2
+    ok = (said and "Traceback" not in "".join(new) and d.alive() and rpc[0] == 2 and kept
           and len(check.stderr.splitlines()) == 1 and check.returncode == 2
           and len(start.stderr.splitlines()) == 1 and start.returncode == 2)
     return bool(ok), (f"SIGHUP: {len(new)} one-line log line(s) ({len(said)} with the "
-                      "error), still serving; RPC reload: status "
-                f"{rpc[0]} {str(rpc[1:])[:70]}; check-config/start: "
-                f"{len(check.stderr.splitlines())}/{len(start.stderr.splitlines())} line(s)")
+                      f"error), running config {'kept' if kept else 'CHANGED'}, still "
+                      f"serving; RPC reload: status {rpc[0]} {str(rpc[1:])[:70]}; "
+                      f"check-config/start: {len(check.stderr.splitlines())}/"
+                      f"{len(start.stderr.splitlines())} line(s), exit 2")
 
 
 def cadence(d: Daemon, polls0: int, t0: float) -> tuple[bool, str]:
