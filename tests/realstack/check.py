@@ -129,6 +129,8 @@ def main() -> int:
         s.stop()
         log = (s.logs / "voipqos.log").read_text()
         check("daemon log has no traceback", "Traceback" not in log)
+        check("SIGTERM stops the daemon cleanly with python-ubus's uloop loaded",
+              "stopping: removing the profile" in log)
         refusals = [ln for ln in log.splitlines() if "mode must be on, off or auto" in ln]
         check("a refused call is one log line", len(refusals) == 1, f"{len(refusals)} lines")
         print(f"     logs and screenshot in {s.logs}")
