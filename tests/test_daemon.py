@@ -9,6 +9,7 @@ import pytest
 
 from test_rpc import Clock
 from voipqos import config
+from voipqos.alerts import Alert, Ledger
 from voipqos.api import InvalidArgument
 from voipqos.conntrack import Entry, Snapshot, Tuple
 from voipqos.daemon import Daemon, ReloadRejected, System
@@ -180,13 +181,19 @@ def test_a_lost_profile_is_restored_and_logged_once(rig, caplog):
     rig.script.talking = True
     rig.tick(3)
     prof.lost = "device wan0 was re-created"
+    prof.fail_apply = True
     rig.script.changed = Events(True)
     rig.d.tend(rig.clock.now)
-    assert prof.log[-2:] == ["apply", "apply"] and active(d)
+    doc = d.status()
+    assert not doc["active"] and not doc["profile"]["applied"]  # not what it remembers
+    prof.fail_apply = False
+    rig.script.changed = Events(True, frozenset({"wan0"}))
+    rig.d.tend(rig.clock.now)
+    assert prof.log[-3:] == ["apply", "apply", "apply"] and active(d)
     prof.lost = None
     rig.script.changed = Events(True)
     rig.tick()
-    assert prof.log.count("apply") == 2
+    assert prof.log.count("apply") == 3  # no re-apply once the kernel holds it
     assert sum("profile lost" in r.getMessage() for r in caplog.records) == 1
 
 
@@ -301,3 +308,14 @@ def test_reload_during_a_call_changes_rates_in_place_without_drain(rig):
                     + "\toption upload '20000'\n")
     d.reload()
     assert active(d) and prof.log == ["apply", "apply"] and d.cfg.upload == 20000
+
+
+def test_ledger_logs_appear_change_and_clear_once(caplog):
+    caplog.set_level("INFO")
+    ledger = Ledger()
+    a, b = Alert("x", "one"), Alert("x", "two")
+    for alerts in ([a], [a], [b], [b], [], []):
+        ledger.update(alerts)
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["warning [x] one (fix: -)", "warning [x] two (fix: -)",
+                    "warning [x] cleared"]

@@ -354,7 +354,9 @@ class Daemon:
             "device": self.device,
             "calls": [call_doc(c, self.call_started.get(c.id, now), now, self._wall)
                       for c in self._calls()],
-            "profile": {k: v for k, v in prof.items() if k != "warnings"},
+            # one record of "on": the switching's (the profile's own may predate a loss)
+            "profile": {**{k: v for k, v in prof.items() if k != "warnings"},
+                        "applied": self.switch.active},
             "traffic": self.system.traffic(self.device),
             "warnings": [*(a.as_dict() for a in self.alerts.values()), *prof["warnings"]],
             "metrics": {

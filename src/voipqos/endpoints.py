@@ -264,7 +264,9 @@ class Endpoints:
                     self.full_since = now
                 if now < self.full_since + QUEUE_TIME:
                     self._watch_listener(False)
-                    self.accept_at = self.full_since + QUEUE_TIME
+                    self.accept_at = min([self.full_since + QUEUE_TIME] + [
+                        c.deadline - self.client_timeout + IDLE_GRACE
+                        for c in self.clients.values() if c.idle()])  # may make room then
                     return
                 refuse = True
             try:
