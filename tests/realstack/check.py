@@ -94,6 +94,9 @@ def luci(s: stack.Stack, daemon) -> None:
                              ("vq-auto", "watching")):
             drv.find_element(By.ID, button).click()
             check(f"LuCI {button} -> {want}", wait_badge(want), badge())
+        rows = drv.find_element(By.ID, "vq-transitions").text
+        check("LuCI's ui.Table lists the transitions", "Forced off" in rows,
+              rows.splitlines()[-1][-60:])
         daemon.terminate()
         daemon.wait(10)
         ok = wait_badge("not_running")
