@@ -96,7 +96,7 @@ def luci(s: stack.Stack, daemon) -> None:
             check(f"LuCI {button} -> {want}", wait_badge(want), badge())
         rows = drv.find_element(By.ID, "vq-transitions").text
         check("LuCI's ui.Table lists the transitions", "Forced off" in rows,
-              rows.splitlines()[-1][-60:])
+              (rows.splitlines() or [""])[-1][-60:])
         daemon.terminate()
         daemon.wait(10)
         ok = wait_badge("not_running")
