@@ -127,6 +127,8 @@ class Daemon:
         return json.loads(resp.partition(b"\r\n\r\n")[2])["result"][1]
 
     def answers(self) -> bool:
+        """The daemon answers `status` (through a logged-in session: the null session
+        has only rpcd's `unauthenticated` group)."""
         try:
             return bool(self.status())
         except (OSError, ValueError, KeyError, TypeError, IndexError):
