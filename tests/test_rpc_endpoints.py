@@ -352,9 +352,12 @@ def test_idle_clients_make_room_for_a_working_one(ep):
         s.close()
 
 
-def test_a_half_closed_client_still_gets_its_answers(ep):
+def send_all_then_read_to_eof(ep: Endpoints, data: bytes) -> bytes:
+    """Send, half-close, and serve until the endpoint closes (or 3 s): all it answered."""
     with connect(ep) as s:
-        s.sendall(post(STATUS) * 3)
+        s.settimeout(2)
+        with contextlib.suppress(BrokenPipeError):
+            s.sendall(data)
         s.shutdown(socket.SHUT_WR)
         got = b""
         end = time.monotonic() + 3
@@ -363,8 +366,13 @@ def test_a_half_closed_client_still_gets_its_answers(ep):
             with contextlib.suppress(TimeoutError):
                 chunk = s.recv(65536)
                 if not chunk:
-                    break  # closed by the endpoint, after the answers
+                    break
                 got += chunk
+    return got
+
+
+def test_a_half_closed_client_still_gets_its_answers(ep):
+    got = send_all_then_read_to_eof(ep, post(STATUS) * 3)
     assert got.count(b"HTTP/1.1 200") == 3
     assert not ep.clients
 
@@ -399,20 +407,7 @@ def test_refusals_as_the_real_uhttpd_answers_them(ep, case):
     request = base64.b64decode(UHTTPD["cases"][case]["request"])
     uhttpd = UHTTPD["cases"][case]["answer"]
     want = UHTTPD_DIFFERS.get(case, (uhttpd["status"], uhttpd.get("rpc_error")))
-    with connect(ep) as s:
-        s.settimeout(2)
-        with contextlib.suppress(BrokenPipeError):
-            s.sendall(request)
-        s.shutdown(socket.SHUT_WR)
-        got = b""
-        end = time.monotonic() + 3
-        while time.monotonic() < end:
-            ep.wait(0.01)
-            with contextlib.suppress(TimeoutError):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                got += chunk
+    got = send_all_then_read_to_eof(ep, request)
     status = int(got[9:12])
     doc = body_of(got) if status == 200 else None
     error = doc["error"]["code"] if isinstance(doc, dict) and "error" in doc else None
