@@ -187,7 +187,7 @@ class Daemon:
             log.error("reload rejected, keeping the running config: %s", exc)
             self.alerts["config_rejected"] = Alert(
                 "config_rejected", str(exc), "fix the option and reload again")
-            self._publish()
+            self.ledger.logged(self.alerts["config_rejected"])
             raise ReloadRejected(str(exc)) from exc
         self.alerts.pop("config_rejected", None)
         log.info("config reloaded from %s", self.config_path)
@@ -315,7 +315,7 @@ class Daemon:
         except ProfileError as exc:
             if action.kind is Kind.FLOWS:
                 self.alerts[code] = Alert(
-                    code, f"{len(action.flows)} call flows not classified: {exc}",
+                    code, f"{len(action.flows)} call 5-tuples not classified: {exc}",
                     "none needed: retried when the calls change; other traffic is unaffected")
             else:
                 fix = "voipqos remove" if action.kind is Kind.REMOVE else \
