@@ -477,9 +477,12 @@ def _until(d: Daemon, next_poll: float) -> float:
     """Seconds to wait: the next poll, a switching deadline, or the next look at the
     kernel while shaping (a lost IFB blackholes download traffic until restored)."""
     now = d.clock()
-    wake = min(next_poll, d.switch.next_deadline() or next_poll)
+    wake = next_poll
     if d.switch.active:
         wake = min(wake, now + WATCH_INTERVAL)
+    deadline = d.switch.next_deadline()
+    if deadline is not None:  # never a spin, whatever the deadline says
+        wake = min(wake, max(deadline, now + WATCH_INTERVAL / 5))
     return max(0.0, wake - now)
 
 
