@@ -125,15 +125,22 @@ def fmt(v: float | None, unit: str = "") -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| condition | direction | router loss | endpoint loss | router jitter | "
-             "endpoint jitter | router MOS (upper bound) |", "|---|---|---|---|---|---|---|"]
+             "endpoint jitter | RTCP report seen by the router (loss last, jitter) | "
+             "router MOS (upper bound) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for name, ep, who in (("egress", r["far_rx"], "far end"),
                               ("ingress", r["phone_rx"], "phone's RTCP")):
             d = r["router"][name] or {}
+            rep = d.get("endpoint_report") or {}
             lines.append(f"| {r['condition']} | {name} (vs {who}) | "
                          f"{fmt(d.get('loss_percent'), ' %')} | {fmt(ep['loss_percent'], ' %')} | "
                          f"{fmt(d.get('jitter_ms'), ' ms')} | {fmt(ep.get('jitter_ms'), ' ms')} | "
-                         f"{fmt(d.get('mos'))} |")
+                         f"{fmt(rep.get('loss_percent_last'), ' %')}, "
+                         f"{fmt(rep.get('jitter_ms'), ' ms')} | {fmt(d.get('mos'))} |")
+    lines.append("")
+    lines += [f"{r['condition']}: router's round trips from RTCP SR/RR: "
+              + (", ".join(f"{k} {v:.1f} ms" for k, v in r["router"]["rtt_ms"].items()) or "none")
+              for r in rows]
     return "\n".join(lines)
 
 

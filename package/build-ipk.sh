@@ -8,8 +8,10 @@
 # an ar archive like Debian's .deb) of ./debian-binary, ./data.tar.gz, ./control.tar.gz.
 # Files are owned by root, names sorted, mtimes SOURCE_DATE_EPOCH (default: the last
 # commit), gzip without timestamps: the same tree gives the same bytes.
-# Environment: BPF_DIR (default build/bpf, from `make bpf`), LUCI_APP_DIR (default
-# luci-app), PYTHON_VERSION (default 3.11, the Python of OpenWrt 23.05 and 24.10).
+# Environment: BPF_DIR (default build/bpf, from `make bpf`: both byte orders, built for
+# the BPF target itself, so the package fits every router, 32- or 64-bit; see
+# docs/install.md), LUCI_APP_DIR (default luci-app), PYTHON_VERSION (default 3.11, the
+# Python of OpenWrt 23.05 and 24.10).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -61,7 +63,7 @@ ipkg_build() {
 # byte code (byte code is tied to one Python version; sources are not)
 d=$work/voipqos
 install -d -m 0755 "$d$site" "$d/usr/bin" "$d/etc/init.d" "$d/etc/config" \
-	"$d/etc/uci-defaults" "$d/usr/share/rpcd/acl.d" "$d/usr/lib/voipqos/bpf"
+	"$d/etc/uci-defaults" "$d/usr/share/rpcd" "$d/usr/lib/voipqos/bpf"
 (cd "$root/src" && find voipqos -name '*.py' -not -path 'voipqos/lab/*' \
 	-not -path '*/__pycache__/*' -print0) |
 	while IFS= read -r -d '' py; do
@@ -71,7 +73,10 @@ install -m 0755 "$root/package/voipqos/files/voipqos" "$d/usr/bin/voipqos"
 install -m 0755 "$root/files/etc/init.d/voipqos" "$d/etc/init.d/voipqos"
 install -m 0600 "$root/files/etc/config/voipqos" "$d/etc/config/voipqos"
 install -m 0755 "$root/files/etc/uci-defaults/90-voipqos" "$d/etc/uci-defaults/90-voipqos"
-install -m 0644 "$root/files/usr/share/rpcd/acl.d/voipqos.json" "$d/usr/share/rpcd/acl.d/"
+# rpcd's files: the ACL (acl.d/) and any rpcd plugin (ucode/), data only
+cp -R "$root/files/usr/share/rpcd/." "$d/usr/share/rpcd/"
+find "$d/usr/share/rpcd" -type d -exec chmod 0755 {} +
+find "$d/usr/share/rpcd" -type f -exec chmod 0644 {} +
 install -m 0644 "$bpf_dir/voipqos-bpfel.o" "$bpf_dir/voipqos-bpfeb.o" "$d/usr/lib/voipqos/bpf/"
 $meta voipqos "$root" "$SOURCE_DATE_EPOCH" "$d/CONTROL"
 ipkg_build "$d"

@@ -251,27 +251,38 @@ print(s.recv(200).split(b"\\r\\n")[0].decode())
 """
 
 
+def alive(d: Daemon) -> tuple[bool, str]:
+    ok = d.alive()
+    return ok, "alive and answering" if ok else "NOT ANSWERING"
+
+
 def row_unicode_length(d: Daemon, tmp: Path) -> tuple[bool, str]:
-    data = b"POST /ubus HTTP/1.1\r\nContent-Length: \xc2\xb2\r\n\r\n{}"
-    if os.geteuid() == 0:
-        first = as_nobody(RAW_SEND.format(port=d.port, data=data))
-        who = "as nobody"
-    else:
-        first = d.exchange(data).split(b"\r\n")[0].decode()
-        who = "(not root: as this user)"
-    return first.startswith("HTTP/1.1 400") and d.alive(), f"{who}: {first}; alive"
+    firsts = []
+    for digit in (b"\xb2", b"\xc2\xb2"):  # '²' in latin-1 and in UTF-8
+        data = b"POST /ubus HTTP/1.1\r\nContent-Length: " + digit + b"\r\n\r\n{}"
+        if os.geteuid() == 0:
+            firsts.append(as_nobody(RAW_SEND.format(port=d.port, data=data)))
+            who = "as nobody"
+        else:
+            firsts.append(d.exchange(data).split(b"\r\n")[0].decode())
+            who = "(not root: as this user)"
+    up, state = alive(d)
+    ok = all(f.startswith("HTTP/1.1 400") for f in firsts) and up
+    return ok, f"{who}: {' / '.join(f or 'no answer' for f in firsts)}; {state}"
 
 
 def row_long_length(d: Daemon, tmp: Path) -> tuple[bool, str]:
     first = d.exchange(b"POST /ubus HTTP/1.1\r\nContent-Length: " + b"9" * 5000
                        + b"\r\n\r\n").split(b"\r\n")[0].decode()
-    return first.startswith("HTTP/1.1 400") and d.alive(), f"{first}; alive"
+    up, state = alive(d)
+    return first.startswith("HTTP/1.1 400") and up, f"{first or 'no answer'}; {state}"
 
 
 def row_deep_json(d: Daemon, tmp: Path) -> tuple[bool, str]:
     resp = d.exchange(post(b"[" * 30000 + b"]" * 30000))
-    code = json.loads(resp.partition(b"\r\n\r\n")[2])["error"]["code"]
-    return code == -32700 and d.alive(), f"JSON-RPC {code}; alive"
+    code = json.loads(resp.partition(b"\r\n\r\n")[2] or b"{}").get("error", {}).get("code")
+    up, state = alive(d)
+    return code == -32700 and up, f"JSON-RPC {code}; {state}"
 
 
 def row_timeout_1e400(d: Daemon, tmp: Path) -> tuple[bool, str]:
@@ -280,8 +291,9 @@ def row_timeout_1e400(d: Daemon, tmp: Path) -> tuple[bool, str]:
         args = f'{{"username":"root","password":"{d.secret}","timeout":{timeout}}}'
         res = d.call(NULL, "session", "login", args)
         out.append(str(res.get("error", res.get("result")))[:60])
-    ok = all("-32700" in o for o in out) and d.alive()
-    return ok, f"timeout 1e400 / 10^400: {out[0]} / {out[1]}; alive"
+    up, state = alive(d)
+    ok = all("-32700" in o for o in out) and up
+    return ok, f"timeout 1e400 / 10^400: {out[0]} / {out[1]}; {state}"
 
 
 def row_non_utf8_config(d: Daemon, tmp: Path) -> tuple[bool, str]:
@@ -469,8 +481,8 @@ print(n)
 
 def row_fuzz(d: Daemon, tmp: Path, count: int) -> tuple[bool, str]:
     sent, problems = fuzz(d, count)
-    ok = not problems and d.alive()
-    return ok, f"{sent} mutated requests, {len(problems)} problems, alive and answering" + (
+    up, state = alive(d)
+    return not problems and up, f"{sent} mutated requests, {len(problems)} problems, {state}" + (
         f"; first: {problems[0]}" if problems else "")
 
 
@@ -532,6 +544,7 @@ def main() -> int:
     ap.add_argument("--fuzz", type=int, default=2000, help="mutated requests to send")
     ap.add_argument("--src", default=SRC[0],
                     help="voipqos sources to probe, e.g. an older commit's (git archive)")
+    ap.add_argument("--only", default="", help="run the rows whose title has this text")
     args = ap.parse_args()
     SRC[0] = args.src
     print(f"# {os.uname().nodename}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
@@ -557,6 +570,7 @@ def main() -> int:
     rows += [(f"16: {title}", lambda d, tmp, n=name, t=text, w=want, c=check:
               config_row(tmp, n, t, w, c))
              for title, name, text, want, check in CONFIG_ROWS]
+    rows = [(title, probe) for title, probe in rows if args.only in title]
     failed = exits = 0
     with tempfile.TemporaryDirectory() as tmpdir:
         d = None

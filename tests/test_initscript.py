@@ -6,9 +6,11 @@ a stub that records each procd/UCI/ubus call, and the test compares what was rec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,7 +31,7 @@ SHELLS = [["sh"]] + ([["busybox", "ash"]] if shutil.which("busybox") else [])
 
 
 def shell_files() -> list[Path]:
-    found = []
+    found = [ROOT / "tests/compile_bpf.sh"]
     for base in ("files", "package"):
         for path in sorted((ROOT / base).rglob("*")):
             if path.is_file() and path.read_bytes()[:64].split(b"\n")[0] in (
@@ -125,11 +127,30 @@ def test_save_and_apply_reaches_the_reload_trigger(tmp_path):
             {"type": "config.change", "data": {"package": package}}], path
 
 
+# the init script's way to a stopped daemon, with procd's SIGTERM where procd sends it:
+# stop (procd_kill), or reload with `enabled 0` (the service registered without instance)
+STOPS = {
+    "stop": ("procd_kill() { call procd_kill; kill -TERM $DAEMON; }\nstop\n", {}, [
+        "procd_kill", "logger -t voipqos voipqos: profile removed (htb)"]),
+    "reload_enabled_0": (
+        'call() { echo "$*" >>"$CALLS"; [ "$1" != close_service ] || kill -TERM $DAEMON; }\n'
+        "reload\n", {"UCI_voipqos_main_enabled": "0", "PROCD_RUNNING": "1"}, [
+            "procd_running voipqos", "open_service",
+            "logger -t voipqos disabled (voipqos.main.enabled=0): not starting",
+            # the daemon still runs here: remove leaves the profile to it
+            "logger -t voipqos voipqos: voipqos is already running (pid $DAEMON, RUN/voipqos"
+            ".pid): it switches the profile itself (voipqos on|off|auto), and removes it "
+            "when stopped (/etc/init.d/voipqos stop)",
+            "reload_trigger voipqos", "close_service"]),
+}
+
+
 @pytest.mark.kernel
-def test_stop_right_after_sigterm_leaves_nothing_and_no_error(tmp_path):
-    """The real daemon shaping (HTB + IFB + BPF) in a namespace; the init script's stop
-    under busybox ash, its procd_kill sending the SIGTERM: `voipqos remove` runs at once,
-    as on a router, and must neither overlap the daemon's own removal nor fail."""
+@pytest.mark.parametrize("how", list(STOPS))
+def test_stopping_the_shaping_daemon_leaves_nothing_and_no_error(tmp_path, how):
+    """The real daemon shaping (HTB + IFB + BPF) in a namespace; the init script under
+    busybox ash, SIGTERM sent where procd sends it: `voipqos remove` runs at once, as on a
+    router, and must neither overlap the daemon's own removal nor fail."""
     run_dir = tmp_path / "run"
     conf = tmp_path / "voipqos"
     conf.write_text(
@@ -172,15 +193,54 @@ def test_stop_right_after_sigterm_leaves_nothing_and_no_error(tmp_path):
         prog.chmod(0o755)
         calls = tmp_path / "calls"
         calls.write_text("")
-        script = (f". {STUBS}/procd.sh\n. {INIT}\nPROG={prog}\n"
-                  f'procd_kill() {{ call procd_kill; kill -TERM {daemon.pid}; }}\nstop\n')
+        action, env, want = STOPS[how]
+        script = f". {STUBS}/procd.sh\n. {INIT}\nPROG={prog}\n{action}"
         subprocess.run([*SHELLS[-1], "-c", script], check=True, timeout=60, cwd=tmp_path,
                        env={"PATH": os.environ["PATH"], "CALLS": str(calls),
-                            "PYTHONPATH": str(ROOT / "src")})
-        assert daemon.wait(5) == 0
+                            "PYTHONPATH": str(ROOT / "src"), "DAEMON": str(daemon.pid), **env})
+        assert daemon.wait(10) == 0
         assert calls.read_text().splitlines() == [
-            "procd_kill", "logger -t voipqos voipqos: profile removed (htb)"]
+            line.replace("$DAEMON", str(daemon.pid)).replace("RUN", str(run_dir))
+            for line in want]
         assert not [w for w in ("htb", "clsact", "vqi-", "voipqos") if w in state()]
+
+
+@pytest.mark.kernel
+def test_reload_signal_while_the_daemon_starts_does_not_kill_it(tmp_path):
+    """SIGHUP all through start-up: the launcher ignores it from its first lines until the
+    daemon's handler is set (a reload during the seconds of imports on a router must not
+    kill it); the window left is the interpreter's own start, before any of our code."""
+    run_dir = tmp_path / "run"
+    conf = tmp_path / "voipqos"
+    conf.write_text(f"config voipqos 'main'\n\toption interface 'lo'\n"
+                    f"\toption run_dir '{run_dir}'\n"
+                    f"\toption rpc_listen 'unix:{run_dir}/rpc.sock'\n")
+    launcher = ROOT / "package/voipqos/files/voipqos"
+    with netns.Topology("vqh-") as t:
+        t.add("r")
+        daemon = t.popen("r", [sys.executable, str(launcher), "run", "--foreground",
+                               "--dry-run", "--config", str(conf)],
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        deadline = time.monotonic() + 15
+
+        def hup_ignored() -> bool:  # the launcher's first lines ran (SigIgn bit 0)
+            with contextlib.suppress(OSError):
+                status = Path(f"/proc/{daemon.pid}/status").read_text()
+                return bool(int(status.split("SigIgn:")[1].split()[0], 16) & 1)
+            return False
+
+        while not hup_ignored():
+            assert time.monotonic() < deadline, "the launcher never ignored SIGHUP"
+            time.sleep(0.001)
+        # from here on, all through the imports, until the daemon's socket is up
+        while not (run_dir / "rpc.sock").exists():
+            daemon.send_signal(signal.SIGHUP)
+            assert daemon.poll() is None, "a SIGHUP during start-up killed the daemon"
+            assert time.monotonic() < deadline, "no daemon socket in 15 s"
+            time.sleep(0.01)
+        daemon.send_signal(signal.SIGHUP)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(10) == 0
 
 
 @pytest.mark.parametrize(("iface", "uci", "trigger"), [

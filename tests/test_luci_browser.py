@@ -10,6 +10,7 @@ Screenshots go to the pytest tmp dir; VOIPQOS_SCREENSHOTS=docs keeps the lab tes
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import sys
@@ -22,6 +23,7 @@ import pytest
 from selenium import webdriver  # pip selenium (the project's test extra)
 from selenium.webdriver.common.by import By
 
+import transcripts
 from luci.fixture import PASSWORD, FixtureDaemon
 from luci.server import LuciServer, login, unix_upstream
 from voipqos.lab import netns
@@ -164,6 +166,40 @@ def test_views_against_fixture(browser, tmp_path):
         assert "<i>(counters freeze)</i>" in browser.find_element(By.ID, "vq-warnings").text
         check_settings_page(browser, server, confdir, tmp_path)
     assert fixture.reloads == 1
+
+
+def plugin_without_daemon(body: bytes) -> bytes:
+    """uhttpd + rpcd's voipqos plugin while the daemon is stopped, as recorded
+    (tests/data/transcripts/ubus_cli.json: status 4 with the plugin's message)."""
+    row = next(r for r in transcripts.load("ubus_cli") if r.get("daemon") == "absent")
+    req = json.loads(body)
+    return json.dumps({"jsonrpc": "2.0", "id": req.get("id"),
+                       "result": [transcripts.cli_status(row), row["reply"]]}).encode()
+
+
+def test_status_page_tells_not_running_from_failed(browser, tmp_path):
+    with LuciServer(plugin_without_daemon, tmp_path, "0" * 32) as server:
+        browser.get(server.url + "/status")
+        wait(lambda: badge(browser) == "not_running", 10, "badge Not running")
+        assert browser.find_element(By.ID, "vq-badge").text == "Not running"
+        browser.find_element(By.ID, "vq-force-on").click()
+        note = wait(lambda: browser.find_element(By.ID, "vq-mode-error").text, 5,
+                    "the mode error")
+        assert note == "Could not switch the mode: the voipqos service is not running"
+
+    fixture = FixtureDaemon()
+    sid = login(fixture, PASSWORD)
+
+    def broken(args):
+        raise RuntimeError("conntrack table unreadable")
+
+    fixture.rpc.dispatcher.handlers["status"] = broken
+    with LuciServer(fixture, tmp_path, sid) as server:
+        browser.get(server.url + "/status")
+        wait(lambda: badge(browser) == "failed", 10, "badge Error")
+        assert browser.find_element(By.ID, "vq-reason").text == (
+            "The status call failed: status failed: conntrack table unreadable")
+    assert page_errors(browser) == []
 
 
 @pytest.fixture

@@ -112,6 +112,7 @@ def test_control_fields(voipqos):
     assert set(ipkg_control.pydeps(ROOT)) | {
         "python3-light", "kmod-sched-core", "kmod-sched-bpf", "kmod-ifb", "tc-bpf",
         "ip-tiny",  # the classifier loader reads `ip -j link` (busybox ip has no -j)
+        "rpcd-mod-ucode", "ucode-mod-ubus",  # the public ubus object: an rpcd ucode plugin
     } == set(depends[1:])
     assert (f["Source"], f["SourceName"]) == ("package/voipqos", "voipqos")
     assert (f["License"], f["Section"], f["Architecture"]) == ("GPL-2.0-only", "net", "all")
@@ -161,9 +162,14 @@ def test_data_tree_modes(voipqos):
     assert modes["./etc/config/voipqos"] == 0o600
     assert modes["./usr/share/rpcd/acl.d/voipqos.json"] == 0o644
     assert all(m.mode == 0o755 for m in voipqos.files.values() if m.isdir())
-    for name in ("etc/init.d/voipqos", "etc/config/voipqos", "etc/uci-defaults/90-voipqos",
-                 "usr/share/rpcd/acl.d/voipqos.json"):
-        assert voipqos.read("./" + name) == (ROOT / "files" / name).read_bytes()
+    shipped = [p.relative_to(ROOT / "files").as_posix() for p in (ROOT / "files").rglob("*")
+               if p.is_file()]
+    assert {"etc/init.d/voipqos", "etc/config/voipqos", "etc/uci-defaults/90-voipqos",
+            "usr/share/rpcd/acl.d/voipqos.json"} <= set(shipped)
+    for name in shipped:  # all of files/, as it is (rpcd's ACL and plugins included)
+        assert voipqos.read("./" + name) == (ROOT / "files" / name).read_bytes(), name
+        if name.startswith("usr/share/rpcd/"):
+            assert modes["./" + name] == 0o644, name
 
 
 def test_every_python_module_and_both_bpf_objects_inside(voipqos, bpf_dir):
@@ -287,36 +293,23 @@ def test_rpcd_acl_grants_read_and_write_separately():
     assert set(api.READ_METHODS) | set(api.WRITE_METHODS) == set(api.SPECS)
 
 
-def compile_bpf_mk(src: Path, out: Path, arch: str) -> Path:
-    """CompileBPF of OpenWrt 24.10's include/bpf.mk, step by step, with the host's LLVM:
-    the C front-end for the target's mips ABI (BPF_ARCH: mips, mipsel, mips64, mips64el
-    by CONFIG_BIG_ENDIAN and CONFIG_ARCH_64BIT), then opt, llc for bpfeb/bpfel, strip."""
-    target = "bpfel" if arch.endswith("el") else "bpfeb"
-    endian = "little" if target == "bpfel" else "big"
-    multiarch = subprocess.run(["gcc", "-print-multiarch"], capture_output=True,
-                               text=True).stdout.strip()
-    stem = out / arch
-    subprocess.run(["clang", "-g", "-target", f"{arch}-linux-gnu", f"-I/usr/include/{multiarch}",
-                    "-D__TARGET_ARCH_mips", f"-m{endian}-endian", "-fno-stack-protector",
-                    "-Wall", "-fno-asynchronous-unwind-tables", "-O2", "-emit-llvm", "-Xclang",
-                    "-disable-llvm-passes", "-c", str(src), "-o", f"{stem}.bc"], check=True)
-    with open(f"{stem}.bc", "rb") as bc, open(f"{stem}.opt", "wb") as opt:
-        subprocess.run(["opt", "-O2", f"-mtriple={target}"], stdin=bc, stdout=opt, check=True)
-    with open(f"{stem}.opt", "rb") as opt, open(f"{stem}.S", "wb") as asm:
-        subprocess.run(["llvm-dis"], stdin=opt, stdout=asm, check=True)
-    with open(f"{stem}.S", "rb") as asm:
-        subprocess.run(["llc", f"-march={target}", "-mcpu=v3", "-filetype=obj", "-o",
-                        f"{stem}.o"], stdin=asm, check=True)
-    subprocess.run(["llvm-strip", "--strip-debug", f"{stem}.o"], check=True)
-    return Path(f"{stem}.o")
+def compile_bpf(obj: Path, arch: str) -> Path:
+    """tests/compile_bpf.sh: bpf.mk's CompileBPF steps for BPF_ARCH `arch`."""
+    subprocess.run([str(ROOT / "tests/compile_bpf.sh"), str(ROOT / "bpf/voipqos.c"), str(obj),
+                    arch], check=True, timeout=120)
+    return obj
 
 
 @pytest.mark.kernel
-def test_every_target_gets_a_loadable_object_from_compile_bpf(tmp_path):
-    """What the SDK build installs on each kind of target: the right byte order, the
-    maps' BTF kept, and (little-endian, this machine) a program the kernel's verifier
-    takes, attached by tc as the daemon attaches it."""
-    objs = {arch: compile_bpf_mk(ROOT / "bpf/voipqos.c", tmp_path, arch)
+def test_compile_bpf_gives_each_target_its_object(tmp_path, bpf_dir):
+    """The SDK build: CompileBPF for each of bpf.mk's front-ends gives the right byte
+    order and keeps the maps' BTF; the one for this machine's kind of target (64-bit
+    little-endian: mips64el, as for aarch64 and x86_64 routers) passes the verifier when
+    tc attaches it, and so does make bpf's bpfel object that `make ipk` ships. (A 32-bit
+    front-end's BTF has 4-byte pointers, which only a 32-bit kernel takes: this one
+    refuses mipsel's, "Member exceeds struct_size", and the classifier's spin lock needs
+    that BTF. Hence per-target SDK packages, and `-target bpf` objects for `all`.)"""
+    objs = {arch: compile_bpf(tmp_path / f"{arch}.o", arch)
             for arch in ("mips", "mipsel", "mips64", "mips64el")}
     for arch, obj in objs.items():
         head = obj.read_bytes()[:20]
@@ -333,14 +326,12 @@ def test_every_target_gets_a_loadable_object_from_compile_bpf(tmp_path):
             t.add("r")
             t.exec("r", "ip link add d0 type veth peer name d1")
             t.exec("r", "tc qdisc add dev d0 clsact")
-            for pref, arch in enumerate(("mipsel", "mips64el"), start=1):
+            for pref, obj in enumerate((objs["mips64el"], bpf_dir / "voipqos-bpfel.o"), 1):
                 res = subprocess.run(
                     ["ip", "netns", "exec", t.ns("r"), "tc", "filter", "add", "dev", "d0",
-                     "egress", "pref", str(pref), "bpf", "da", "obj", str(objs[arch]), "sec",
-                     "tc"], capture_output=True, text=True, env={**os.environ,
-                                                                "TC_BPF_MNT": str(pins)})
-                assert res.returncode == 0, (arch, res.stderr[-2000:])
+                     "egress", "pref", str(pref), "bpf", "da", "obj", str(obj), "sec", "tc"],
+                    capture_output=True, text=True, env={**os.environ, "TC_BPF_MNT": str(pins)})
+                assert res.returncode == 0, (obj.name, res.stderr[-2000:])
             assert t.exec("r", "tc filter show dev d0 egress").stdout.count("jited") == 2
     finally:
         subprocess.run(["umount", str(pins)], check=False)
-

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import socket
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import transcripts
 from test_rpc import stub_dispatcher
 from voipqos import api
 from voipqos.endpoints import Endpoints
@@ -39,47 +41,51 @@ def obj():
     o.close()
 
 
-def test_registers_voipqos_with_typed_signature(obj):
-    assert fake.objects() == {"voipqos": {
+DAEMON = api.DAEMON_OBJECT
+PLUGIN = Path(__file__).parents[1] / "files/usr/share/rpcd/ucode/voipqos.uc"
+
+
+def test_registers_the_daemon_object_with_typed_signature(obj):
+    assert fake.objects() == {DAEMON: {
         "status": {}, "check": {}, "reload": {},
         "flows": {"all": fake.BLOBMSG_TYPE_BOOL},
         "set_mode": {"mode": fake.BLOBMSG_TYPE_STRING, "expires": fake.BLOBMSG_TYPE_INT32}}}
-    assert set(fake.objects()["voipqos"]) == set(api.SPECS)
+    assert set(fake.objects()[DAEMON]) == set(api.SPECS)
 
 
-def test_calls_answer_the_handler_document(obj):
-    assert fake.call("voipqos", "status", {}) == [{"state": "watching"}]
-    assert fake.call("voipqos", "flows", {"all": True}) == [{"all": True}]
-    assert fake.call("voipqos", "set_mode", {"mode": "on", "expires": 60}) == [{"mode": "on"}]
-
-
-@pytest.mark.parametrize(("method", "args"), [
-    ("flows", {"all": 1}),  # int, not bool
-    ("flows", {"all": "yes"}),
-    ("set_mode", {"mode": 1, "expires": 0}),
-    ("set_mode", {"mode": "on", "expires": 2**40}),  # INT64, not INT32
-    ("status", {"extra": 1}),
-])
-def test_wrong_types_are_invalid_argument_before_python(obj, method, args):
-    with pytest.raises(RuntimeError, match="Invalid argument"):
-        fake.call("voipqos", method, args)
-
-
-def test_rejected_value_is_an_error_status_with_message(obj, capsys):
-    fake.fake_request("voipqos", "set_mode", {"mode": "loud", "expires": 0})
+@pytest.mark.parametrize("row", [r for r in transcripts.load("ubus_cli")
+                                 if r["argv"][1] == DAEMON],
+                         ids=lambda r: " ".join(r["argv"][2:]))
+def test_fake_python_ubus_answers_as_the_real_one(obj, row, capsys):
+    """Recorded from python-ubus 0.1.3 on the real ubusd: its argument checks, statuses
+    and replies; no traceback in the log."""
+    method = row["argv"][2]
+    fake.fake_request(DAEMON, method, json.loads(row["argv"][3]) if len(row["argv"]) > 3
+                      else {})
     obj.process()
     status, replies = fake.fake_replies[-1]
-    assert status == fake.STATUS_UNKNOWN_ERROR  # python-ubus cannot answer 2 from Python
-    assert replies == [{"error": "set_mode: mode must be on, off or auto"}]
-    assert "Rejected" in capsys.readouterr().err  # python-ubus prints it (PyErr_Print)
+    assert status == transcripts.cli_status(row)
+    assert (replies[-1] if replies else None) == row["reply"]
+    assert "Traceback" not in capsys.readouterr().err
 
 
-def test_handler_bug_answers_error_and_the_loop_goes_on(obj):
-    fake.fake_request("voipqos", "check", {})
-    fake.fake_request("voipqos", "status", {})
-    obj.process()
-    assert [s for s, _ in fake.fake_replies] == [fake.STATUS_UNKNOWN_ERROR, fake.STATUS_OK]
-    assert "check failed: handler bug" in fake.fake_replies[0][1][0]["error"]
+def plugin_methods() -> dict:
+    """The METHODS table of the rpcd ucode plugin (a JSON object literal there)."""
+    text = PLUGIN.read_text()
+    start = text.index("const METHODS = ") + len("const METHODS = ")
+    return json.loads(text[start:text.index("};", start) + 1])
+
+
+def test_plugin_forwards_what_the_daemon_object_requires(obj):
+    """The LuCI -> uhttpd -> rpcd plugin -> voipqos.daemon path: the plugin declares every
+    method with every argument (all optional there) and sends each with its default, which
+    is exactly what python-ubus demands of the daemon's signature."""
+    table = plugin_methods()
+    assert table == {m: api.with_defaults(m) for m in api.SPECS}
+    for method, args in table.items():
+        fake.fake_request(DAEMON, method, args)
+        obj.process()
+        assert fake.fake_replies[-1][0] != fake.STATUS_INVALID_ARGUMENT, method
 
 
 def test_finds_the_connection_socket(obj):
@@ -119,7 +125,7 @@ def ep(tmp_path, monkeypatch):
 def test_endpoints_serve_ubus_as_soon_as_it_asks(ep):
     e, _w = ep
     assert e.ubus is not None and e.ubus.fd is not None
-    fake.fake_request("voipqos", "status", {})
+    fake.fake_request(DAEMON, "status", {})
     t0 = time.monotonic()
     e.wait(0.05)
     assert fake.fake_replies == [(0, [{"state": "watching"}])]
@@ -141,7 +147,7 @@ def test_endpoints_survive_ubusd_restart(ep, monkeypatch):
     assert e.ubus is None and time.monotonic() - t0 < 0.1
     e.wait(0.1)  # reconnects
     assert e.ubus is not None
-    fake.fake_request("voipqos", "status", {})
+    fake.fake_request(DAEMON, "status", {})
     e.wait(0.02)
     assert fake.fake_replies[-1][0] == 0
 
@@ -161,7 +167,7 @@ def test_endpoints_poll_ubus_when_its_socket_is_unknown(ep, monkeypatch):
     e, _w = ep
     e.sel.unregister(e.ubus.fd)
     e.ubus.fd = None  # as if /proc/self/fd showed no single new socket
-    fake.fake_request("voipqos", "status", {})
+    fake.fake_request(DAEMON, "status", {})
     t0 = time.monotonic()
     e.wait(0.2)
     assert fake.fake_replies and time.monotonic() - t0 >= 0.2

@@ -9,11 +9,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-OBJECT = "voipqos"
+OBJECT = "voipqos"  # public: rpcd's ucode plugin on OpenWrt, rpc.py off it
+DAEMON_OBJECT = "voipqos.daemon"  # the daemon's own python-ubus object, behind the plugin
 
 # argument type names; adapters map them to blobmsg types
 STRING, INT, BOOL = "string", "int", "bool"
 _PY = {STRING: str, INT: int, BOOL: bool}
+# what the public object passes for an argument the caller left out
+DEFAULTS = {STRING: "", INT: 0, BOOL: False}
+
+
+STATUS_INVALID_ARGUMENT = 2
+STATUS_UNKNOWN_ERROR = 9
 
 
 class InvalidArgument(ValueError):
@@ -41,6 +48,28 @@ READ_METHODS = sorted(n for n, s in SPECS.items() if not s.write)
 WRITE_METHODS = sorted(n for n, s in SPECS.items() if s.write)
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def with_defaults(method: str) -> dict[str, Any]:
+    """Every argument of `method` at its default: what the public object fills in."""
+    return {arg: DEFAULTS[kind] for arg, kind in SPECS[method].args.items()}
+
+
+def _fits(kind: str, value: Any) -> bool:
+    if kind == BOOL:
+        return isinstance(value, bool)
+    if kind == INT:
+        return isinstance(value, int) and not isinstance(value, bool) \
+            and -2**31 <= value < 2**31
+    return isinstance(value, str)
+
+
+def policy_ok(method: str, args: dict[str, Any]) -> bool:
+    """rpcd's check for a ucode plugin method (the public object): every argument
+    declared with its exact blobmsg type, all optional, plus `ubus_rpc_session`."""
+    spec = SPECS[method].args
+    return all(_fits(spec[k], v) if k in spec else
+               (k == "ubus_rpc_session" and isinstance(v, str)) for k, v in args.items())
 
 
 def check_args(method: str, args: Any) -> dict[str, Any]:

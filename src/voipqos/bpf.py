@@ -332,7 +332,7 @@ class Classifier:
         key_size, value_size = maps.size(FLOWS, "key"), maps.size(FLOWS, "value")
         try:
             items = bpf_syscall.map_items(self._fd(FLOWS), key_size, value_size,
-                                          maps.defs[FLOWS].max_entries, bpf_syscall.F_LOCK)
+                                          maps.defs[FLOWS].max_entries)
         except OSError as e:
             raise BpfError(f"{FLOWS} read: {e.strerror}") from None
         return {maps.flow_tuple(key): {name: quality.direction(raw) for name, raw in

@@ -26,7 +26,6 @@ _NR_BPF = {
  PROG_TEST_RUN, PROG_GET_FD_BY_ID, OBJ_GET_INFO_BY_FD, MAP_LOOKUP_BATCH) = (
     1, 2, 3, 4, 5, 7, 10, 13, 15, 24)
 NOEXIST = 1  # BPF_NOEXIST: update only if the key is new
-F_LOCK = 4   # BPF_F_LOCK: copy a value under its bpf_spin_lock
 # struct __sk_buff (UAPI, stable): the fields a tc test run reads back or feeds in
 SKB_PRIORITY_OFFSET = 32
 SKB_INGRESS_IFINDEX_OFFSET = 36
@@ -144,15 +143,14 @@ def map_keys(fd: int, key_size: int) -> Iterator[bytes]:
         cur = ctypes.create_string_buffer(nxt.raw, key_size)
 
 
-def map_items(fd: int, key_size: int, value_size: int, max_entries: int,
-              elem_flags: int = 0) -> list[tuple[bytes, bytes]]:
-    """Every (key, value) of a hash map in one BPF_MAP_LOOKUP_BATCH call (kernel 5.6+);
-    F_LOCK in elem_flags copies each value under its spin lock."""
+def map_items(fd: int, key_size: int, value_size: int,
+              max_entries: int) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of a hash map in one BPF_MAP_LOOKUP_BATCH call (kernel 5.6+)."""
     keys = ctypes.create_string_buffer(key_size * max_entries)
     values = ctypes.create_string_buffer(value_size * max_entries)
     out_batch = ctypes.create_string_buffer(max(key_size, 8))
     attr = struct.pack("=QQQQIIQQ", 0, _addr(out_batch), _addr(keys), _addr(values),
-                       max_entries, fd, elem_flags, 0)
+                       max_entries, fd, 0, 0)
     ret, err, after = _call(MAP_LOOKUP_BATCH, attr)
     if ret < 0 and err != errno.ENOENT:  # ENOENT: read to the end, count is still set
         raise OSError(err, os.strerror(err))

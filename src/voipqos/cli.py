@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, config
-from .conntrack import read_proc
+from .conntrack import Snapshot, parse
 from .detect import DetectConfig, Detector
+from .hysteresis import Hysteresis, HysteresisConfig
 
 DEFAULT_CONFIG = os.environ.get("VOIPQOS_CONFIG", config.DEFAULT_PATH)
 
@@ -123,6 +124,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
                        "removes it when stopped (/etc/init.d/voipqos stop)") from None
     except hostinfo.DeviceError as exc:
         raise CliError(str(exc), 2) from None
+    except PermissionError as exc:  # the pid lock in run_dir, or the kernel: root only
+        raise CliError(f"{args.command}: {exc.strerror}: {exc.filename} (run as root)") from None
     except ProfileError as exc:
         more = ", nothing left applied" if args.command == "apply" else ""
         raise CliError(f"{args.command} failed{more}: {exc}") from None
@@ -145,22 +148,82 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_snapshot(path: str, cfg: config.Config, taken_at: float) -> Snapshot:
+    """One saved table, streamed line by line; a file that is not a conntrack table is
+    a usage error naming it."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            snap = parse((line.rstrip("\n") for line in f), cfg.sip_ports, taken_at)
+    except OSError as exc:
+        raise CliError(f"{path}: {exc.strerror}", 2) from None
+    if snap.parsed == 0 and snap.skipped == 0 and snap.malformed > 0:
+        raise CliError(f"{path}: not a conntrack table ({snap.malformed} lines, none in "
+                       "the kernel's layout)", 2)
+    return snap
+
+
+def _out_of_order(prev: Snapshot, cur: Snapshot) -> str | None:
+    """Why `cur` cannot have been taken after `prev`: counters only grow, so most flows
+    of both going down means the files were given in the wrong order."""
+    common = down = 0
+    for key, e in cur.entries.items():
+        p = prev.entries.get(key)
+        if p is None or e.orig_packets is None or p.orig_packets is None:
+            continue
+        common += 1
+        down += (e.orig_packets + e.reply_packets) < (p.orig_packets + p.reply_packets)
+    if down and down * 2 > common:
+        return f"counters of {down} of {common} flows went down"
+    return None
+
+
+def _print_json_rows(doc: dict[str, Any], key: str) -> None:
+    """`doc` as JSON with its `key` list one row a line, written row by row: a 100k-entry
+    table is not turned into one big indented string first."""
+    out = sys.stdout
+    head = ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in doc.items() if k != key)
+    out.write(f"{{{head}, {json.dumps(key)}: [")
+    for i, row in enumerate(doc[key]):
+        out.write(("," if i else "") + "\n  " + json.dumps(row))
+    out.write("\n]}\n")
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
+    """Feed the saved tables to the daemon's own Detector and Hysteresis, one poll per
+    file, `--interval` apart: the verdicts are those the service would give at the last
+    one. Only two snapshots are held at a time."""
     from .documents import flows_document
 
     path = Path(args.config)
     cfg = load_config(args.config) if path.exists() or args.config != DEFAULT_CONFIG \
         else config.defaults()
-    before = read_proc(args.before, cfg.sip_ports, taken_at=0.0)
-    after = read_proc(args.after, cfg.sip_ports, taken_at=args.interval)
+    if len(args.snapshots) < 2:
+        raise CliError("analyze: give at least two snapshots (rates need two)", 2)
+    if args.interval <= 0:
+        raise CliError("analyze: --interval must be above 0", 2)
     detector = Detector(DetectConfig.from_config(cfg))
-    detector.update(before)
-    det = detector.update(after, interval=args.interval)
+    hyst = Hysteresis(HysteresisConfig.from_config(cfg), 0.0)
+    prev: Snapshot | None = None
+    malformed = 0
+    for i, name in enumerate(args.snapshots):
+        snap = _read_snapshot(name, cfg, taken_at=i * args.interval)
+        why = _out_of_order(prev, snap) if prev is not None else None
+        if why:
+            raise CliError(f"{name}: out of order after {args.snapshots[i - 1]}: {why}", 2)
+        det = detector.update(snap)
+        hyst.step(snap.taken_at, len(det.calls))
+        malformed += snap.malformed
+        prev = snap
     doc = flows_document(det)
-    doc["malformed"] = before.malformed + after.malformed
+    doc["malformed"] = malformed
+    doc["snapshots"] = len(args.snapshots)
+    doc["history_s"] = round((len(args.snapshots) - 1) * args.interval, 3)
+    doc["profile"] = {"on": hyst.active, "reason": hyst.reason}
     if args.json:
-        print(json.dumps(doc, indent=2))
+        _print_json_rows(doc, "flows")
     else:
+        print(f"{doc['snapshots']} snapshots, {doc['history_s']:g} s of history; profile "
+              f"{'on' if hyst.active else 'off'} ({hyst.reason})")
         print(format_flows(doc))
     return 0
 
@@ -319,11 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=cmd_mode)
 
     s = sub.add_parser("analyze", parents=[common],
-                       help="offline: two saved copies of /proc/net/nf_conntrack")
-    s.add_argument("before")
-    s.add_argument("after")
+                       help="offline: saved copies of /proc/net/nf_conntrack, in time order")
+    s.add_argument("snapshots", nargs="+", metavar="SNAPSHOT",
+                   help="two or more copies taken --interval seconds apart, oldest first")
     s.add_argument("--interval", type=float, default=1.0,
-                   help="seconds between the two copies (default 1)")
+                   help="seconds between two copies (default 1)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_analyze)
 

@@ -216,6 +216,11 @@ OPTIONS: tuple[Option, ...] = (
            "detection", "and(uinteger,range(20,9000))"),
     Option("both_directions", _bool, "1",
            "Media must flow both ways (a call is bidirectional).", "detection", "bool"),
+    Option("media_ports", _port_range,
+           ("3478-3481", "8801-8810", "16384-16387", "16393-16402", "19302-19309",
+            "50000-50059"),
+           "UDP ports documented as call media (STUN/TURN, Teams, Zoom, FaceTime, Meet): "
+           "flows on them need less evidence.", "detection", "portrange"),
     Option("on_polls", _int(1, 60), "2",
            "Consecutive polls that must see a call before the profile goes on.", "detection",
            "and(uinteger,range(1,60))"),
@@ -278,6 +283,7 @@ class Config:
     min_size: int
     max_size: int
     both_directions: bool
+    media_ports: tuple[PortRange, ...]
     on_polls: int
     off_hold: float
     min_on: float

@@ -179,7 +179,7 @@ class Endpoints:
         try:
             self.ubus = UbusObject(self.dispatcher)
         except Exception as exc:  # no ubusd (yet): JSON-RPC still works, retry later
-            log.warning("ubus: cannot register %s: %s; retrying in %g s", api.OBJECT,
+            log.warning("ubus: cannot register %s: %s; retrying in %g s", api.DAEMON_OBJECT,
                         str(exc).strip(), UBUS_RETRY)
             self._ubus_retry_at = now + UBUS_RETRY
             return
@@ -188,7 +188,7 @@ class Endpoints:
             log.info("ubus: connection socket not found; polling it every %g s", UBUS_SLICE)
         else:
             self.sel.register(self.ubus.fd, selectors.EVENT_READ, "ubus")
-        log.info("ubus: object %s registered", api.OBJECT)
+        log.info("ubus: object %s registered", api.DAEMON_OBJECT)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -264,7 +264,9 @@ class Endpoints:
                     self.full_since = now
                 if now < self.full_since + QUEUE_TIME:
                     self._watch_listener(False)
-                    self.accept_at = self.full_since + QUEUE_TIME
+                    self.accept_at = min([self.full_since + QUEUE_TIME] + [
+                        c.deadline - self.client_timeout + IDLE_GRACE
+                        for c in self.clients.values() if c.idle()])  # may make room then
                     return
                 refuse = True
             try:

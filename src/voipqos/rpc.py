@@ -2,9 +2,14 @@
 
 Sans-I/O: `UbusRpc.handle` takes a request body and returns the response body, so the
 wire shapes LuCI and the clients rely on are tested without sockets. Served off OpenWrt
-(Debian box as router, tests, the lab) by `endpoints.Endpoints`; on a router uhttpd and
-rpcd answer the same protocol in front of the ubus object, which is why the shapes,
-status codes and error codes here copy theirs rather than inventing our own.
+(Debian box as router, tests, the lab) by `endpoints.Endpoints`; on a router uhttpd,
+rpcd and the ucode plugin files/usr/share/rpcd/ucode/voipqos.uc answer the same protocol
+in front of the daemon's ubus object. The answers here are the ones recorded from those
+real parts (tests/data/transcripts/, replayed by tests/test_rpc.py): the object is
+looked up (-32000) before the ACL (-32002); a malformed request is -32700; an empty
+batch is []; the null session has only rpcd's `unauthenticated` group; a call's
+arguments are checked like rpcd checks a plugin's (all optional, exact types) and may
+not carry `ubus_rpc_session`, which uhttpd adds itself.
 """
 
 from __future__ import annotations
@@ -50,7 +55,6 @@ _NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)  # strings skipped
 
 # JSON-RPC errors uhttpd-mod-ubus answers instead of a result
 PARSE_ERROR = (-32700, "Parse error")
-INVALID_REQUEST = (-32600, "Invalid request")
 METHOD_NOT_FOUND = (-32601, "Method not found")
 INVALID_PARAMS = (-32602, "Invalid parameters")
 OBJECT_NOT_FOUND = (-32000, "Object not found")
@@ -60,8 +64,13 @@ ACCESS_DENIED = (-32002, "Access denied")
 TYPE_NAMES = {api.STRING: "string", api.INT: "number", api.BOOL: "boolean"}
 SESSION_SIGNATURE = {
     "login": {"username": "string", "password": "string", "timeout": "number"},
-    "destroy": {},
 }
+# what rpcd's ACL files grant: the null session only `unauthenticated` (rpcd's own file),
+# root the voipqos group (files/usr/share/rpcd/acl.d/voipqos.json)
+UNAUTHENTICATED = {"session": ["access", "login"]}
+ROOT_ACL = {**UNAUTHENTICATED, api.OBJECT: [*api.READ_METHODS, *api.WRITE_METHODS]}
+# objects a router's bus has that this endpoint knows of
+OBJECTS = ("session", api.OBJECT, api.DAEMON_OBJECT)
 
 
 class Sessions:
@@ -109,9 +118,6 @@ class Sessions:
         timeout, expiry = self._live[sid]
         return timeout, max(0, round(expiry - self._clock()))
 
-    def destroy(self, sid: str) -> None:
-        self._live.pop(sid, None)
-
 
 class _Throttled:
     """At most one warning per LOG_INTERVAL, counting the ones held back: a local user
@@ -141,12 +147,7 @@ def _result(rid: Any, result: Any) -> dict[str, Any]:
 
 
 class UbusRpc:
-    """Answers `call` (objects `voipqos` and `session`) and `list` like uhttpd + rpcd.
-
-    ACL: the null session may call the read methods and session.login; a logged-in
-    session (user root) may call everything. As with uhttpd, the ACL is checked before
-    the object is looked up, so the null session gets "Access denied" for anything else.
-    """
+    """Answers `call` and `list` like uhttpd + rpcd with the voipqos plugin (see above)."""
 
     def __init__(self, dispatcher: api.Dispatcher, sessions: Sessions,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -161,20 +162,19 @@ class UbusRpc:
         except (ValueError, UnicodeDecodeError):
             return _dump(_error(None, PARSE_ERROR))
         if isinstance(req, list):  # a batch, as uhttpd allows
-            if not req or len(req) > MAX_BATCH:
-                return _dump(_error(None, INVALID_REQUEST))
+            if len(req) > MAX_BATCH:  # our bound; uhttpd has none
+                return _dump(_error(None, PARSE_ERROR))
             return _dump([self._one(r) for r in req])
         return _dump(self._one(req))
 
     def _one(self, req: Any) -> dict[str, Any]:
         if not isinstance(req, dict):
-            return _error(None, INVALID_REQUEST)
+            return _error(None, PARSE_ERROR)
         rid = req.get("id")
-        if req.get("jsonrpc") != "2.0" or not isinstance(req.get("method"), str):
-            return _error(rid, INVALID_REQUEST)
         params = req.get("params", [])
-        if not isinstance(params, list):
-            return _error(rid, INVALID_PARAMS)
+        if req.get("jsonrpc") != "2.0" or not isinstance(req.get("method"), str) \
+                or not isinstance(params, list):
+            return _error(rid, PARSE_ERROR)
         if req["method"] == "call":
             return self._call(rid, params)
         if req["method"] == "list":
@@ -184,33 +184,45 @@ class UbusRpc:
     def _call(self, rid: Any, params: list[Any]) -> dict[str, Any]:
         if len(params) != 4 or not all(isinstance(p, str) for p in params[:3]) \
                 or not isinstance(params[3], dict):
-            return _error(rid, INVALID_PARAMS)
+            return _error(rid, PARSE_ERROR)
         sid, obj, method, args = params
-        if obj == "session" and method == "login":
-            return _result(rid, self._login(args))
-        logged_in = sid != NULL_SESSION and self.sessions.touch(sid)
-        if not logged_in and not (obj == api.OBJECT and method in api.READ_METHODS):
-            return _error(rid, ACCESS_DENIED)
-        if obj == "session":
-            if method != "destroy":
-                return _result(rid, [STATUS_METHOD_NOT_FOUND])
-            self.sessions.destroy(sid)
-            return _result(rid, [STATUS_OK])
-        if obj != api.OBJECT:
+        if obj not in OBJECTS:
             return _error(rid, OBJECT_NOT_FOUND)
-        return _result(rid, self._invoke(method, args))
+        logged_in = sid != NULL_SESSION and self.sessions.touch(sid)
+        if method not in (ROOT_ACL if logged_in else UNAUTHENTICATED).get(obj, []):
+            return _error(rid, ACCESS_DENIED)
+        if "ubus_rpc_session" in args:
+            return _error(rid, INVALID_PARAMS)
+        if obj == "session":
+            return _result(rid, self._session(method, args, sid))
+        # uhttpd adds the session to every call's arguments; the plugin must accept it
+        return _result(rid, self._invoke(method, {**args, "ubus_rpc_session": sid}))
 
     def _invoke(self, method: str, args: dict[str, Any]) -> list[Any]:
-        if method not in api.SPECS:
-            return [STATUS_METHOD_NOT_FOUND]
+        """The plugin's part: rpcd's argument check, defaults, the daemon's answer."""
+        if not api.policy_ok(method, args):
+            return [STATUS_INVALID_ARGUMENT]
+        args = {k: v for k, v in args.items() if k != "ubus_rpc_session"}
         try:
-            return [STATUS_OK, self.dispatcher.call(method, args)]
+            return [STATUS_OK, self.dispatcher.call(method, {**api.with_defaults(method),
+                                                             **args})]
         except api.InvalidArgument as exc:
             self._bad_argument_log.warning("rpc: %.200s", exc)
-            return [STATUS_INVALID_ARGUMENT, {"error": str(exc)}]
-        except Exception:  # a handler bug must not take the daemon down
-            log.exception("rpc: %s.%s failed", api.OBJECT, method)
-            return [STATUS_UNKNOWN_ERROR]
+            return [STATUS_INVALID_ARGUMENT, {"error": str(exc),
+                                              "status": STATUS_INVALID_ARGUMENT}]
+        except Exception as exc:  # a handler bug must not take the daemon down
+            log.error("rpc: %s.%s failed: %s: %s", api.OBJECT, method, type(exc).__name__,
+                      exc)
+            return [STATUS_UNKNOWN_ERROR, {"error": f"{method} failed: {exc}",
+                                           "status": STATUS_UNKNOWN_ERROR}]
+
+    def _session(self, method: str, args: dict[str, Any], sid: str) -> list[Any]:
+        if method == "access":  # LuCI asks after a -32002; only `ubus` scope here
+            acl = ROOT_ACL if sid != NULL_SESSION and self.sessions.touch(sid) \
+                else UNAUTHENTICATED
+            return [STATUS_OK, {"access": args.get("function") in
+                                acl.get(args.get("object"), [])}]
+        return self._login(args)
 
     def _login(self, args: dict[str, Any]) -> list[Any]:
         timeout = args.get("timeout")
@@ -227,7 +239,9 @@ class UbusRpc:
             "ubus_rpc_session": sid,
             "timeout": timeout,
             "expires": expires,
-            "acls": {"ubus": {api.OBJECT: ["*"], "session": ["destroy", "login"]}},
+            "acls": {"access-group": {"unauthenticated": ["read"],
+                                      api.OBJECT: ["read", "write"]},
+                     "ubus": ROOT_ACL},
             "data": {"username": USER},
         }]
 

@@ -187,8 +187,8 @@ class SessionClient:
 
 
 class LocalClient(SessionClient):
-    """The daemon's endpoint on this machine (`rpc_listen`). Read methods go through the
-    null session; write methods log in as root with the password in `secret_path`."""
+    """The daemon's endpoint on this machine (`rpc_listen`): logs in as root with the
+    password in `secret_path` (the null session may call nothing, as on a router)."""
 
     def __init__(self, listen: str, secret_path: str, timeout: float = 5) -> None:
         super().__init__(listen, rpc.USER, timeout)
@@ -206,7 +206,7 @@ class LocalClient(SessionClient):
         return http.client.HTTPConnection(*self._addr, timeout=self.timeout)
 
     def _needs_login(self, method: str) -> bool:
-        return method in api.WRITE_METHODS
+        return True
 
     def _password(self) -> str:
         try:

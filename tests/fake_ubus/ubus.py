@@ -7,7 +7,9 @@ loop(timeout=-1), send(event, data), call(object, method, arguments, timeout=0) 
 objects(path="*"), the BLOBMSG_TYPE_* constants and handler.reply(dict). As in the C
 code: a call is checked against the signature first (every declared argument present,
 no others, exact blobmsg type) -> status 2; the callback's return value is ignored; an
-exception in it is printed and answered with status 9.
+exception in it goes to sys.excepthook (PyErr_Print) and is answered with status 9.
+tests/test_ubus.py replays the calls recorded from the real python-ubus 0.1.3
+(tests/data/transcripts/ubus_cli.json) against this fake.
 
 Test hooks (prefixed fake_): fake_ubusd(path) listens where ubusd would (connect() only
 succeeds then, and like the real one opens exactly one socket in this process);
@@ -19,7 +21,7 @@ makes ubusd close the connection; fake_reset() forgets all.
 from __future__ import annotations
 
 import socket
-import traceback
+import sys
 
 DEFAULT_SOCKET = "/var/run/ubus/ubus.sock"
 BLOBMSG_TYPE_UNSPEC, BLOBMSG_TYPE_ARRAY, BLOBMSG_TYPE_TABLE, BLOBMSG_TYPE_STRING = 0, 1, 2, 3
@@ -138,7 +140,7 @@ def _invoke(obj: str, method: str, arguments: dict) -> tuple[int, list]:
     try:
         entry["method"](_ResponseHandler(replies), dict(arguments))
     except Exception:
-        traceback.print_exc()  # PyErr_Print()
+        sys.excepthook(*sys.exc_info())  # PyErr_Print()
         return STATUS_UNKNOWN_ERROR, replies
     return STATUS_OK, replies
 

@@ -32,14 +32,15 @@ test('durations, clock, since', () => {
 });
 
 test('rates, packets and bytes', () => {
-	assert.equal(logic.formatRate(80), '80.0 kbit/s');
-	assert.equal(logic.formatRate(999.94), '999.9 kbit/s');
+	// LuCI's %m (cbi.js String.prototype.format), as the shim reproduces it
+	assert.equal(logic.formatRate(80), '80.00 Kbit/s');
+	assert.equal(logic.formatRate(999.94), '999.94 Kbit/s');
 	assert.equal(logic.formatRate(1250), '1.25 Mbit/s');
-	assert.equal(logic.formatRate(undefined), '0.0 kbit/s');
+	assert.equal(logic.formatRate(undefined), '0 bit/s');
 	assert.equal(logic.formatPps(50), '50.0');
 	assert.equal(logic.formatBytes(512), '512 B');
-	assert.equal(logic.formatBytes(1536), '1.5 KiB');
-	assert.equal(logic.formatBytes(3 * 1024 * 1024), '3.0 MiB');
+	assert.equal(logic.formatBytes(1536), '1.50 KiB');
+	assert.equal(logic.formatBytes(3 * 1024 * 1024), '3.00 MiB');
 });
 
 test('counter rates; unknown across resets and without time passing', () => {
@@ -126,7 +127,7 @@ test('call and transition rows', () => {
 	const rows = logic.callRows([{ lan_host: '192.168.1.20', far_host: '203.0.113.9', flows: 2, sip: true,
 		pps_out: 50, pps_in: 49.5, kbps_out: 80, kbps_in: 79.2, duration: 42 }]);
 	assert.deepEqual(rows, [['192.168.1.20', '203.0.113.9 (SIP)', '2', '50.0 / 49.5',
-		'80.0 kbit/s / 79.2 kbit/s', '42 s']]);
+		'80.00 Kbit/s / 79.20 Kbit/s', '42 s']]);
 	assert.deepEqual(logic.callRows(undefined), []);
 	const tr = [1, 2, 3].map((i) => ({ at: i, state: i % 2 ? 'on' : 'watching', reason: 'r' + i }));
 	assert.deepEqual(logic.transitionRows(tr, 2), [['00:00:03', 'On: call active', 'r3'],
@@ -139,4 +140,17 @@ test('mode buttons send set_mode arguments the daemon accepts', () => {
 	assert.deepEqual(logic.modeArgs('on'), { mode: 'on', expires: 0 });
 	assert.deepEqual(logic.modeArgs('auto'), { mode: 'auto', expires: 0 });
 	assert.throws(() => logic.modeArgs('maybe'));
+});
+
+test('replies tell not running from a failed call', () => {
+	assert.deepEqual(logic.classifyReply({ state: 'on' }), { kind: 'ok', message: '' });
+	// the rpcd plugin without a daemon; uhttpd without the plugin (tests/data/transcripts)
+	assert.equal(logic.classifyReply({ error: 'the voipqos daemon is not running', status: 4 }).kind, 'not_running');
+	assert.equal(logic.classifyReply(null, new Error('RPC call to voipqos/status failed with error -32000: Object not found')).kind, 'not_running');
+	assert.equal(logic.classifyReply(4).kind, 'not_running');
+	assert.deepEqual(logic.classifyReply({ error: 'set_mode: mode must be on, off or auto', status: 2 }),
+		{ kind: 'failed', message: 'set_mode: mode must be on, off or auto' });
+	assert.deepEqual(logic.classifyReply(2), { kind: 'failed', message: 'ubus status 2' });
+	assert.equal(logic.classifyReply(null, new Error('RPC call to voipqos/status failed with error -32002: Access denied')).kind, 'failed');
+	assert.equal(logic.classifyReply(undefined).kind, 'failed');
 });

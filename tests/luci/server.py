@@ -5,6 +5,10 @@ answers POST /ubus: the `uci` object itself from a UCI file (get/set/delete/appl
 rpcd's uci plugin), everything else is passed on to an upstream JSON-RPC endpoint, the
 daemon's /ubus on a unix socket or a fixture. `uci apply` commits and then calls the
 daemon's `reload`, which is what procd's reload trigger does on a router.
+
+For the `uci` object it does what uhttpd does (tests/data/transcripts/jsonrpc.json, replayed
+through this server by tests/test_rpc.py): the ACL after the object, a caller-supplied
+`ubus_rpc_session` refused (-32602), the session added to the arguments.
 """
 
 from __future__ import annotations
@@ -70,6 +74,11 @@ def rpc_call(upstream: Upstream, sid: str, obj: str, method: str,
     if "error" in reply:
         raise RuntimeError(f"{obj}.{method}: {reply['error']}")
     return reply["result"]
+
+
+def _rpc_error(rid: Any, code: int, message: str) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": rid,
+                       "error": {"code": code, "message": message}}).encode()
 
 
 def login(upstream: Upstream, password: str) -> str:
@@ -141,16 +150,23 @@ class LuciServer(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
     def ubus(self, body: bytes) -> bytes:
-        req = json.loads(body)
-        params = req.get("params") or [None, None, None, {}]
-        obj, method = params[1], params[2]
+        try:
+            req = json.loads(body)
+        except ValueError:
+            return self.upstream(body)
+        params = req.get("params") if isinstance(req, dict) else None
+        if not (isinstance(params, list) and len(params) == 4
+                and isinstance(params[3], dict)):
+            return self.upstream(body)  # lists, batches, malformed: the upstream answers
+        sid, obj, method, args = params
         self.ubus_calls.append((obj, method))
         if req.get("method") != "call" or obj != "uci":
             return self.upstream(body)
-        if method != "get" and params[0] != self.sessionid:
-            return json.dumps({"jsonrpc": "2.0", "id": req.get("id"),
-                               "error": {"code": -32002, "message": "Access denied"}}).encode()
-        result = self.uci.call(method, params[3] or {})
+        if sid != self.sessionid:  # luci-base's ACL group: no uci for the null session
+            return _rpc_error(req.get("id"), -32002, "Access denied")
+        if "ubus_rpc_session" in args:
+            return _rpc_error(req.get("id"), -32602, "Invalid parameters")
+        result = self.uci.call(method, {**args, "ubus_rpc_session": sid})
         if method == "apply" and result == [0]:
             rpc_call(self.upstream, self.sessionid, "voipqos", "reload")
             self.reloads += 1

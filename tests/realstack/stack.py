@@ -34,15 +34,7 @@ URL = f"http://127.0.0.1:{PORT}"
 NULL_SESSION = "0" * 32
 INSIDE = "VOIPQOS_REALSTACK_NS"
 
-# luci-base's ACL groups the views need (unauthenticated + uci read), as luci-base ships them
-LUCI_ACL = {
-    "unauthenticated": {"description": "Allow system feature probing",
-                        "read": {"ubus": {"luci": ["getFeatures"]}}},
-    "luci-base": {"description": "Grant access to basic LuCI procedures",
-                  "read": {"ubus": {"file": ["list"], "uci": ["changes", "get"]}},
-                  "write": {"ubus": {"uci": ["add", "apply", "confirm", "delete", "order",
-                                                "rename", "set"]}}},
-}
+LUCI_ACL = UPSTREAM / "luci/modules/luci-base/root/usr/share/rpcd/acl.d/luci-base.json"
 
 
 def upstream_commits() -> dict[str, str]:
@@ -95,16 +87,18 @@ class Stack:
         _sh("mount", "-t", "overlay", "overlay", "-o",
             f"lowerdir=/etc,upperdir={self.tmp}/etc/upper,workdir={self.tmp}/etc/work", "/etc")
         _sh("mount", "-t", "tmpfs", "tmpfs", "/run")
+        _sh("mount", "-t", "sysfs", "sysfs", "/sys")  # this netns's devices
         Path("/etc/config").mkdir(exist_ok=True)
         Path("/var/run/ubus").mkdir(parents=True, exist_ok=True)
         share = self.tmp / "rpcd-share"
         (share / "acl.d").mkdir(parents=True)
         (share / "ucode").mkdir()
-        (share / "acl.d/luci-base.json").write_text(json.dumps(LUCI_ACL))
+        shutil.copy(LUCI_ACL, share / "acl.d")
         # rpcd's own file, as its package installs it
         shutil.copy(UPSTREAM / "src/rpcd/unauthenticated.json", share / "acl.d")
-        for sub in ("acl.d", "ucode"):
-            for f in (FILES / sub).glob("*") if (FILES / sub).exists() else []:
+        subs = ("acl.d",) if os.environ.get("VOIPQOS_NO_PLUGIN") else ("acl.d", "ucode")
+        for sub in subs:
+            for f in (FILES / sub).glob("*"):
                 shutil.copy(f, share / sub / f.name)
         (PREFIX / "share/rpcd").mkdir(parents=True, exist_ok=True)
         _sh("mount", "--bind", str(share), str(PREFIX / "share/rpcd"))
@@ -147,6 +141,21 @@ class Stack:
                                 "params": []}) is not None, 5, "uhttpd")
         return self
 
+    def daemon_config(self, **opts: str) -> Path:
+        """A config for the daemon on a veth `wan0` in this namespace (its peer idle)."""
+        if "wan0" not in subprocess.run(["ip", "-br", "link"], capture_output=True,
+                                        text=True).stdout:
+            _sh("ip", "link", "add", "wan0", "type", "veth", "peer", "name", "wan0peer")
+            for dev in ("wan0", "wan0peer"):
+                _sh("ip", "link", "set", dev, "up")
+        base = {"enabled": "1", "interface": "wan0", "backend": "htb", "upload": "10000",
+                "download": "50000", "poll_interval": "1", "run_dir": "/var/run/voipqos",
+                "rpc_listen": "", "log_level": "info"}
+        body = "".join(f"\toption {k} '{v}'\n" for k, v in {**base, **opts}.items())
+        path = Path("/etc/config/voipqos")
+        path.write_text(f"config voipqos 'main'\n{body}")
+        return path
+
     def start_daemon(self, config: Path) -> subprocess.Popen:
         """The real `voipqos run` with python-ubus 0.1.3 importable."""
         site = next((UPSTREAM / "venv/lib").glob("python3*/site-packages"))
@@ -177,13 +186,13 @@ class Stack:
 
     def ubus_run(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(PREFIX / "bin/ubus"), "-s", "/var/run/ubus/ubus.sock",
-                               *args], capture_output=True, text=True, timeout=30)
+                               "-t", "10", *args], capture_output=True, text=True, timeout=30)
 
     def post_raw(self, body: bytes) -> tuple[int, bytes]:
         req = urllib.request.Request(URL + "/ubus", body,
                                      {"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=20) as resp:
+            with urllib.request.urlopen(req, timeout=8) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()

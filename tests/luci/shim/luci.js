@@ -12,9 +12,12 @@
 (function(root) {
 	'use strict';
 
+	/* cbi.js's String.prototype.format for %s %d %f %.Nf and %m: %[DIV][.N]m scales by
+	 * DIV (default 1000) while the value is greater, to N decimals (default 2), with the
+	 * units ' K', ' M', ... (+'i' for 1024) */
 	function format(fmt, args) {
 		var i = 0;
-		return String(fmt).replace(/%(?:\.(\d+))?([sdf%])/g, function(m, prec, conv) {
+		return String(fmt).replace(/%(\d+)?(?:\.(\d+))?([sdfm%])/g, function(m, width, prec, conv) {
 			if (conv == '%')
 				return '%';
 			var v = args[i++];
@@ -22,6 +25,13 @@
 				return String(Math.floor(+v));
 			if (conv == 'f')
 				return (+v).toFixed(prec == null ? 6 : +prec);
+			if (conv == 'm') {
+				var div = width ? +width : 1000, pr = prec != null ? ~~(10 * +('0.' + prec)) : 2,
+				    units = [ ' ', ' K', ' M', ' G', ' T', ' P', ' E' ], val = +v || 0, n;
+				for (n = 0; n < units.length && val > div; n++)
+					val /= div;
+				return n ? val.toFixed(pr) + units[n] + (div == 1024 ? 'i' : '') : val + ' ';
+			}
 			return String(v);
 		});
 	}
@@ -155,6 +165,7 @@
 				return function() { return fn.apply(self, args.concat([].slice.call(arguments))); };
 			},
 			isObject: function(v) { return v != null && typeof v == 'object' && !Array.isArray(v); },
+			resource: function() { return [ L.env.resource ].concat([].slice.call(arguments)).join('/'); },
 			resolveDefault: function(p, def) { return Promise.resolve(p).catch(function() { return def; }); },
 			raise: function(type, fmt) {
 				var e = new Error(format(fmt, [].slice.call(arguments, 2)));

@@ -102,26 +102,18 @@ return baseclass.extend({
 			this.formatDuration(num(now) - since));
 	},
 
-	/* kbit/s -> "80.0 kbit/s" or "1.25 Mbit/s". */
+	/* kbit/s in LuCI's own metric formatting: 80 -> "80.00 Kbit/s". */
 	formatRate: function(kbps) {
-		var k = num(kbps);
-		if (k >= 1000)
-			return (k / 1000).toFixed(2) + ' Mbit/s';
-		return k.toFixed(1) + ' kbit/s';
+		return '%.2mbit/s'.format(num(kbps) * 1000);
 	},
 
 	formatPps: function(pps) {
 		return num(pps).toFixed(1);
 	},
 
-	/* 1536 -> "1.5 KiB". */
+	/* LuCI's binary formatting, as nlbwmon uses it: 1536 -> "1.50 KiB". */
 	formatBytes: function(bytes) {
-		var b = num(bytes), units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'], i = 0;
-		while (b >= 1024 && i < units.length - 1) {
-			b /= 1024;
-			i++;
-		}
-		return (i ? b.toFixed(1) : String(b)) + ' ' + units[i];
+		return '%1024.2mB'.format(num(bytes));
 	},
 
 	/*
@@ -246,5 +238,30 @@ return baseclass.extend({
 		if (mode != 'on' && mode != 'off' && mode != 'auto')
 			throw new Error('mode must be on, off or auto, not ' + mode);
 		return { mode: mode, expires: 0 };
+	},
+
+	/*
+	 * What a `voipqos` call came back with, as rpc.js hands it over (declared without
+	 * `expect`): the document, the refusal's data `{ error, status }`, a bare non-zero
+	 * status, or a rejected promise's error (JSON-RPC errors from uhttpd).
+	 * -> { kind: 'ok' | 'not_running' | 'failed', message }.
+	 * Not running: ubus status 4 (the rpcd plugin found no daemon) or -32000 (no `voipqos`
+	 * object at all: rpcd not reloaded since install, or the plugin missing).
+	 */
+	classifyReply: function(reply, err) {
+		if (err != null) {
+			var text = String(err.message || err).split(/\n/)[0];
+			if (/error -32000\b/.test(text))
+				return { kind: 'not_running', message: text };
+			return { kind: 'failed', message: text };
+		}
+		if (typeof reply == 'number')
+			return reply == 4 ? { kind: 'not_running', message: '' }
+				: { kind: 'failed', message: 'ubus status ' + reply };
+		if (reply == null || typeof reply != 'object')
+			return { kind: 'failed', message: 'no answer' };
+		if (reply.error != null)
+			return { kind: reply.status == 4 ? 'not_running' : 'failed', message: String(reply.error) };
+		return { kind: 'ok', message: '' };
 	}
 });

@@ -134,6 +134,11 @@ return view.extend({
 		o.default = '1';
 		o.rmempty = false;
 
+		o = s.taboption('detection', form.DynamicList, 'media_ports', _('Known media ports'),
+			_('UDP ports documented as call media (STUN/TURN, Teams, Zoom, FaceTime, Meet): flows on them need less evidence.'));
+		o.datatype = 'portrange';
+		o.default = [ '3478-3481', '8801-8810', '16384-16387', '16393-16402', '19302-19309', '50000-50059' ];
+
 		o = s.taboption('detection', form.Value, 'on_polls', _('Polls to switch on'),
 			_('Consecutive polls that must see a call before the profile goes on.'));
 		o.datatype = 'and(uinteger,range(1,60))';

@@ -13,10 +13,11 @@
  * daemon is always passed to E()/dom in an array: LuCI treats a bare string as markup.
  */
 
+/* No `expect`: a refusal's data ({ error, status }) or a bare status must reach
+ * logic.classifyReply, not be replaced by a default (docs/api.md). */
 var callStatus = rpc.declare({
 	object: 'voipqos',
-	method: 'status',
-	expect: { '': {} }
+	method: 'status'
 });
 
 var callSetMode = rpc.declare({
@@ -31,23 +32,6 @@ var POLL_SECONDS = 1,
     GRAPH_H = 160,
     TRANSITIONS_SHOWN = 8,
     SVG_NS = 'http://www.w3.org/2000/svg';
-
-var CSS = [
-	'.vq-badge { display: inline-block; padding: .2em .7em; border-radius: 1em; font-weight: bold; color: #fff; background: #777; }',
-	'.vq-badge.on { background: #2e7d32; }',
-	'.vq-badge.watching { background: #1565c0; }',
-	'.vq-badge.forced-on { background: #ef6c00; }',
-	'.vq-badge.forced-off { background: #6d4c41; }',
-	'.vq-badge.off, .vq-badge.unknown { background: #757575; }',
-	'.vq-graph { width: 100%; max-width: 900px; height: auto; border: 1px solid #ccc; background: #fff; }',
-	'.vq-graph .grid { stroke: #ddd; stroke-width: 1; }',
-	'.vq-graph .onband { fill: #c8e6c9; }',
-	'.vq-graph .total { fill: none; stroke: #1565c0; stroke-width: 1.5; }',
-	'.vq-graph .voice { fill: none; stroke: #2e7d32; stroke-width: 2; }',
-	'.vq-graph text { font-size: 10px; fill: #555; }',
-	'.vq-legend span { margin-right: 1.5em; }',
-	'.vq-swatch { display: inline-block; width: 1em; height: .6em; margin-right: .3em; }'
-].join('\n');
 
 function svg(tag, attrs) {
 	var el = document.createElementNS(SVG_NS, tag);
@@ -73,10 +57,22 @@ function table(headers, rows, emptyText) {
 
 return view.extend({
 	load: function() {
-		return L.resolveDefault(callStatus(), {});
+		return this.fetchStatus();
+	},
+
+	/* { reply, err } so a JSON-RPC error (rejected promise) is shown, not swallowed */
+	fetchStatus: function() {
+		return callStatus().then(function(reply) {
+			return { reply: reply };
+		}, function(err) {
+			return { err: err };
+		});
 	},
 
 	render: function(status) {
+		document.querySelector('head').appendChild(E('link', {
+			'rel': 'stylesheet', 'type': 'text/css', 'href': L.resource('voipqos/status.css')
+		}));
 		this.samples = new logic.RingBuffer(GRAPH_SPAN / POLL_SECONDS + 1);
 		this.reading = null;
 
@@ -94,7 +90,6 @@ return view.extend({
 		});
 
 		var node = E('div', { 'class': 'cbi-map' }, [
-			E('style', {}, CSS),
 			E('h2', {}, _('VoIP QoS: Status')),
 			E('div', { 'class': 'cbi-map-descr' },
 				_('Shaping switches on only while a call is active. This page refreshes every second.')),
@@ -144,18 +139,27 @@ return view.extend({
 	},
 
 	refresh: function() {
-		return callStatus().then(L.bind(this.update, this));
+		return this.fetchStatus().then(L.bind(this.update, this));
 	},
 
-	update: function(st) {
-		var now = Date.now() / 1000;
+	update: function(answer) {
+		var now = Date.now() / 1000,
+		    st = answer.reply,
+		    verdict = logic.classifyReply(st, answer.err);
 
-		if (!st || !st.state) {
+		if (verdict.kind != 'ok') {
 			var b = logic.stateBadge(null);
 			this.badge.className = 'vq-badge ' + b.cls;
-			dom.content(this.badge, _('Not running'));
+			this.badge.setAttribute('data-state', verdict.kind);
 			dom.content(this.since, '');
-			dom.content(this.reason, _('The voipqos service does not answer. Start it with /etc/init.d/voipqos start.'));
+			if (verdict.kind == 'not_running') {
+				dom.content(this.badge, _('Not running'));
+				dom.content(this.reason, _('The voipqos service is not running. Start it with /etc/init.d/voipqos start.'));
+			}
+			else {
+				dom.content(this.badge, _('Error'));
+				dom.content(this.reason, [ _('The status call failed: %s').format(verdict.message) ]);
+			}
 			return;
 		}
 
@@ -228,12 +232,23 @@ return view.extend({
 	},
 
 	handleMode: function(mode) {
-		var args = logic.modeArgs(mode);
-		return callSetMode(args.mode, args.expires).then(L.bind(function(res) {
-			if (typeof res == 'number' && res !== 0)
-				ui.addNotification(null, E('p', _('Could not switch the mode: %s').format(rpc.getStatusText(res))), 'error');
-			return this.refresh();
-		}, this));
+		var args = logic.modeArgs(mode),
+		    refresh = L.bind(this.refresh, this);
+
+		function refused(reply, err) {
+			var verdict = logic.classifyReply(reply, err);
+			if (verdict.kind != 'ok')
+				ui.addNotification(null, E('p', { 'id': 'vq-mode-error' }, [
+					_('Could not switch the mode: %s').format(verdict.kind == 'not_running'
+						? _('the voipqos service is not running') : verdict.message) ]), 'error');
+			return refresh();
+		}
+
+		return callSetMode(args.mode, args.expires).then(function(reply) {
+			return refused(reply);
+		}, function(err) {
+			return refused(null, err);
+		});
 	},
 
 	handleSaveApply: null,

@@ -1,0 +1,64 @@
+"""Replay the capture corpus (tests/data/captures/corpus.json) through the lab router.
+
+For each capture: the snapshot sequence the router's conntrack showed (`NAME.ct`) and the
+ground truth (`NAME.truth.json`: per replay second, packets of the call's labelled media
+flows; the address map) and the replay plan (`NAME.plan.gz`: each datagram's time, side,
+ports and size, no payload: `replay.read_plan` replays it again without the pcap). The
+pcaps themselves are not in the repository: fetch them from the source named in the
+manifest (repository, commit, path) into `--pcaps`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from .replay import media_seconds, plan, replay, write_plan, write_snapshots
+from .replay_pcap import read_udp
+
+CORPUS = Path(__file__).resolve().parents[3] / "tests" / "data" / "captures"
+
+
+def load_manifest(directory: Path = CORPUS) -> list[dict]:
+    return json.loads((directory / "corpus.json").read_text())["captures"]
+
+
+def run_one(cap: dict, pcaps: Path, out: Path, prefix: str) -> str:
+    datagrams, _ = read_udp(pcaps / cap["file"])
+    p = plan(datagrams, cap["lan"])
+    write_plan(out / f"{cap['name']}.plan.gz", p)
+    res = replay(p, prefix)
+    write_snapshots(out / f"{cap['name']}.ct", res.snapshots)
+    truth = {"name": cap["name"], "duration": round(p.duration, 3), "sent": res.sent,
+             "dropped_no_nat_mapping": res.dropped, "far_map": p.far_map,
+             "media": media_seconds(p, cap["call_flows"])}
+    (out / f"{cap['name']}.truth.json").write_text(json.dumps(truth, indent=1) + "\n")
+    return f"{cap['name']}: {len(res.snapshots)} snapshots, sent {res.sent}, dropped {res.dropped}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="voipqos-replay-corpus", description=__doc__.split("\n")[0])
+    ap.add_argument("--pcaps", required=True, help="directory holding the corpus' capture files")
+    ap.add_argument("--out", default=str(CORPUS))
+    ap.add_argument("--only", nargs="*", help="capture names (default: all)")
+    ap.add_argument("--jobs", type=int, default=2)
+    a = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("voipqos-replay-corpus: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    caps = [c for c in load_manifest() if not a.only or c["name"] in a.only]
+    with ProcessPoolExecutor(a.jobs) as pool:
+        futs = [pool.submit(run_one, c, Path(a.pcaps), Path(a.out), f"vqr{os.getpid()}x{i}-")
+                for i, c in enumerate(caps)]
+        for f in futs:
+            print(f.result(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
