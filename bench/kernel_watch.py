@@ -23,7 +23,7 @@ from voipqos.htb import HtbProfile
 from voipqos.lab import netns
 from voipqos.linkwatch import LinkWatch
 
-PREFIX = "vqzw-"
+PREFIX = f"vqz{os.getpid()}-w-"
 
 
 def timed(fn, n: int) -> float:

@@ -31,6 +31,7 @@ from voipqos.lab import netns
 
 WAN = netns.ROUTER_WAN_DEV
 IFB = f"vqi-{WAN}"
+PREFIX = f"vqz{os.getpid()}-"  # namespaces; other worktrees run the same probes
 RESTORE_S = 2.0  # issue 14: restored within 2 s while a call is on
 
 
@@ -319,7 +320,7 @@ def main(argv: list[str]) -> int:
     for i, name in enumerate(names):
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                res = run_probe(name, Path(tmp), f"vqzl{i:02d}-")
+                res = run_probe(name, Path(tmp), f"{PREFIX}l{i:02d}-")
             except (AssertionError, RuntimeError, subprocess.SubprocessError) as exc:
                 res = Result(False, None, f"error: {str(exc)[:200]}")
         failed += not res.ok

@@ -8,6 +8,7 @@ The daemon runs `--dry-run` (log backend): shaping itself is tested in test_tc_k
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from line_faults import cli, status, wait_for, write_config
 from voipqos.lab import netns
 
 pytestmark = pytest.mark.kernel
-PREFIX = "vqk-"
+PREFIX = f"vqk{os.getpid()}-"  # other worktrees run these tests at the same time
 
 
 @pytest.fixture

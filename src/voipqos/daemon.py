@@ -187,7 +187,7 @@ class Daemon:
             log.error("reload rejected, keeping the running config: %s", exc)
             self.alerts["config_rejected"] = Alert(
                 "config_rejected", str(exc), "fix the option and reload again")
-            self._publish()
+            self.ledger.logged(self.alerts["config_rejected"])
             raise ReloadRejected(str(exc)) from exc
         self.alerts.pop("config_rejected", None)
         log.info("config reloaded from %s", self.config_path)
@@ -315,7 +315,7 @@ class Daemon:
         except ProfileError as exc:
             if action.kind is Kind.FLOWS:
                 self.alerts[code] = Alert(
-                    code, f"{len(action.flows)} call flows not classified: {exc}",
+                    code, f"{len(action.flows)} call 5-tuples not classified: {exc}",
                     "none needed: retried when the calls change; other traffic is unaffected")
             else:
                 fix = "voipqos remove" if action.kind is Kind.REMOVE else \
@@ -477,9 +477,12 @@ def _until(d: Daemon, next_poll: float) -> float:
     """Seconds to wait: the next poll, a switching deadline, or the next look at the
     kernel while shaping (a lost IFB blackholes download traffic until restored)."""
     now = d.clock()
-    wake = min(next_poll, d.switch.next_deadline() or next_poll)
+    wake = next_poll
     if d.switch.active:
         wake = min(wake, now + WATCH_INTERVAL)
+    deadline = d.switch.next_deadline()
+    if deadline is not None:  # never a spin, whatever the deadline says
+        wake = min(wake, max(deadline, now + WATCH_INTERVAL / 5))
     return max(0.0, wake - now)
 
 
