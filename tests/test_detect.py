@@ -291,3 +291,11 @@ def test_a_config_from_before_media_ports_loads_with_the_documented_ports(tmp_pa
     old = tmp_path / "voipqos"
     old.write_text("config voipqos 'main'\n\toption min_pps '12'\n\toption both_directions '1'\n")
     assert DetectConfig.from_config(config.load(str(old))).media_ports == MEDIA_PORTS
+
+
+def test_one_way_legs_pair_offline_without_sides():
+    up = grow([(0, 0)] + [(17, 0)] * 3, dst=FAR, dport=529, nat=False)
+    down = grow([(0, 0)] + [(0, 17)] * 3, dst=FAR2, dport=533, nat=False)
+    det = run([[a, b] for a, b in zip(up, down, strict=True)], sides=Sides())[-1]
+    assert [f.verdict for f in det.flows] == [MEDIA, MEDIA] and len(det.calls) == 1
+    assert det.flows[0].reasons[0].startswith("paired one-way legs")
