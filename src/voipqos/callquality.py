@@ -97,7 +97,7 @@ def _direction_words(label: str, d: dict[str, Any] | None) -> str:
     if d is None or not d["rtp"]:
         return f"{label} quality unknown"
     loss = "-" if d["loss_percent"] is None else f"{d['loss_percent']:.1f}"
-    jitter = "" if d["jitter_ms"] is None else f", jitter {d['jitter_ms']:.0f} ms"
+    jitter = "" if d["jitter_ms"] is None else f", jitter {d['jitter_ms']:.1f} ms"
     mos = "" if d["mos"] is None else f", MOS {d['mos']:.1f}"
     return f"{label} {loss} % lost{jitter}{mos}"
 
