@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from test_daemon import Recorder, Script
 from test_rpc import Clock
 from voipqos import config, detect
-from voipqos.callquality import HISTORY, NOT_MEASURED, CallQualities, log_line
+from voipqos.callquality import HISTORY, NOT_MEASURED, CallQualities, log_line, quality_doc
+from voipqos.cli import format_status
 from voipqos.daemon import Daemon
 from voipqos.quality import Direction
 
@@ -180,3 +181,23 @@ def test_daemon_reads_before_the_tuples_leave_and_announces_the_end(tmp_path, ca
     assert d.status()["recent_calls"] == [s]
     assert [r.getMessage() for r in caplog.records if "ended after" in r.getMessage()] == [
         log_line(s)]
+
+
+def test_voipqos_status_prints_quality_per_call_and_direction() -> None:
+    cq = CallQualities()
+    cq.update([call()], 0.0, table(rtp(1000, 1000, 2.0), rtp(1000, 950, 4.0)), wall)
+    running = {"id": call().id, "lan_host": PHONE, "far_host": FAR, "flows": 1, "sip": True,
+               "pps_out": 50.0, "pps_in": 50.0, "kbps_out": 80.0, "kbps_in": 80.0,
+               "duration": 42.0, "quality": cq.quality(call().id)}
+    [ended] = cq.update([], 192.0, None, wall)
+    doc = {"version": "0", "state": "on", "since": wall(0), "reason": "call", "device": "wan0",
+           "active": True, "calls": [running], "recent_calls": [ended], "transitions": [],
+           "metrics": {"cpu_percent": 0.1, "rss_bytes": 1e7, "poll_ms": 1.0, "entries": 1,
+                       "lines": 1, "malformed": 0}}
+    text = format_status(doc)
+    assert ("    quality: losing 5 % on the internet side\n"
+            "      in : 5.0 % lost of 1000, jitter 4.0 ms, MOS 3.9\n"
+            "      out: 0.0 % lost of 1000, jitter 2.0 ms, MOS 4.4\n") in text
+    assert "recent calls:\n  " in text and f"{PHONE} <-> {FAR}  192 s  SIP\n" in text
+    doc["calls"][0]["quality"] = quality_doc(None)
+    assert f"    quality: {NOT_MEASURED}\n" in format_status(doc)
