@@ -55,6 +55,18 @@ function table(headers, rows, emptyText) {
 	].concat(body));
 }
 
+/* A call's quality, one coloured line each (logic.qualityLines). */
+function qualityCell(q) {
+	return E('div', { 'class': 'vq-quality' }, logic.qualityLines(q).map(function(l) {
+		return E('div', { 'class': 'vq-q-' + l.grade }, [ l.text ]);
+	}));
+}
+
+/* Rows with each call's quality cell appended. */
+function withQuality(rows, calls) {
+	return rows.map(function(r, i) { return r.concat([ qualityCell(calls[i].quality) ]); });
+}
+
 return view.extend({
 	load: function() {
 		return this.fetchStatus();
@@ -81,6 +93,7 @@ return view.extend({
 		this.reason = E('div', { 'id': 'vq-reason' });
 		this.warnings = E('div', { 'id': 'vq-warnings' });
 		this.calls = E('div', { 'id': 'vq-calls' });
+		this.recent = E('div', { 'id': 'vq-recent' });
 		this.counters = E('div', { 'id': 'vq-counters' });
 		this.transitions = E('div', { 'id': 'vq-transitions' });
 		this.graph = svg('svg', {
@@ -128,6 +141,7 @@ return view.extend({
 			]),
 
 			E('div', { 'class': 'cbi-section' }, [ E('h3', {}, _('Active calls')), this.calls ]),
+			E('div', { 'class': 'cbi-section' }, [ E('h3', {}, _('Recent calls')), this.recent ]),
 			E('div', { 'class': 'cbi-section' }, [ E('h3', {}, _('Voice class counters')), this.counters ]),
 			E('div', { 'class': 'cbi-section' }, [ E('h3', {}, _('Last transitions')), this.transitions ])
 		]);
@@ -171,9 +185,14 @@ return view.extend({
 		dom.content(this.reason, [ st.reason ? _('Why: %s').format(st.reason) : '' ]);
 
 		this.updateWarnings(st.warnings);
+		var calls = Array.isArray(st.calls) ? st.calls : [],
+		    recent = Array.isArray(st.recent_calls) ? st.recent_calls : [];
 		dom.content(this.calls, table(
-			[ _('LAN host'), _('Far end'), _('Flows'), _('pps out / in'), _('Rate out / in'), _('Duration') ],
-			logic.callRows(st.calls), _('No active call')));
+			[ _('LAN host'), _('Far end'), _('Flows'), _('pps out / in'), _('Rate out / in'), _('Duration'), _('Quality') ],
+			withQuality(logic.callRows(calls), calls), _('No active call')));
+		dom.content(this.recent, table(
+			[ _('Ended'), _('LAN host'), _('Far end'), _('Duration'), _('Quality') ],
+			withQuality(logic.recentRows(recent), recent), _('No finished call yet')));
 		this.updateCounters(st, now);
 		dom.content(this.transitions, table(
 			[ _('Time'), _('State'), _('Why') ],
