@@ -104,14 +104,19 @@ def test_a_call_with_one_rtp_direction_says_which_is_unknown() -> None:
                            "out 0.0 % lost, jitter 3.0 ms, MOS 4.4")
 
 
-def test_wants_the_table_only_while_calls_run_or_end() -> None:
-    cq = CallQualities()
-    assert not cq.wants_read([])
-    assert cq.wants_read([call()])
-    cq.update([call()], 0.0, None, wall)
-    assert cq.wants_read([])  # the poll where it ended still reads
-    cq.update([], 1.0, None, wall)
-    assert not cq.wants_read([])
+def test_reads_the_table_every_interval_while_calls_run_and_when_one_ends() -> None:
+    cq = CallQualities(interval=5.0)
+    assert not cq.wants_read([], 0.0)
+    assert cq.wants_read([call()], 0.0)  # a new call
+    cq.update([call()], 0.0, {}, wall)
+    assert not cq.wants_read([call()], 4.0)
+    assert cq.wants_read([call()], 5.0)
+    cq.update([call()], 5.0, None, wall)  # not read: still due
+    assert cq.wants_read([call()], 6.0)
+    cq.update([call()], 6.0, {}, wall)
+    assert cq.wants_read([], 7.0)  # the poll where it ended reads at once
+    cq.update([], 7.0, None, wall)
+    assert not cq.wants_read([], 20.0)
 
 
 @given(st.lists(st.sets(st.integers(0, 30), max_size=5), max_size=40))

@@ -18,6 +18,10 @@ from .detect import Call, FiveTuple
 from .quality import DIRECTIONS, WHERE, CallQuality, Direction, call_quality, trouble
 
 HISTORY = 10  # finished calls kept for status (a short look back, not a call log)
+# seconds between reads of the table while calls run: one read costs about 0.3 ms per
+# call here, 10x that on a router (bench/call_quality_poll.py); a call that ends is
+# always read at once
+READ_INTERVAL = 5.0
 NOT_MEASURED = "quality unknown (not measured: the BPF classifier was not running)"
 Table = Mapping[FiveTuple, Mapping[str, Direction]]
 
@@ -46,9 +50,11 @@ class CallQualities:
     """Feed `update()` once a poll with the calls detected now; it returns the summaries
     of the calls that ended, which it also keeps (newest first) in `history`."""
 
-    def __init__(self, keep: int = HISTORY) -> None:
+    def __init__(self, keep: int = HISTORY, interval: float = READ_INTERVAL) -> None:
         self.calls: dict[str, Tracked] = {}
         self.history: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.interval = interval
+        self.read_at = float("-inf")
 
     def update(self, calls: Sequence[Call], now: float, table: Table | None,
                wall: Callable[[float], float]) -> list[dict[str, Any]]:
@@ -57,6 +63,8 @@ class CallQualities:
         current = {c.id: c for c in calls}
         for c in calls:
             self.calls.setdefault(c.id, Tracked(c, now))
+        if table is not None:
+            self.read_at = now
         if table:
             for cid, t in self.calls.items():
                 keys = t.call.tuples | (current[cid].tuples if cid in current else frozenset())
@@ -76,9 +84,13 @@ class CallQualities:
         t = self.calls.get(call_id)
         return quality_doc(t.quality if t else None)
 
-    def wants_read(self, calls: Sequence[Call]) -> bool:
-        """Whether this poll needs the classifier's table: calls running or ending."""
-        return bool(calls or self.calls)
+    def wants_read(self, calls: Sequence[Call], now: float) -> bool:
+        """Whether this poll needs the classifier's table: a call ended (its last
+        chance), a new one started, or `interval` passed while calls run."""
+        ids = {c.id for c in calls}
+        if ids != set(self.calls):
+            return True
+        return bool(ids) and now - self.read_at >= self.interval
 
 
 def summary(t: Tracked, now: float, wall: Callable[[float], float]) -> dict[str, Any]:

@@ -286,7 +286,7 @@ class Daemon:
         """Per-call quality from one read of the classifier's table, taken before the
         switching below drops ended calls' tuples (that resets their counters); each
         ended call is logged and announced with its summary."""
-        read = self.switch.active and self.qualities.wants_read(calls)
+        read = self.switch.active and self.qualities.wants_read(calls, now)
         for s in self.qualities.update(calls, now, self.profile.quality() if read else None,
                                        self._wall):
             log.info("%s", log_line(s))
