@@ -116,8 +116,9 @@ class Daemon:
         return json.loads(resp.partition(b"\r\n\r\n")[2])
 
     def answers(self) -> bool:
+        """A call the null session may make (it has only rpcd's `unauthenticated` group)."""
         try:
-            return self.call(NULL, "voipqos", "status", {})["result"][0] == 0
+            return self.call(NULL, "session", "access", {})["result"][0] == 0
         except (OSError, ValueError, KeyError, TypeError):
             return False
 
@@ -128,7 +129,7 @@ class Daemon:
 
     def polls(self) -> int:
         """How many polls the daemon has made (its cadence is 1 s here)."""
-        return self.call(NULL, "voipqos", "status", {})["result"][1]["metrics"]["polls"]
+        return self.call(self.login(), "voipqos", "status", {})["result"][1]["metrics"]["polls"]
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
