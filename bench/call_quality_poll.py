@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What per-call quality adds to a daemon poll while calls run (root; namespace vqq-bench).
+"""What per-call quality adds to a daemon poll while calls run (root; `make -s bpf` first).
 
 Each poll with a call on reads the classifier's flow table once (`flow_quality()`, one
 BPF_MAP_LOOKUP_BATCH plus unpacking every entry) and combines each call's entries
@@ -12,7 +12,6 @@ from LuCI (`counters()`, one per-CPU lookup), same run, same machine:
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -21,9 +20,7 @@ from bpf_classifier import machine
 
 from voipqos import bpf, detect
 from voipqos.callquality import CallQualities
-
-NS = "vqq-bench"
-ROOT = Path(__file__).resolve().parents[1]
+from voipqos.lab import netns
 
 
 def per_call_ms(fn, n: int) -> float:
@@ -55,34 +52,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000)
     args = ap.parse_args()
-    subprocess.run(["make", "-s", "-C", str(ROOT / "bpf"), f"OUT={ROOT / 'build' / 'bpf'}"],
-                   check=True)
-    subprocess.run(["ip", "netns", "del", NS], capture_output=True)
-    subprocess.run(["ip", "netns", "add", NS], check=True)
-    pin = Path(tempfile.mkdtemp(prefix="vqq-bench-")) / "bpffs"
-    c = bpf.Classifier(str(pin), netns=NS)
-    try:
-        subprocess.run(["ip", "-n", NS, "link", "add", "d0", "type", "veth", "peer", "name",
-                        "d1"], check=True)
-        c.attach("d0", "egress")
-        c.set_rules(0x00010010, True, False, [])
-        print(machine())
-        print(f"counters() (baseline, read by every status call): "
-              f"{per_call_ms(c.counters, args.n):.3f} ms")
-        for k in (1, 4, 16):
-            running = calls(k)
-            c.set_flows(frozenset().union(*(x.tuples for x in running)))
-            read = per_call_ms(c.flow_quality, args.n)
-            table = c.flow_quality()
-            cq = CallQualities()
-            update = per_call_ms(lambda r=running, t=table, q=cq: q.update(r, 0.0, t, float),
-                                 args.n)
-            print(f"{k:2d} call(s), {4 * k:2d} table entries: flow_quality() {read:.3f} ms, "
-                  f"CallQualities.update {update:.3f} ms")
-    finally:
-        c.close()
-        pin.parent.rmdir()
-        subprocess.run(["ip", "netns", "del", NS], capture_output=True)
+    with netns.three_hosts("vqq-bench-") as t, tempfile.TemporaryDirectory() as tmp:
+        c = bpf.Classifier(str(Path(tmp, "bpffs")), netns=t.ns("router"))
+        try:
+            c.attach(netns.ROUTER_WAN_DEV, "egress")
+            c.set_rules(0x00010010, True, False, [])
+            print(machine())
+            print(f"counters() (baseline, read by every status call): "
+                  f"{per_call_ms(c.counters, args.n):.3f} ms")
+            for k in (1, 4, 16):
+                running = calls(k)
+                c.set_flows(frozenset().union(*(x.tuples for x in running)))
+                read = per_call_ms(c.flow_quality, args.n)
+                table = c.flow_quality()
+                cq = CallQualities()
+                update = per_call_ms(lambda r=running, t=table, q=cq: q.update(r, 0.0, t, float),
+                                     args.n)
+                print(f"{k:2d} call(s), {4 * k:2d} table entries: flow_quality() {read:.3f} ms, "
+                      f"CallQualities.update {update:.3f} ms")
+        finally:
+            c.close()
 
 
 if __name__ == "__main__":

@@ -5,12 +5,10 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from test_daemon import Recorder, Script
-from test_rpc import Clock
-from voipqos import config, detect
+from test_daemon import Recorder, rig  # noqa: F401  (rig: a fixture)
+from voipqos import detect
 from voipqos.callquality import HISTORY, NOT_MEASURED, CallQualities, log_line, quality_doc
 from voipqos.cli import format_status
-from voipqos.daemon import Daemon
 from voipqos.quality import Direction
 
 PHONE, FAR = "192.168.1.20", "203.0.113.9"
@@ -152,33 +150,21 @@ class Measuring(Recorder):
                 for t in self.flows}
 
 
-def test_daemon_reads_before_the_tuples_leave_and_announces_the_end(tmp_path, caplog) -> None:
-    caplog.set_level("INFO")
-    path = tmp_path / "voipqos"
-    path.write_text("config voipqos 'main'\n\toption interface 'wan0'\n\toption on_polls '2'\n"
-                    "\toption off_hold '3'\n\toption min_on '0'\n\toption drain_time '0'\n")
-    clock, script, prof = Clock(), Script(), Measuring()
-    d = Daemon(config.load(path), str(path), lambda c, dev: prof, script, clock)
-    events: list[tuple[str, dict]] = []
-    d.send_event = lambda name, data: events.append((name, data))
-
-    def tick(n: int = 1) -> None:
-        for _ in range(n):
-            clock.now += 1
-            d.poll(clock.now)
-
-    tick()
-    script.talking = True
-    tick(3)
+def test_daemon_reads_before_the_tuples_leave_and_announces_the_end(rig, caplog):  # noqa: F811
+    d = rig.d
+    d.profile = prof = Measuring()
+    rig.tick()
+    rig.script.talking = True
+    rig.tick(3)
     assert d.status()["active"] and prof.reads >= 1
     q = d.status()["calls"][0]["quality"]
     assert q["known"] and q["egress"]["loss_percent"] == 4.0
     assert q["egress"]["trouble"] == "losing 4 % on the Wi-Fi/LAN side"
-    script.talking = False
-    tick(6)
+    rig.script.talking = False
+    rig.tick(6)
     assert not d.status()["active"] and not d.status()["calls"]
-    ended = [data for name, data in events if data["state"] == "call_end"]
-    assert len(ended) == 1 and all(name == "voipqos.call" for name, _ in events)
+    ended = [e for e in rig.events if e["state"] == "call_end"]
+    assert len(ended) == 1 and all(e["event"] == "voipqos.call" for e in rig.events)
     s = ended[0]["call"]
     # the read of the poll that no longer saw the call, taken before set_flows emptied
     # the table: the last and largest count
