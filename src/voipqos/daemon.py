@@ -26,6 +26,7 @@ from . import __version__, conntrack, hostinfo
 from . import alerts as A
 from .alerts import Alert, Ledger
 from .api import Dispatcher, InvalidArgument
+from .callquality import CallQualities, log_line
 from .config import Config, ConfigError, load, to_dict
 from .detect import Call, DetectConfig, Detection, Detector, Sides
 from .documents import call_doc, flows_document
@@ -124,6 +125,7 @@ class Daemon:
         self.detector: Detector | None = None
         self.detection: Detection | None = None
         self.call_started: dict[str, float] = {}
+        self.qualities = CallQualities()  # per-call quality, finished calls' history
         self.alerts: dict[str, Alert] = {}  # the daemon's own; the profile has its own
         self.profile_alerts: list[Alert] = []
         self.ledger = Ledger()
@@ -215,6 +217,8 @@ class Daemon:
         # what every poll costs (read + detect); switching the profile is the exception
         self.poll_ms = (time.perf_counter() - start) * 1000
         calls = self.detection.calls if self.detection and snap is not None else ()
+        if snap is not None:  # a failed read ends no call
+            self._measure(calls, now)
         self._track_calls(calls, now)
         was = self.hyst.active
         self.hyst.step(now, len(calls))
@@ -277,6 +281,16 @@ class Daemon:
                 del self.call_started[cid]
         for cid in ids:
             self.call_started.setdefault(cid, now)
+
+    def _measure(self, calls: tuple[Call, ...], now: float) -> None:
+        """Per-call quality from one read of the classifier's table, taken before the
+        switching below drops ended calls' tuples (that resets their counters); each
+        ended call is logged and announced with its summary."""
+        read = self.switch.active and self.qualities.wants_read(calls, now)
+        for s in self.qualities.update(calls, now, self.profile.quality() if read else None,
+                                       self._wall):
+            log.info("%s", log_line(s))
+            self.send_event("voipqos.call", {"state": "call_end", "call": s})
 
     def _announce(self) -> None:
         state = "start" if self.hyst.active else "end"
@@ -352,8 +366,9 @@ class Daemon:
             "state": hyst["state"] if self.cfg.enabled else "off",
             "active": self.switch.active,
             "device": self.device,
-            "calls": [call_doc(c, self.call_started.get(c.id, now), now, self._wall)
-                      for c in self._calls()],
+            "calls": [{**call_doc(c, self.call_started.get(c.id, now), now, self._wall),
+                       "quality": self.qualities.quality(c.id)} for c in self._calls()],
+            "recent_calls": list(self.qualities.history),
             # one record of "on": the switching's (the profile's own may predate a loss)
             "profile": {**{k: v for k, v in prof.items() if k != "warnings"},
                         "applied": self.switch.active},

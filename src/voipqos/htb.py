@@ -23,7 +23,7 @@ from . import probe
 from .alerts import Alert
 from .config import Config
 from .detect import FiveTuple
-from .profile import ProfileError, classifier_hooks
+from .profile import ProfileError, classifier_hooks, classifier_quality
 from .tc import Tc
 
 log = logging.getLogger(__name__)
@@ -272,6 +272,9 @@ class HtbProfile:
                 out[name]["packets"] += packets
                 out[name]["bytes"] += nbytes
         return out
+
+    def quality(self) -> dict[FiveTuple, dict[str, Any]]:
+        return classifier_quality(self._clf)
 
     def status(self) -> dict[str, Any]:
         return {"backend": self.name, "device": self.device, "applied": self.applied,

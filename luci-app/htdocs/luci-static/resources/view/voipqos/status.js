@@ -47,6 +47,18 @@ function textRows(rows) {
 	});
 }
 
+/* A call's quality, one coloured line each (logic.qualityLines). */
+function qualityCell(q) {
+	return E('div', { 'class': 'vq-quality' }, logic.qualityLines(q).map(function(l) {
+		return E('div', { 'class': 'vq-q-' + l.grade }, [ l.text ]);
+	}));
+}
+
+/* Rows with each call's quality cell appended. */
+function withQuality(rows, calls) {
+	return rows.map(function(r, i) { return r.concat([ qualityCell(calls[i].quality) ]); });
+}
+
 return view.extend({
 	load: function() {
 		return this.fetchStatus();
@@ -73,8 +85,11 @@ return view.extend({
 		this.reason = E('div', { 'id': 'vq-reason' });
 		this.warnings = E('div', { 'id': 'vq-warnings' });
 		this.calls = new ui.Table(
-			[ _('LAN host'), _('Far end'), _('Flows'), _('pps out / in'), _('Rate out / in'), _('Duration') ],
+			[ _('LAN host'), _('Far end'), _('Flows'), _('pps out / in'), _('Rate out / in'), _('Duration'), _('Quality') ],
 			{ id: 'vq-calls', sortable: false }, E('em', _('No active call')));
+		this.recent = new ui.Table(
+			[ _('Ended'), _('LAN host'), _('Far end'), _('Duration'), _('Quality') ],
+			{ id: 'vq-recent', sortable: false }, E('em', _('No finished call yet')));
 		this.counters = new ui.Table(
 			[ _('Packets'), _('Bytes'), _('Now'), _('Backend'), _('Classifier'), _('Applied') ],
 			{ id: 'vq-counters', sortable: false });
@@ -125,6 +140,7 @@ return view.extend({
 			]),
 
 			E('div', { 'class': 'cbi-section' }, [ E('h3', {}, _('Active calls')), this.calls.render() ]),
+			E('div', { 'class': 'cbi-section' }, [ E('h3', {}, _('Recent calls')), this.recent.render() ]),
 			E('div', { 'class': 'cbi-section' }, [ E('h3', {}, _('Voice class counters')), this.counters.render() ]),
 			E('div', { 'class': 'cbi-section' }, [ E('h3', {}, _('Last transitions')), this.transitions.render() ])
 		]);
@@ -168,7 +184,10 @@ return view.extend({
 		dom.content(this.reason, [ st.reason ? _('Why: %s').format(st.reason) : '' ]);
 
 		this.updateWarnings(st.warnings);
-		this.calls.update(textRows(logic.callRows(st.calls)));
+		var calls = Array.isArray(st.calls) ? st.calls : [],
+		    recent = Array.isArray(st.recent_calls) ? st.recent_calls : [];
+		this.calls.update(withQuality(textRows(logic.callRows(calls)), calls));
+		this.recent.update(withQuality(textRows(logic.recentRows(recent)), recent));
 		this.updateCounters(st, now);
 		this.transitions.update(textRows(logic.transitionRows(st.transitions, TRANSITIONS_SHOWN)));
 		this.updateGraph(now);
