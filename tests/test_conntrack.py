@@ -5,6 +5,7 @@ malformed lines, and one live read of a namespace's table."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -215,7 +216,7 @@ SEND = ("import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRA
 
 @pytest.mark.kernel
 def test_read_proc_inside_a_router_namespace():
-    with netns.three_hosts("vqa-ct") as t:
+    with netns.three_hosts(f"vqa{os.getpid() % 100000}c-") as t:
         t.popen("lan", [sys.executable, "-c", SEND.format(dst=FAR4)])
         polls = []
         for _ in range(2):

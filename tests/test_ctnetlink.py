@@ -4,6 +4,7 @@ a vqa- router namespace, where it must give exactly the Snapshot entries /proc g
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import sys
@@ -99,15 +100,14 @@ def test_truncated_message_raises_a_decode_error(cut):
 
 
 def test_request_is_a_filtered_dump():
-    req = nl.request(7, socket.AF_INET, nl.TCP, (nl.CTA_PROTO_DST_PORT, 5060))
-    length, kind, flags, seq, _ = nl._HDR.unpack_from(req)
-    assert (length, kind, flags, seq) == (len(req), nl.CT_GET, 0x301, 7)
-    top = nl._attrs(memoryview(req), 20, len(req))
+    req = nl.request(socket.AF_INET, nl.TCP, (nl.CTA_PROTO_DST_PORT, 5060))
+    assert req[0] == socket.AF_INET  # nfgenmsg first
+    top = nl.attr_spans(memoryview(req), 4, len(req))
     assert set(top) == {nl.CTA_TUPLE_ORIG, nl.CTA_FILTER}
-    flt = nl._attrs(memoryview(req), *top[nl.CTA_FILTER])
+    flt = nl.attr_spans(memoryview(req), *top[nl.CTA_FILTER])
     (flags_word,) = struct.unpack_from("=I", req, flt[nl.CTA_FILTER_ORIG_FLAGS][0])
     assert flags_word == nl.FILTER_PROTO_NUM | nl.FILTER_DST_PORT
-    assert len(nl.request(1)) == 20  # unfiltered: header and nfgenmsg only
+    assert len(nl.request()) == 4  # unfiltered: nfgenmsg only
 
 
 # --- the real kernel ------------------------------------------------------------------
@@ -140,7 +140,7 @@ SEND = ("import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRA
 
 @pytest.mark.kernel
 def test_netlink_snapshot_equals_proc_in_a_router_namespace():
-    with netns.three_hosts("vqa-nl") as t:
+    with netns.three_hosts(f"vqa{os.getpid() % 100000}n-") as t:
         for args in INSERT:
             t.exec("router", f"conntrack -I {args}")
         sender = t.popen("lan", [sys.executable, "-c", SEND.format(dst=netns.WAN_HOST4)])
@@ -157,3 +157,59 @@ def test_netlink_snapshot_equals_proc_in_a_router_namespace():
         same, parsed, malformed, _ = out[name]
         assert same and parsed == 6 and malformed == 0, name
     assert out["filtered"][3] == 6  # the kernel sent only what we asked for
+
+
+# --- the service's poll: only flows that can be calls ----------------------------------
+
+TRACK = """
+import dataclasses, json, time
+from voipqos import conntrack, ctnetlink
+t = ctnetlink.Tracker()
+polls = []
+for _ in range(14):
+    snap = t.poll(time.monotonic())
+    polls.append(sorted(map(list, snap.entries)))
+    time.sleep(0.25)
+proc = conntrack.read_proc().entries
+snap = t.poll(time.monotonic())
+same = all(dataclasses.replace(e, timeout=0) == dataclasses.replace(proc[k], timeout=0)
+           for k, e in snap.entries.items())
+print(json.dumps({"polls": polls, "same_as_proc": same, "last": sorted(map(list, snap.entries)),
+                  "idle_skipped": snap.skipped}))
+"""
+IDLE = [  # timeouts well below what a packet would have set: nobody sent for a while
+    "-p udp -s 10.9.0.1 -d 10.9.0.2 --sport 1000 --dport 2000 -t 60 -u SEEN_REPLY,ASSURED",
+    "-p udp -s 10.9.0.1 -d 10.9.0.2 --sport 1001 --dport 2000 -t 9",
+    "-p udp -s fd00::1 -d 2001:db8::2 --sport 1002 --dport 2000 -t 9",
+]
+FRESH = "-p udp -s 10.9.0.1 -d 10.9.0.2 --sport 1003 --dport 2000 -t 30"  # one packet now
+SIP_TCP = ("-p tcp -s 10.9.0.1 -d 10.9.0.2 --sport 40000 --dport 5060 -t 100 "
+           "--state ESTABLISHED -u SEEN_REPLY")
+STREAMS = ("import socket, sys, time\nsocks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+           " for _ in range(2)]\nend = time.monotonic() + 5\ni = 0\n"
+           "while time.monotonic() < end:\n    socks[0].sendto(b'v' * 160, ('{dst}', 4000))\n"
+           "    if i % 12 == 0:\n        socks[1].sendto(b'w' * 100, ('{dst}', 4001))\n"
+           "    i += 1\n    time.sleep(0.02)\n")
+
+
+@pytest.mark.kernel
+def test_tracker_watches_what_can_be_a_call_and_skips_idle_flows():
+    """A one-way 50 pps stream and a 4 pps one (WhatsApp's low rate) are watched from
+    their first poll to the last; idle entries never reach detection; a fresh entry with
+    no more packets leaves after QUIET_POLLS; TCP on a SIP port stays; the entries are
+    /proc's."""
+    with netns.three_hosts(f"vqa{os.getpid() % 100000}t-") as t:
+        for args in [*IDLE, FRESH, SIP_TCP]:
+            t.exec("router", f"conntrack -I {args}")
+        sender = t.popen("lan", [sys.executable, "-c", STREAMS.format(dst=netns.WAN_HOST4)])
+        time.sleep(0.3)
+        out = json.loads(t.exec("router", [sys.executable, "-c", TRACK], timeout=60).stdout)
+        sender.wait(timeout=10)
+    ports = [{k[4] if k[4] > 2000 else k[3] for k in poll if k[0] == "udp"}
+             for poll in out["polls"]]  # the streams' dports, the inserted entries' sports
+    assert all({4000, 4001} <= p for p in ports[1:]), ports  # found in the first cycle
+    assert not {1000, 1001, 1002} & set().union(*ports)  # idle: never decoded
+    assert 1003 in ports[0]  # the fresh entry was looked at ...
+    assert ports[-1] == {4000, 4001}  # ... and dropped when it stayed quiet
+    assert ["tcp", "10.9.0.1", "10.9.0.2", 40000, 5060, 0] in out["last"]
+    assert out["same_as_proc"]

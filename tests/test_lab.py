@@ -5,6 +5,7 @@ benchmark targets: a noisy 2-core CI machine must still pass)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def test_lab_config_is_valid_and_forced_names_the_call_ports(tmp_path: Path):
 
 # --- the quick lab against the real kernel -------------------------------------------------
 
-PREFIX = "vqf-t-"
+PREFIX = f"vqf{os.getpid() % 100000}-"  # unique: other worktrees run this too
 
 
 @pytest.mark.kernel

@@ -73,7 +73,7 @@ def test_tree_invariants(up: int, down: int, voice: int, fq: bool, clf: str) -> 
     devs = {q.dev for q in p.of(P.Qdisc) if q.kind == "htb"}
     assert devs == ({"wan0", P.ifb_name("wan0")} if down else {"wan0"})
     assert all(f.flowid == P.VOICE_CLASSID for f in p.of(P.FilterGroup) if not f.redirect)
-    assert bool(p.of(P.FilterGroup)) == (clf == "u32" or down > 0)
+    assert bool(p.of(P.FilterGroup)) == (clf == "u32" or down > 0 or not fq)  # ACKs: pfifo
     keys = [o.key for o in p.objects]
     assert len(keys) == len(set(keys))
     assert P.diff(p, p) == []
@@ -182,3 +182,17 @@ def test_pfifo_fallback_holds_about_50ms_at_the_rate(rate):
     if limit > P.MIN_PFIFO_LIMIT:
         seconds = limit * P.MTU_BYTES * 8 / (rate * 1000)
         assert 0.045 <= seconds <= 0.055
+
+
+def test_pfifo_fallback_puts_pure_acks_in_voice_and_keeps_the_download_leaf_short() -> None:
+    p = P.build(cfg(upload="10000", download="18000"), "wan0", NO_FQ)
+    ifb = P.ifb_name("wan0")
+    acks = [f for f in p.of(P.FilterGroup) if not f.redirect]
+    assert {(f.dev, f.protocol) for f in acks} == {
+        (d, proto) for d in ("wan0", ifb) for proto in (P.ETH_P_IP, P.ETH_P_IPV6)}
+    assert all(f.flowid == P.VOICE_CLASSID and f.rules in (P.ACK4, P.ACK6) for f in acks)
+    leaf = {(q.dev, q.parent): dict(q.opts)["limit"] for q in p.of(P.Qdisc) if q.kind == "pfifo"}
+    assert leaf[(ifb, P.handle(P.DEFAULT))] == 16  # ~11 ms at 18 Mbit/s
+    assert leaf[("wan0", P.handle(P.DEFAULT))] == P.pfifo_limit(10000)  # upload: 50 ms
+    with_fq = P.build(cfg(), "wan0", P.Features()).of(P.FilterGroup)
+    assert [f.redirect for f in with_fq] == [P.ifb_name("wan0")]  # fq_codel: no ACK rules

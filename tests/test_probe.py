@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from voipqos import probe
@@ -41,7 +43,7 @@ def test_foreign_shaper(found: list[Foreign], expect: str | None) -> None:
 def test_probe_in_a_namespace_leaves_nothing() -> None:
     from pyroute2 import NetNS
 
-    with netns.Topology("vqc-p") as topo:
+    with netns.Topology(f"vqc{os.getpid() % 100000}p-") as topo:
         topo.add("x")
         ns = NetNS(topo.ns("x"))
         try:

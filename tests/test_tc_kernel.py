@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from voipqos.tc import Tc
 
 pytestmark = pytest.mark.kernel
 
-PREFIX = "vqc-k"
+PREFIX = f"vqc{os.getpid() % 100000}-"  # unique: other worktrees run these too
 ROUTER = PREFIX + "router"
 IFB = P.ifb_name(netns.ROUTER_WAN_DEV)
 
@@ -294,3 +296,119 @@ def test_apply_in_a_fresh_netns_mount_gets_bpf_not_an_error(tmp_path):
         res = t.exec("router", [*cmd, "remove", "--config", str(conf)], check=False)
         assert res.returncode == 0, res.stderr
         assert "htb" not in t.exec("router", "tc qdisc show dev wan0").stdout
+
+
+# --- the service's own process: pyroute2 only in the worker, counters without it --------
+
+SERVICE = """
+import json, sys
+from pathlib import Path
+from voipqos import config
+from voipqos.htb import HtbProfile
+from voipqos.tc import Tc
+
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS"))
+
+cfg = config.from_options({"upload": "10000", "download": "20000"})
+prof = HtbProfile(cfg, "wan0", sys.argv[1], bpf_obj=Path("/nonexistent/voipqos.o"))
+out = {}
+if sys.argv[2] == "apply":
+    prof.apply()  # through the worker: probe and tc
+    out["objects"] = len(Tc().observe("wan0").objects)
+    out["worker"] = Tc()._local is None and __import__("voipqos.tc").tc.worker().proc.pid
+else:
+    for _ in range(500):
+        prof.status()
+    before = rss()
+    for _ in range(10_000):  # what LuCI's status poll costs the service, 10k times
+        counters = prof.status()["counters"]
+    out.update(growth=rss() - before, counters=counters)
+out["pyroute2"] = "pyroute2" in sys.modules
+print(json.dumps(out))
+"""
+
+
+def service(lab: Lab, what: str) -> dict:
+    res = lab.topo.exec("router", [sys.executable, "-c", SERVICE, lab.pins, what], timeout=120)
+    return json.loads(res.stdout)
+
+
+def test_service_switches_through_the_worker_and_never_loads_pyroute2(lab: Lab) -> None:
+    got = service(lab, "apply")
+    assert got["objects"] > 0 and not got["pyroute2"]
+    assert {"5651:1", "5651:10", "5651:20"} <= set(lab.classes())
+    deadline = time.monotonic() + 10  # the worker ends when its parent's pipe closes
+    while _running(got["worker"]):
+        assert time.monotonic() < deadline, "the worker outlived the service"
+        time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie's cmdline is empty)."""
+    try:
+        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
+    except OSError:
+        return False
+
+
+def test_status_counters_match_the_kernel_and_10k_calls_keep_memory_flat(lab: Lab) -> None:
+    prof = lab.profile(bpf_obj=Path("/nonexistent/voipqos.o"))  # u32: counters from tc
+    prof.apply()
+    lab.udp("lan", netns.WAN_HOST4, 4000, count=25)
+    on = service(lab, "status")
+    kernel = sum(lab.classes(dev)["5651:20"]["packets"] for dev in (netns.ROUTER_WAN_DEV, IFB))
+    assert 25 <= on["counters"]["other"]["packets"] <= kernel  # read first; ND may follow
+    prof.remove()
+    off = service(lab, "status")  # the leak of issue 16 was while off
+    assert off["counters"]["other"]["packets"] == 0
+    for got in (on, off):
+        assert not got["pyroute2"]
+        assert got["growth"] < 256 * 1024  # pyroute2 0.9.7's link_lookup: +24 MB
+
+
+def test_a_bug_in_apply_rolls_back_and_keeps_its_type(lab: Lab) -> None:
+    tc = Tc(lab.ns)
+    wan = netns.ROUTER_WAN_DEV
+    root = P.Qdisc(wan, P.TC_H_ROOT, P.handle(P.ROOT), "htb", (("default", P.DEFAULT),))
+    broken = P.FilterGroup(wan, P.handle(P.ROOT), 0x100, P.ETH_P_IP, (("not a Match",),))
+    with pytest.raises(AttributeError):  # not disguised as the kernel refusing
+        tc.apply([P.Step("add", root), P.Step("add", broken)])
+    assert tc.observe(wan).objects == ()
+
+
+TCP_UPLOAD = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], 5001))
+s.sendall(b"x" * 300_000)
+s.close()
+"""
+TCP_SINK = """
+import socket
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 5001))
+srv.listen(1)
+conn, _ = srv.accept()
+while conn.recv(65536):
+    pass
+"""
+
+
+def test_pure_acks_take_the_voice_class_with_pfifo_leaves(lab: Lab) -> None:
+    """An upload: its data segments are shaped in wan0's default class, the receiver's
+    pure ACKs coming back go through the IFB's voice class."""
+    feats = replace(lab.features, fq_codel=False)
+    cfg = config.from_options({"upload": "10000", "download": "20000"})
+    prof = HtbProfile(cfg, netns.ROUTER_WAN_DEV, lab.pins, tc=Tc(lab.ns), features=feats,
+                      netns=ROUTER, bpf_obj=Path("/nonexistent/voipqos.o"))
+    lab.made.append(prof)
+    prof.apply()
+    sink = lab.topo.popen("wan", [sys.executable, "-c", TCP_SINK])
+    time.sleep(0.3)
+    lab.topo.exec("lan", [sys.executable, "-c", TCP_UPLOAD, netns.WAN_HOST4])
+    sink.wait(timeout=10)
+    up, down = lab.classes(), lab.classes(IFB)
+    assert packets(up["5651:20"]) >= 150 > packets(up["5651:10"])  # the data segments
+    assert packets(down["5651:10"]) >= 50 > packets(down["5651:20"])  # the ACKs

@@ -244,9 +244,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("conntrack_acct", _bool, "1",
            "Turn net.netfilter.nf_conntrack_acct on if it is off (new flows only).",
            "advanced", "bool"),
-    Option("conntrack_source", _choice("proc", "netlink"), "proc",
-           "Read the connection table from /proc (default) or a UDP-filtered ctnetlink "
-           "dump (measure both on your router: bench/conntrack_poll.py).", "advanced",
+    Option("conntrack_source", _choice("proc", "netlink"), "netlink",
+           "Read the connection table over ctnetlink (default: the cost follows the UDP "
+           "flows that can be calls, not the table; /proc if the kernel lacks it) or by "
+           "parsing /proc/net/nf_conntrack whole every poll (docs/perf.md).", "advanced",
            "string"),
     Option("run_dir", _path, "/var/run/voipqos",
            "Directory for the pid lock and the local endpoint's login secret.", "advanced",

@@ -70,6 +70,7 @@ class Snapshot:
     parsed: int = 0  # lines that became entries (a repeated key keeps the last one)
     malformed: int = 0
     skipped: int = 0  # well-formed lines of no interest (other protocols, non-SIP TCP)
+    note: str = ""  # why the reader may miss something (a table too large to scan)
 
     @property
     def accounting(self) -> bool | None:

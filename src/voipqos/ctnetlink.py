@@ -17,6 +17,7 @@ import ipaddress
 import os
 import socket
 import struct
+import time
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 
@@ -56,31 +57,28 @@ def _attr(kind: int, payload: bytes) -> bytes:
     return data + b"\0" * (-len(data) % 4)
 
 
-def _dump_request(seq: int, family: int, filters: bytes = b"") -> bytes:
-    body = struct.pack("=BBH", family, 0, 0) + filters
-    return _HDR.pack(_HDR.size + len(body), CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
-
-
-def request(seq: int, family: int = socket.AF_UNSPEC, proto: int | None = None,
+def request(family: int = socket.AF_UNSPEC, proto: int | None = None,
             port: tuple[int, int] | None = None) -> bytes:
-    """A CT_GET dump request (AF_UNSPEC: both families); with `proto`, filtered in the
-    kernel to that protocol and, optionally, (CTA_PROTO_SRC_PORT or CTA_PROTO_DST_PORT,
-    port) of the original tuple. The kernel takes a filter only with a family."""
+    """The body of a CT_GET dump request (AF_UNSPEC: both families); with `proto`,
+    filtered in the kernel to that protocol and, optionally, (CTA_PROTO_SRC_PORT or
+    CTA_PROTO_DST_PORT, port) of the original tuple. The kernel takes a filter only with
+    a family."""
+    head = struct.pack("=BBH", family, 0, 0)
     if proto is None:
-        return _dump_request(seq, family)
+        return head
     l4 = _attr(CTA_PROTO_NUM, bytes([proto]))
     flags = FILTER_PROTO_NUM
     if port is not None:
         which, number = port
         l4 += _attr(which, _BE16.pack(number))
         flags |= FILTER_SRC_PORT if which == CTA_PROTO_SRC_PORT else FILTER_DST_PORT
-    return _dump_request(seq, family, _attr(CTA_TUPLE_ORIG | NLA_F_NESTED,
-                                    _attr(CTA_TUPLE_PROTO | NLA_F_NESTED, l4))
-                         + _attr(CTA_FILTER | NLA_F_NESTED,
-                                 _attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", flags))))
+    return head + (_attr(CTA_TUPLE_ORIG | NLA_F_NESTED,
+                         _attr(CTA_TUPLE_PROTO | NLA_F_NESTED, l4))
+                   + _attr(CTA_FILTER | NLA_F_NESTED,
+                           _attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", flags))))
 
 
-def _attrs(buf: memoryview, start: int, end: int) -> dict[int, tuple[int, int]]:
+def attr_spans(buf: memoryview, start: int, end: int) -> dict[int, tuple[int, int]]:
     """Attribute type -> (payload start, payload end) for one nesting level."""
     out = {}
     while start + 4 <= end:
@@ -100,12 +98,12 @@ def _ip(raw: bytes) -> str:
 
 def _tuple(buf: memoryview, span: tuple[int, int]) -> tuple[int, Tuple | None, int]:
     """(l4 proto number, Tuple or None if not UDP/TCP, tuple zone id or 0)."""
-    t = _attrs(buf, *span)
-    l4 = _attrs(buf, *t[CTA_TUPLE_PROTO])
+    t = attr_spans(buf, *span)
+    l4 = attr_spans(buf, *t[CTA_TUPLE_PROTO])
     num = buf[l4[CTA_PROTO_NUM][0]]
     if num not in (UDP, TCP):
         return num, None, 0
-    ip = _attrs(buf, *t[CTA_TUPLE_IP])
+    ip = attr_spans(buf, *t[CTA_TUPLE_IP])
     src, dst = (ip[1], ip[2]) if 1 in ip else (ip[3], ip[4])
     zone = _BE16.unpack_from(buf, t[CTA_TUPLE_ZONE][0])[0] if CTA_TUPLE_ZONE in t else 0
     return (num,
@@ -118,7 +116,7 @@ def _tuple(buf: memoryview, span: tuple[int, int]) -> tuple[int, Tuple | None, i
 def _counters(buf: memoryview, a: dict, kind: int) -> tuple[int | None, int | None]:
     if kind not in a:
         return None, None  # accounting was off when the entry was created
-    c = _attrs(buf, *a[kind])
+    c = attr_spans(buf, *a[kind])
     return _BE64.unpack_from(buf, c[1][0])[0], _BE64.unpack_from(buf, c[2][0])[0]
 
 
@@ -127,7 +125,7 @@ def decode(buf: memoryview, start: int, end: int) -> Entry | None:
     protocols other than UDP and TCP. Raises Malformed, KeyError, IndexError or
     struct.error on a message without what an entry must have."""
     family = {socket.AF_INET: 4, socket.AF_INET6: 6}[buf[start]]
-    a = _attrs(buf, start + 4, end)
+    a = attr_spans(buf, start + 4, end)
     num, orig, ozone = _tuple(buf, a[CTA_TUPLE_ORIG])
     if orig is None:
         return None
@@ -135,16 +133,9 @@ def decode(buf: memoryview, start: int, end: int) -> Entry | None:
     if reply is None:
         raise Malformed("reply tuple of another protocol")
     status = _BE32.unpack_from(buf, a[CTA_STATUS][0])[0]
-    flags = set() if status & IPS_SEEN_REPLY else {"UNREPLIED"}
-    if status & IPS_HW_OFFLOAD:
-        flags.add("HW_OFFLOAD")
-    elif status & IPS_OFFLOAD:
-        flags.add("OFFLOAD")
-    elif status & IPS_ASSURED:
-        flags.add("ASSURED")
     state = ""
     if num == TCP and CTA_PROTOINFO in a:
-        tcp = _attrs(buf, *_attrs(buf, *a[CTA_PROTOINFO])[1])
+        tcp = attr_spans(buf, *attr_spans(buf, *a[CTA_PROTOINFO])[1])
         state = TCP_STATES[buf[tcp[1][0]]]
     # /proc omits the timeout of offloaded entries; match it
     timeout = 0 if status & IPS_OFFLOAD or CTA_TIMEOUT not in a else (
@@ -153,12 +144,28 @@ def decode(buf: memoryview, start: int, end: int) -> Entry | None:
     mark = _BE32.unpack_from(buf, a[CTA_MARK][0])[0] if CTA_MARK in a else 0
     return Entry(family, {UDP: "udp", TCP: "tcp"}[num], orig, reply,
                  *_counters(buf, a, CTA_COUNTERS_ORIG), *_counters(buf, a, CTA_COUNTERS_REPLY),
-                 timeout, frozenset(flags), state, mark, zone)
+                 timeout, _flags(status), state, mark, zone)
 
 
-def _dump(sock: socket.socket, req: bytes) -> Iterator[tuple[memoryview, int, int]]:
-    """Send one dump request; yield (buffer, body start, body end) per entry message."""
-    sock.send(req)
+@lru_cache(maxsize=64)
+def _flags(status: int) -> frozenset[str]:
+    """The status bits /proc prints ([UNREPLIED], [ASSURED], [OFFLOAD], [HW_OFFLOAD])."""
+    flags = set() if status & IPS_SEEN_REPLY else {"UNREPLIED"}
+    if status & IPS_HW_OFFLOAD:
+        flags.add("HW_OFFLOAD")
+    elif status & IPS_OFFLOAD:
+        flags.add("OFFLOAD")
+    elif status & IPS_ASSURED:
+        flags.add("ASSURED")
+    return frozenset(flags)
+
+
+def dump_messages(sock: socket.socket, kind: int, seq: int, body: bytes
+                  ) -> Iterator[tuple[memoryview, int, int]]:
+    """Send one netlink dump request of `kind` with `body`; yield (buffer, body start,
+    body end) per answer message (NLMSG_ERROR raises OSError)."""
+    sock.send(_HDR.pack(_HDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+              + body)
     buf = bytearray(RECV_SIZE)
     view = memoryview(buf)
     while True:
@@ -197,8 +204,8 @@ def read_netlink(sip_ports: Iterable[int] = (5060, 5061), taken_at: float = 0.0,
     ports = frozenset(sip_ports)
     wanted = [(UDP, None)] + [(TCP, (side, p)) for p in sorted(ports)
                               for side in (CTA_PROTO_DST_PORT, CTA_PROTO_SRC_PORT)]
-    requests = [request(i, family, proto, port) for i, (family, (proto, port)) in enumerate(
-        ((f, w) for f in (socket.AF_INET, socket.AF_INET6) for w in wanted), 1)]
+    requests = [request(family, proto, port)
+                for family in (socket.AF_INET, socket.AF_INET6) for proto, port in wanted]
     snap = Snapshot(taken_at=taken_at)
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
         if kernel_filter:
@@ -209,15 +216,15 @@ def read_netlink(sip_ports: Iterable[int] = (5060, 5061), taken_at: float = 0.0,
                 if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                     raise
             snap = Snapshot(taken_at=taken_at)
-        _collect(sock, [request(1)], ports, snap)
+        _collect(sock, [request()], ports, snap)
     return snap
 
 
 def _collect(sock: socket.socket, requests: list[bytes], ports: frozenset[int],
              snap: Snapshot) -> None:
     entries = snap.entries
-    for req in requests:
-        for buf, start, end in _dump(sock, req):
+    for seq, req in enumerate(requests, 1):
+        for buf, start, end in dump_messages(sock, CT_GET, seq, req):
             snap.lines += 1
             try:
                 e = decode(buf, start, end)
@@ -229,3 +236,309 @@ def _collect(sock: socket.socket, requests: list[bytes], ports: frozenset[int],
                 continue
             entries[e.key] = e
             snap.parsed += 1
+
+
+# ---- the service's poll: cost that grows with the flows that can be calls ----------------
+
+SYSCTL_DIR = "/proc/sys/net/netfilter"
+FLOOR_PPS = 1.0  # below this in both directions for QUIET_POLLS, a flow stops being watched
+QUIET_POLLS = 2
+FRESH_SLACK_S = 3  # "had a packet in the last few seconds", read from the entry's timeout
+# discovery work per poll (wall time, kernel included): the last cycle's work spread over
+# CYCLE_POLLS polls, within [SLICE_MIN_S, SLICE_MAX_S]; past that the cycle gets longer
+SLICE_MIN_S, SLICE_MAX_S, CYCLE_POLLS = 0.004, 0.040, 3
+MAX_WATCHED = 2000  # flows refreshed every poll; more active UDP flows than that: a warning
+GET_CHUNK = 64  # lookups per sendmsg (their answers must fit the socket's buffer)
+CYCLE_WARN_S = 10.0  # a discovery cycle slower than this is reported in the status
+TCP_PER_CYCLE = 2  # of the dumps for TCP on SIP ports (family x port x side), each a
+# walk of the whole table, for a hint (SIP over TCP marks a call as SIP; media is found
+# without it): spread over cycles so every cycle costs about the same
+
+
+def _sysctl(name: str, default: int, base: str = SYSCTL_DIR) -> int:
+    try:
+        with open(f"{base}/{name}") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return default
+
+
+class _Watched:
+    """A flow refreshed every poll: how to ask for it, its last entry and when."""
+
+    __slots__ = ("at", "entry", "family", "quiet")
+
+    def __init__(self, family: int, e: Entry, at: float) -> None:
+        self.family, self.entry, self.at, self.quiet = family, e, at, 0
+
+
+# (CTA_STATUS, CTA_TIMEOUT, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY) payload offsets
+_Layout = tuple[int, int, int, int]
+_COUNTED = (CTA_STATUS, CTA_TIMEOUT, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY)
+
+
+class Tracker:
+    """The connection table as detection needs it, at a cost that grows with the flows
+    that can still be calls, not with the table.
+
+    Two parts per poll: (1) every watched flow (UDP with a packet rate at least
+    FLOOR_PPS in some direction, TCP on a SIP port) is looked up by its tuple, batched,
+    and becomes an Entry; (2) a slice (SLICE_S) of a discovery cycle: ctnetlink dumps
+    filtered in the kernel to UDP and to TCP on the SIP ports, resumed across polls. A
+    UDP entry whose timeout shows a packet in the last FRESH_SLACK_S seconds (the kernel
+    resets it to nf_conntrack_udp_timeout[_stream] on every packet) starts being watched.
+    The slice adapts so a cycle takes about CYCLE_POLLS polls, up to SLICE_MAX_S per
+    poll; a table bigger than that only makes the cycle longer, so a new call is found
+    later: `cycle_s` and the Snapshot's `note` say so. Unwatched flows cost nothing
+    between cycles and no memory. Needs CAP_NET_ADMIN in the router's network namespace.
+    """
+
+    def __init__(self, sip_ports: Iterable[int] = (5060, 5061),
+                 sysctl_dir: str = SYSCTL_DIR) -> None:
+        self.ports = frozenset(sip_ports)
+        self.slice_s = SLICE_MIN_S
+        self._work = 0.0  # discovery time spent in the current cycle
+        self.sysctl_dir = sysctl_dir
+        self.watched: dict[tuple[int, bytes], _Watched] = {}
+        self.cycle_s: float | None = None  # duration of the last complete discovery cycle
+        self.overflow = 0  # active flows not watched in the last cycle (MAX_WATCHED)
+        self._get = self._socket()
+        self._dump: socket.socket | None = None
+        self._queue: list[bytes] = []
+        self._cycle_start = 0.0
+        self._seq = self._cycles = 0
+        self._layouts: dict[int, tuple[int, int]] = {}
+        self._buf = bytearray(RECV_SIZE)
+        self._timeouts = (30, 120)
+
+    @staticmethod
+    def _socket() -> socket.socket:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.settimeout(2.0)
+        return sock
+
+    def close(self) -> None:
+        self._get.close()
+        if self._dump is not None:
+            self._dump.close()
+
+    def poll(self, taken_at: float) -> Snapshot:
+        snap = Snapshot(taken_at=taken_at)
+        try:
+            self._refresh(snap, taken_at)
+            self._discover(snap, taken_at)
+        except OSError:
+            if self._dump is not None:  # its state is unknown: the cycle goes on afresh
+                self._dump.close()
+                self._dump = None
+            raise
+        snap.lines = snap.parsed + snap.skipped + snap.malformed
+        if self.cycle_s is not None and self.cycle_s > CYCLE_WARN_S:
+            snap.note = (f"connection table too large to scan every poll: new calls are "
+                         f"found within {self.cycle_s:.0f} s")
+        if self.overflow:
+            snap.note = (f"{self.overflow} active UDP flows beyond the {MAX_WATCHED} "
+                         "watched: some calls may be missed")
+        return snap
+
+    # -- (1) the watched flows --
+    def _refresh(self, snap: Snapshot, now: float) -> None:
+        items = list(self.watched.items())
+        for i in range(0, len(items), GET_CHUNK):
+            chunk = items[i:i + GET_CHUNK]
+            first = self._seq + 1
+            self._seq += len(chunk)
+            self._get.send(b"".join(
+                _HDR.pack(_HDR.size + 4 + len(tup) + (8 if w.entry.zone else 0), CT_GET,
+                          NLM_F_REQUEST, first + j, 0)
+                + struct.pack("=BBH", w.family, 0, 0) + tup
+                + (_attr(CTA_ZONE, _BE16.pack(w.entry.zone)) if w.entry.zone else b"")
+                for j, ((_, tup), w) in enumerate(chunk)))
+            answers = self._answers(chunk, first)
+            for j, (key, w) in enumerate(chunk):
+                e = answers.get(first + j)
+                if e is None:  # gone (ENOENT) or undecodable
+                    del self.watched[key]
+                    continue
+                self._keep(snap, key, w, e, now)
+
+    def _answers(self, chunk: list[tuple[tuple[int, bytes], _Watched]], first: int
+                 ) -> dict[int, Entry | None]:
+        """seq -> Entry for one chunk of lookups (None: the kernel had no such entry)."""
+        count = len(chunk)
+        out: dict[int, Entry | None] = {}
+        buf, view = self._buf, memoryview(self._buf)
+        while len(out) < count:
+            n = self._get.recv_into(buf)
+            off = 0
+            while off + _HDR.size <= n:
+                length, kind, _, seq, _ = _HDR.unpack_from(buf, off)
+                if length < _HDR.size:
+                    raise OSError(errno.EBADMSG, "netlink message shorter than its header")
+                if first <= seq < first + count:
+                    out[seq] = None if kind == NLMSG_ERROR else self._update(
+                        chunk[seq - first][1].entry, view, off + _HDR.size, off + length)
+                off += (length + 3) & ~3
+        return out
+
+    def _update(self, last: Entry, view: memoryview, start: int, end: int) -> Entry | None:
+        """The watched entry with this answer's status, timeout and counters: its tuples
+        do not change, so only those are read (at remembered offsets), else decoded."""
+        at = self._layout(view, start, end)
+        if at is None or at[2] < 0 or at[3] < 0 or last.proto == "tcp":  # TCP: its state
+            try:
+                return decode(view, start, end)
+            except (Malformed, KeyError, IndexError, struct.error):
+                return None
+        status, timeout = _BE32.unpack_from(view, at[0])[0], _BE32.unpack_from(view, at[1])[0]
+        return Entry(last.family, last.proto, last.orig, last.reply,
+                     _BE64.unpack_from(view, at[2] + 4)[0], _BE64.unpack_from(view, at[2] + 16)[0],
+                     _BE64.unpack_from(view, at[3] + 4)[0], _BE64.unpack_from(view, at[3] + 16)[0],
+                     0 if status & IPS_OFFLOAD else timeout, _flags(status), last.state,
+                     last.mark, last.zone)
+
+    def _keep(self, snap: Snapshot, key: tuple[int, bytes], w: _Watched, e: Entry,
+              now: float) -> None:
+        snap.entries[e.key] = e
+        snap.parsed += 1
+        last, dt = w.entry, now - w.at
+        if e.proto == "udp" and dt > 0 and e.orig_packets is not None:
+            rate = max(e.orig_packets - (last.orig_packets or 0),
+                       (e.reply_packets or 0) - (last.reply_packets or 0)) / dt
+            w.quiet = w.quiet + 1 if rate < FLOOR_PPS else 0
+            if w.quiet >= QUIET_POLLS:
+                del self.watched[key]  # rediscovered by its timeout when it wakes up
+        w.entry, w.at = e, now
+
+    # -- (2) the discovery cycle --
+    def _requests(self) -> list[bytes]:
+        """One cycle's dumps: UDP per family, then the next TCP_PER_CYCLE SIP dumps."""
+        self._cycles += 1
+        families = (socket.AF_INET, socket.AF_INET6)
+        tcp = [request(f, TCP, (side, p)) for f in families for p in sorted(self.ports)
+               for side in (CTA_PROTO_DST_PORT, CTA_PROTO_SRC_PORT)]
+        first = (self._cycles - 1) * TCP_PER_CYCLE % max(1, len(tcp))
+        return [request(f, UDP) for f in families] + tcp[first:first + TCP_PER_CYCLE]
+
+    def _discover(self, snap: Snapshot, now: float) -> None:
+        began = time.perf_counter()
+        # a cycle running long (the table grew): spread what it took so far wider
+        self.slice_s = min(SLICE_MAX_S, max(self.slice_s, self._work / CYCLE_POLLS))
+        deadline = began + self.slice_s
+        buf, view = self._buf, memoryview(self._buf)
+        restarted = False
+        while time.perf_counter() < deadline:
+            if self._dump is None:
+                if not self._queue:
+                    if restarted:
+                        break  # one cycle per poll at most: a small table costs little
+                    restarted = True
+                    if self._cycle_start:
+                        self.cycle_s = now - self._cycle_start
+                        self.slice_s = min(SLICE_MAX_S, max(SLICE_MIN_S,
+                                                            self._work / CYCLE_POLLS))
+                    self._cycle_start, self._work = now, 0.0
+                    self._queue = self._requests()
+                    self._timeouts = (_sysctl("nf_conntrack_udp_timeout", 30, self.sysctl_dir),
+                                      _sysctl("nf_conntrack_udp_timeout_stream", 120,
+                                              self.sysctl_dir))
+                    self.overflow = 0
+                self._dump = self._socket()
+                self._seq += 1
+                self._dump.send(_HDR.pack(_HDR.size + len(self._queue[0]), CT_GET,
+                                          NLM_F_REQUEST | NLM_F_DUMP, self._seq, 0)
+                                + self._queue[0])
+            n = self._dump.recv_into(buf)
+            off = 0
+            while off + _HDR.size <= n:
+                length, kind, _, _, _ = _HDR.unpack_from(buf, off)
+                if length < _HDR.size or kind in (NLMSG_DONE, NLMSG_ERROR):
+                    self._end_dump(buf, off, kind)
+                    break
+                self._found(snap, view, off + _HDR.size, off + length, now)
+                off += (length + 3) & ~3
+        self._work += time.perf_counter() - began
+
+    def _end_dump(self, buf: bytearray, off: int, kind: int) -> None:
+        assert self._dump is not None
+        self._dump.close()
+        self._dump = None
+        request_body = self._queue.pop(0)
+        if kind == NLMSG_ERROR:
+            err = -struct.unpack_from("=i", buf, off + _HDR.size)[0]
+            if err in (errno.EINVAL, errno.EOPNOTSUPP) and request_body[4:]:
+                # a kernel without CTA_FILTER (< 5.8): one unfiltered dump per family
+                self._queue = [request(f) for f in (socket.AF_INET, socket.AF_INET6)]
+            elif err:
+                raise OSError(err, os.strerror(err))
+
+    def _found(self, snap: Snapshot, view: memoryview, start: int, end: int,
+               now: float) -> None:
+        """One dumped entry: watched from now on if it can be a call (cheap test first)."""
+        at = self._layout(view, start, end, counters=False)
+        if at is None:
+            snap.malformed += 1
+            return
+        status = _BE32.unpack_from(view, at[0])[0]
+        timeout = _BE32.unpack_from(view, at[1])[0] if at[1] >= 0 else 0
+        # the kernel sets a UDP entry's timeout to one of these on every packet; above
+        # both: a TCP state's or a custom policy's (decoded and checked below)
+        ceiling = self._timeouts[1] if status & IPS_ASSURED else self._timeouts[0]
+        if timeout < ceiling - FRESH_SLACK_S and not status & IPS_OFFLOAD:
+            snap.skipped += 1
+            return
+        try:
+            e = decode(view, start, end)
+            orig = attr_spans(view, start + 4, end)[CTA_TUPLE_ORIG]
+        except (Malformed, KeyError, IndexError, struct.error):
+            snap.malformed += 1
+            return
+        if e is None or not _wanted(e, self.ports):
+            snap.skipped += 1
+            return
+        key = (view[start], bytes(view[orig[0] - 4:orig[1]]))
+        if key in self.watched:
+            return  # looked up already this poll
+        if len(self.watched) >= MAX_WATCHED:
+            self.overflow += 1
+            return
+        self.watched[key] = _Watched(view[start], e, now)
+        snap.entries[e.key] = e
+        snap.parsed += 1
+
+    def _layout(self, view: memoryview, start: int, end: int, counters: bool = True
+                ) -> _Layout | None:
+        """Absolute payload offsets of status, timeout and the two counters (-1: absent)
+        in one message, from offsets remembered per message length (entries of one family
+        and kind share a layout) and checked against the attribute types each time (the
+        counters' only when asked for)."""
+        rel = self._layouts.get(end - start)
+        if rel is None or not self._fits(view, start, rel if counters else rel[:2]):
+            try:
+                a = attr_spans(view, start + 4, end)
+            except Malformed:
+                return None
+            if CTA_STATUS not in a:
+                return None
+            rel = (a[CTA_STATUS][0] - start, *(a[k][0] - start if k in a else -1
+                                                for k in _COUNTED[1:]))
+            if not self._fits(view, start, rel[:2]):
+                return None
+            if not self._fits(view, start, rel):  # padded counters (some architectures):
+                rel = (*rel[:2], -1, -1)  # decode() reads those
+            self._layouts[end - start] = rel
+        return rel[0] + start, *(o if o < 0 else start + o for o in rel[1:])
+
+    @staticmethod
+    def _fits(view: memoryview, start: int, rel: tuple[int, ...]) -> bool:
+        for o, kind in zip(rel, _COUNTED, strict=False):
+            if o < 0:
+                continue
+            if _ATTR.unpack_from(view, start + o - 4)[1] & NLA_TYPE_MASK != kind:
+                return False
+            if kind in (CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY) and not (
+                    _ATTR.unpack_from(view, start + o) == (12, 1)
+                    and _ATTR.unpack_from(view, start + o + 12) == (12, 2)):
+                return False  # packets then bytes, unpadded
+        return True

@@ -11,6 +11,7 @@ so the line is never left throttled by a dead daemon.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -52,12 +53,28 @@ class System:
     def __init__(self) -> None:
         self._watch: Any = None
         self._process: Any = None
+        self.tracker: Any = None  # ctnetlink.Tracker: its watched flows carry over polls
 
     def snapshot(self, cfg: Config, now: float) -> conntrack.Snapshot:
+        """netlink: a cost that grows with the flows that can be calls (ctnetlink.Tracker);
+        /proc when asked for, or when the kernel has no ctnetlink."""
         if cfg.conntrack_source == "netlink":
-            from .ctnetlink import read_netlink
+            from .ctnetlink import Tracker
 
-            return read_netlink(sip_ports=cfg.sip_ports, taken_at=now)
+            try:
+                if self.tracker is None or self.tracker.ports != frozenset(cfg.sip_ports):
+                    if self.tracker is not None:
+                        self.tracker.close()
+                    self.tracker = None
+                    self.tracker = Tracker(cfg.sip_ports)
+                return self.tracker.poll(now)
+            except OSError as exc:
+                if self.tracker is not None or exc.errno != errno.EPROTONOSUPPORT:
+                    raise
+            snap = conntrack.read_proc(sip_ports=cfg.sip_ports, taken_at=now)
+            snap.note = ("ctnetlink is missing (kmod-nf-conntrack-netlink): reading "
+                         "/proc/net/nf_conntrack, which costs more on a big table")
+            return snap
         return conntrack.read_proc(sip_ports=cfg.sip_ports, taken_at=now)
 
     def resolve(self, interface: str) -> str:
@@ -266,6 +283,13 @@ class Daemon:
                 "unknown kernel format?", "report it with a copy of /proc/net/nf_conntrack")
         else:
             self.alerts.pop("conntrack", None)
+        if snap.note:
+            self.alerts["conntrack_reader"] = Alert(
+                "conntrack_reader", snap.note,
+                "install kmod-nf-conntrack-netlink; a smaller table (nf_conntrack_max, "
+                "shorter UDP timeouts) shortens the scan")
+        else:
+            self.alerts.pop("conntrack_reader", None)
         return snap
 
     def _note_offload(self, snap: conntrack.Snapshot) -> None:

@@ -19,14 +19,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from . import alerts as A
 from .alerts import Alert
 from .conntrack import ACCT_SYSCTL
 from .plan import TC_H_INGRESS, TC_H_ROOT, Features
-from .tc import Foreign
+from .tc import Foreign, worker
 from .uci import UciSyntaxError, parse_uci
 
 __all__ = ["Features", "flow_offload", "foreign_shaper", "format_report", "probe", "report"]
@@ -54,7 +51,9 @@ NEEDS: dict[str, tuple[str, str]] = {
 _cache: Features | None = None
 
 
-def _tries(ipr: IPRoute, idx: int) -> dict[str, Callable[[], None]]:
+def _tries(ipr: Any, idx: int) -> dict[str, Callable[[], None]]:
+    from pyroute2.netlink.exceptions import NetlinkError
+
     def qdisc(kind: str) -> Callable[[], None]:
         def run() -> None:
             ipr.tc("add", kind, idx, 0x10000)
@@ -87,7 +86,9 @@ def _tries(ipr: IPRoute, idx: int) -> dict[str, Callable[[], None]]:
             "clsact": clsact, "u32": u32, "mirred": mirred, "cls_bpf": cls_bpf}
 
 
-def _kernel(ipr: IPRoute) -> dict[str, bool]:
+def _kernel(ipr: Any) -> dict[str, bool]:
+    from pyroute2.netlink.exceptions import NetlinkError
+
     name = f"vqprobe{os.getpid() % 100000}"
     try:
         ipr.link("add", ifname=name, kind="ifb")
@@ -127,19 +128,14 @@ def _read(path: str) -> str:
         return ""
 
 
-def probe(ipr: IPRoute | None = None, refresh: bool = False) -> Features:
+def probe(ipr: Any = None, refresh: bool = False) -> Features:
     """Features of the kernel in `ipr`'s network namespace (the current one if None,
-    cached)."""
+    cached, tried in tc's worker process so this one never imports pyroute2)."""
     global _cache
     if ipr is None and _cache is not None and not refresh:
         return _cache
     own = ipr is None
-    sock = IPRoute() if ipr is None else ipr
-    try:
-        kernel = _kernel(sock)
-    finally:
-        if own:
-            sock.close()
+    kernel = worker().call("kernel_features") if own else _kernel(ipr)
     feats = Features(
         **kernel,
         bpffs="\tbpf\n" in _read("/proc/filesystems"),

@@ -175,10 +175,10 @@ return view.extend({
 		o.rmempty = false;
 
 		o = s.taboption('advanced', form.ListValue, 'conntrack_source', _('Connection table source'),
-			_('Read the connection table from /proc (default) or a UDP-filtered ctnetlink dump (measure both on your router: bench/conntrack_poll.py).'));
+			_('Read the connection table over ctnetlink (default: the cost follows the UDP flows that can be calls, not the table; /proc if the kernel lacks it) or by parsing /proc/net/nf_conntrack whole every poll (docs/perf.md).'));
 		o.value('proc', _('/proc/net/nf_conntrack'));
 		o.value('netlink', _('ctnetlink (UDP only; needs kmod-nf-conntrack-netlink)'));
-		o.default = 'proc';
+		o.default = 'netlink';
 
 		o = s.taboption('advanced', form.Value, 'run_dir', _('Runtime directory'),
 			_("Directory for the pid lock and the local endpoint's login secret."));
