@@ -79,8 +79,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     if not cfg.enabled:
-        print("voipqos: disabled in config (main.enabled=0): nothing to do")
-        return 0
+        # disabled must mean unshaped, whatever a killed predecessor left on the device
+        print("voipqos: disabled in config (main.enabled=0): not running")
+        if args.dry_run:
+            return 0
+        args.command = "remove"
+        return cmd_profile(args)
     setup_logging(cfg.log_level, args.foreground)
     if args.dry_run:
         def factory(c: config.Config, dev: str):
