@@ -137,6 +137,10 @@ def table(rows: list[dict[str, Any]]) -> str:
                          f"{fmt(d.get('jitter_ms'), ' ms')} | {fmt(ep.get('jitter_ms'), ' ms')} | "
                          f"{fmt(rep.get('loss_percent_last'), ' %')}, "
                          f"{fmt(rep.get('jitter_ms'), ' ms')} | {fmt(d.get('mos'))} |")
+    lines.append("")
+    lines += [f"{r['condition']}: router's round trips from RTCP SR/RR: "
+              + (", ".join(f"{k} {v:.1f} ms" for k, v in r["router"]["rtt_ms"].items()) or "none")
+              for r in rows]
     return "\n".join(lines)
 
 

@@ -3,7 +3,8 @@
 The daemon looks for link/tc events every 0.25 s while the profile is on (a drained
 non-blocking netlink socket) and reads the kernel back (HtbProfile.check: tc dumps plus a
 `tc filter show` per classifier hook) only when an event arrived. Printed next to each
-other: the idle look, one netlink round trip (baseline, same run), the full check, and
+other: the idle look, one `tc qdisc show` (what a shell script would run each poll:
+the baseline, same run), the full check, and
 the share of one core they take on this machine at the daemon's rates.
 Usage: .venv/bin/python bench/kernel_watch.py [N]
 """
@@ -23,7 +24,7 @@ from voipqos.htb import HtbProfile
 from voipqos.lab import netns
 from voipqos.linkwatch import LinkWatch
 
-PREFIX = "vqzw-"
+PREFIX = f"vqz{os.getpid()}-w-"
 
 
 def timed(fn, n: int) -> float:
@@ -45,13 +46,14 @@ def inner(n: int) -> None:
     try:
         prof.apply()
         assert prof.check() is None, prof.check()
-        watch.changed()  # our own apply's events
-        idle = timed(watch.changed, n * 100)
-        rtt = timed(lambda: prof.tc.index(netns.ROUTER_WAN_DEV), n * 10)
+        watch.events()  # our own apply's events
+        idle = timed(watch.events, n * 100)
+        qdisc = ["tc", "-j", "qdisc", "show", "dev", netns.ROUTER_WAN_DEV]
+        shell = timed(lambda: subprocess.run(qdisc, capture_output=True, check=True), n)
         check = timed(prof.check, n)
         print(f"idle look (recv, nothing happened)  {idle * 1e6:9.1f} us  "
               f"x4/s = {idle * 4 * 100:.4f} % of a core")
-        print(f"baseline: one netlink round trip    {rtt * 1e6:9.1f} us")
+        print(f"baseline: one `tc qdisc show`        {shell * 1e3:9.2f} ms  (a script's check)")
         print(f"full check after an event           {check * 1e3:9.2f} ms  "
               f"(if done every 1 s poll instead: {check * 100:.2f} % of a core)")
     finally:

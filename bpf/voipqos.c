@@ -454,61 +454,67 @@ static __always_inline __u32 be32_at(const __u8 *b)
 	return (__u32)b[0] << 24 | (__u32)b[1] << 16 | (__u32)b[2] << 8 | b[3];
 }
 
-/* the first report block of an RTCP SR (type 200) or RR (201) at off, if it has one */
-static __always_inline int rtcp_block(struct __sk_buff *skb, __u32 off, const __u8 *b,
-				      struct rtcp_report *rr)
+/* an RTCP SR (type 200) or RR (201) at off going this way (struct rtcp_report) */
+static __always_inline void rtcp_update(struct __sk_buff *skb, __u32 off, const __u8 *b,
+					struct rtcp_report *c)
 {
 	__u8 buf[24];
-	const __u8 *blk;
+	const __u8 *x;
+	__u64 now;
 
-	if ((b[0] & 0x1f) == 0 || (b[1] != 200 && b[1] != 201))
-		return 0;
-	blk = peek(skb, off + (b[1] == 200 ? 28 : 8), buf, sizeof(buf));
-	if (!blk)
-		return 0;
-	rr->ssrc = be32_at(blk);
-	rr->fraction_lost = blk[4];
-	rr->cum_lost = be32_at(blk + 4) & 0xffffff;
-	rr->ext_max_seq = be32_at(blk + 8);
-	rr->jitter = be32_at(blk + 12);
-	return 1;
+	if (b[1] != 200 && b[1] != 201)
+		return;
+	now = bpf_ktime_get_ns();
+	if (b[1] == 200) {
+		x = peek(skb, off + 8, buf, 8);		/* NTP timestamp, 64 bits */
+		if (x) {
+			c->sr_ntp_mid = be32_at(x + 2);
+			c->sr_ns = now;
+			c->srs++;
+		}
+	}
+	if ((b[0] & 0x1f) == 0)
+		return;
+	x = peek(skb, off + (b[1] == 200 ? 28 : 8), buf, sizeof(buf));
+	if (!x)
+		return;
+	c->ssrc = be32_at(x);
+	c->fraction_lost = x[4];
+	c->cum_lost = be32_at(x + 4) & 0xffffff;
+	c->ext_max_seq = be32_at(x + 8);
+	c->jitter = be32_at(x + 12);
+	c->lsr = be32_at(x + 16);
+	c->dlsr = be32_at(x + 20);
+	c->block_ns = now;
+	c->reports++;
 }
 
 /* per-direction counters of a call flow, its RTP quality when it carries RTP, and the
- * receiver reports of RTCP going the same way */
+ * RTCP going the same way */
 static __always_inline void measure(struct __sk_buff *skb, const struct pkt *p,
 				    struct flow_state *st, __u64 segs)
 {
 	__u32 dir = skb->ingress_ifindex == skb->ifindex ? DIR_INGRESS : DIR_EGRESS;
-	struct rtcp_report rr = {};
-	struct rtp_hdr h = {};
-	__u64 now = 0;
-	struct rtp_dir *r;
-	__u8 buf[12];
+	struct rtp_dir *r = &st->dir[dir & 1];
 	const __u8 *b = NULL;
-	int rtp = 0, rtcp = 0;
+	struct rtp_hdr h;
+	__u8 buf[12];
 
-	if (p->key.proto == IPPROTO_UDP)
-		b = peek(skb, p->l4 + 8, buf, sizeof(buf));
-	if (b && (b[0] >> 6) == 2 && (b[1] & 0x7f) >= 72 && (b[1] & 0x7f) <= 76)
-		rtcp = rtcp_block(skb, p->l4 + 8, b, &rr);	/* RFC 5761: types 200-204 */
-	else if (b && (b[0] >> 6) == 2) {
-		rtp = 1;
-		h.pt = b[1] & 0x7f;
-		h.seq = (__u16)b[2] << 8 | b[3];
-		h.ts = (__u32)b[4] << 24 | (__u32)b[5] << 16 | (__u32)b[6] << 8 | b[7];
-		h.ssrc = (__u32)b[8] << 24 | (__u32)b[9] << 16 | (__u32)b[10] << 8 | b[11];
-		now = bpf_ktime_get_ns();
-	}
-	r = &st->dir[dir & 1];
 	r->packets += segs;
 	r->bytes += skb->len;
-	if (rtp)
-		rtp_update(r, &h, now);
-	if (rtcp) {
-		rr.reports = r->rtcp.reports + 1;
-		r->rtcp = rr;
+	if (p->key.proto == IPPROTO_UDP)
+		b = peek(skb, p->l4 + 8, buf, sizeof(buf));
+	if (!b || (b[0] >> 6) != 2)
+		return;
+	if ((b[1] & 0x7f) >= 72 && (b[1] & 0x7f) <= 76) {	/* RFC 5761: types 200-204 */
+		rtcp_update(skb, p->l4 + 8, b, &r->rtcp);
+		return;
 	}
+	h.pt = b[1] & 0x7f;
+	h.seq = (__u16)b[2] << 8 | b[3];
+	h.ts = be32_at(b + 4);
+	h.ssrc = be32_at(b + 8);
+	rtp_update(r, &h, bpf_ktime_get_ns());
 }
 
 /* DSCP := EF, ECN bits kept. IPv4: the TOS change and the header checksum change cancel

@@ -54,14 +54,22 @@ struct voipqos_ports {
 enum { DIR_EGRESS, DIR_INGRESS, DIR_MAX };	/* leaving / arriving through the WAN */
 enum { RTP_NONE, RTP_PROBING, RTP_LOCKED };
 
-/* the first report block of the last RTCP SR/RR seen going this way: what the endpoint
- * sending it says about the stream it receives (RFC 3550 6.4.1) */
+/* RTCP going this way (plain RTCP; SRTCP encrypts it): the last sender report's NTP
+ * time, which the peer's report echoes as LSR (round trip = arrival of that report -
+ * arrival of the SR - DLSR), and the first report block of the last SR/RR: what the
+ * endpoint sending it says about the stream it receives (RFC 3550 6.4) */
 struct rtcp_report {
-	__u32 reports;		/* SR/RR packets with a report block seen */
+	__u64 sr_ns;		/* arrival of the last SR */
+	__u64 block_ns;		/* arrival of the last report block */
+	__u32 sr_ntp_mid;	/* the SR's NTP timestamp, middle 32 bits */
+	__u32 srs;		/* SRs seen */
+	__u32 reports;		/* report blocks seen */
 	__u32 ssrc;		/* the stream reported on (SSRC_n) */
 	__u32 cum_lost;		/* cumulative number of packets lost (24-bit, signed) */
 	__u32 ext_max_seq;	/* extended highest sequence number received */
 	__u32 jitter;		/* interarrival jitter, RTP timestamp units */
+	__u32 lsr;		/* middle 32 bits of the last SR it received */
+	__u32 dlsr;		/* delay since that SR, 1/65536 s */
 	__u8 fraction_lost;	/* since the previous report, in 1/256 */
 	__u8 pad[3];
 };

@@ -31,6 +31,7 @@ from voipqos.lab import netns
 
 WAN = netns.ROUTER_WAN_DEV
 IFB = f"vqi-{WAN}"
+PREFIX = f"vqz{os.getpid()}-"  # namespaces; other worktrees run the same probes
 RESTORE_S = 2.0  # issue 14: restored within 2 s while a call is on
 
 
@@ -247,17 +248,17 @@ def probe_far_host_with_many_flows(r: Router) -> Result:
     holds the call's busiest flows, no `table full` every poll, voice counters grow."""
     gen = [sys.executable, "-m", "voipqos.lab.udpgen"]
     r.lab.popen("wan", [*gen, "--bind", f"{netns.WAN_HOST4}:41000", "--answer", "--pps", "50",
-                        "--size", "160", "--duration", "14"])
+                        "--size", "160", "--duration", "27"])
     time.sleep(0.3)
     r.lab.popen("lan", [*gen, "--to", f"{netns.WAN_HOST4}:41000", "--pps", "50", "--size",
-                        "160", "--duration", "12"])
+                        "160", "--duration", "25"])
     spray = ("import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-             "end=time.monotonic()+12\nwhile time.monotonic()<end:\n"
+             "end=time.monotonic()+25\nwhile time.monotonic()<end:\n"
              f" for p in range(30000,32000): s.sendto(b'x'*40,('{netns.WAN_HOST4}',p))\n"
              " time.sleep(0.5)\n")
     r.lab.popen("lan", [sys.executable, "-c", spray])
     doc, _ = wait_for(lambda d: d["active"] and d["calls"] and d["calls"][0]["flows"] > 1000,
-                      10, r.conf)
+                      20, r.conf)
     before = doc["profile"]["counters"]["voice"]["packets"]
     time.sleep(3)
     doc = status(r.conf)
@@ -319,7 +320,7 @@ def main(argv: list[str]) -> int:
     for i, name in enumerate(names):
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                res = run_probe(name, Path(tmp), f"vqzl{i:02d}-")
+                res = run_probe(name, Path(tmp), f"{PREFIX}l{i:02d}-")
             except (AssertionError, RuntimeError, subprocess.SubprocessError) as exc:
                 res = Result(False, None, f"error: {str(exc)[:200]}")
         failed += not res.ok

@@ -635,13 +635,16 @@ def test_dynamic_payload_type_clock_is_estimated(call) -> None:
     assert d.jitter_ms is not None and d.jitter_ms < 5
 
 
-def rtcp_frame(kind: int, about: int, fraction: int, cum_lost: int, jitter: int) -> bytes:
-    """An RTCP SR (200) or RR (201) with one report block about SSRC `about`."""
+def rtcp_frame(kind: int, about: int = 0, fraction: int = 0, cum_lost: int = 0,
+               jitter: int = 0, lsr: int = 0, dlsr: int = 0, ntp: int = 0,
+               blocks: int = 1) -> bytes:
+    """An RTCP SR (200, NTP time `ntp`) or RR (201), with one report block about SSRC
+    `about` or none."""
     block = struct.pack("!IB3sIIII", about, fraction, cum_lost.to_bytes(3, "big"), 70000,
-                        jitter, 0, 0)
-    info = struct.pack("!IIIII", 1, 2, 3, 4, 5) if kind == 200 else b""
+                        jitter, lsr, dlsr) if blocks else b""
+    info = struct.pack("!QIII", ntp, 3, 4, 5) if kind == 200 else b""
     body = struct.pack("!I", 0x5EED) + info + block
-    pkt = struct.pack("!BBH", 0x81, kind, len(body) // 4) + body
+    pkt = struct.pack("!BBH", 0x80 | blocks, kind, len(body) // 4) + body
     return eth(0x0800) + ipv4(A4, B4, UDP, l4(UDP, 40000, 5004, pkt))
 
 
@@ -652,5 +655,23 @@ def test_rtcp_report_block_is_kept_per_direction(call, kind: int) -> None:
     run_at(fd, rtcp_frame(kind, 0x11223344, 13, 7, 80), ingress=True)
     d = directions()["ingress"]
     assert not d.rtp and d.packets == 2
-    assert d.carried_report == quality.Report(0x11223344, 13 / 256 * 100, 7, 80, 2)
+    rep = d.carried_report
+    assert rep is not None
+    assert (rep.ssrc, rep.fraction_lost, rep.cumulative_lost, rep.jitter_ts, rep.reports) == (
+        0x11223344, 13 / 256 * 100, 7, 80, 2)
     assert directions()["egress"].carried_report is None
+
+
+def test_round_trip_from_an_sr_and_the_report_echoing_it(call) -> None:
+    """The phone's SR (no report block) leaves; 150 ms later the far end's RR echoes its
+    NTP middle bits with DLSR 100 ms: the router's round trip to the far side is 50 ms."""
+    fd, directions = call
+    ntp = 0x0123456789ABCDEF
+    t_sr = run_at(fd, rtcp_frame(200, ntp=ntp, blocks=0))
+    time.sleep(0.15)
+    t_rr = run_at(fd, rtcp_frame(201, about=0x11223344, lsr=(ntp >> 16) & 0xFFFFFFFF,
+                                 dlsr=int(0.1 * 65536)), ingress=True)
+    q = quality.call_quality([directions()])
+    want = (t_rr - t_sr) * 1e3 - int(0.1 * 65536) * 1e3 / 65536
+    assert q.rtt_ms["internet"] == pytest.approx(want, abs=0.1)
+    assert 45 < q.rtt_ms["internet"] < 80

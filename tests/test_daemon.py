@@ -214,7 +214,7 @@ def test_set_mode_and_bad_arguments(rig):
     assert d.status()["mode"] == "auto"
 
 
-def test_reload_rejects_bad_config_and_keeps_running_one(rig):
+def test_reload_rejects_bad_config_and_keeps_running_one(rig, caplog):
     d, path = rig.d, rig.path
     before = d.cfg
     path.write_text("config voipqos 'main'\n\toption upload 'lots'\n")
@@ -224,6 +224,9 @@ def test_reload_rejects_bad_config_and_keeps_running_one(rig):
         d.dispatcher().call("reload", {})  # the RPC layer's error, from its own adapter
     assert d.cfg is before
     assert "config_rejected" in codes(d)
+    rig.tick()
+    said = [r.getMessage() for r in caplog.records if "upload" in r.getMessage()]
+    assert len(said) == 2 and all("reload rejected" in m for m in said)  # one per reload
     path.write_text("config voipqos 'main'\n\toption interface 'wan0'\n\toption upload '20000'\n")
     assert d.reload() == {"reloaded": True}
     assert d.cfg.upload == 20000

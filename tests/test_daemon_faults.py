@@ -5,6 +5,7 @@ again (the probes live in line_faults.py, which also runs them as a script)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -19,12 +20,12 @@ from voipqos.profile import ProfileError
 from voipqos.tc import Tc
 
 pytestmark = pytest.mark.kernel
-PREFIX = "vqzh-"
+PREFIX = f"vqz{os.getpid()}-h-"
 
 
 @pytest.mark.parametrize("name", list(PROBES))
 def test_fault_is_repaired(name, tmp_path):
-    res = run_probe(name, tmp_path, f"vqzf{list(PROBES).index(name):02d}-")
+    res = run_probe(name, tmp_path, f"vqz{os.getpid()}-f{list(PROBES).index(name):02d}-")
     assert res.ok, f"{name}: restore {res.restore_s}, {res.detail}"
 
 

@@ -282,3 +282,20 @@ def test_a_socket_probing_several_peers_has_not_settled_on_a_call():
     assert calls[:4] == [0, 0, 0, 0] and calls[5] == 1
     busy = run(seq)[2].flows[0]
     assert busy.verdict == OTHER
+
+
+def test_a_config_from_before_media_ports_loads_with_the_documented_ports(tmp_path):
+    from voipqos import config
+    from voipqos.detect import MEDIA_PORTS
+
+    old = tmp_path / "voipqos"
+    old.write_text("config voipqos 'main'\n\toption min_pps '12'\n\toption both_directions '1'\n")
+    assert DetectConfig.from_config(config.load(str(old))).media_ports == MEDIA_PORTS
+
+
+def test_one_way_legs_pair_offline_without_sides():
+    up = grow([(0, 0)] + [(17, 0)] * 3, dst=FAR, dport=529, nat=False)
+    down = grow([(0, 0)] + [(0, 17)] * 3, dst=FAR2, dport=533, nat=False)
+    det = run([[a, b] for a, b in zip(up, down, strict=True)], sides=Sides())[-1]
+    assert [f.verdict for f in det.flows] == [MEDIA, MEDIA] and len(det.calls) == 1
+    assert det.flows[0].reasons[0].startswith("paired one-way legs")

@@ -127,11 +127,30 @@ def test_save_and_apply_reaches_the_reload_trigger(tmp_path):
             {"type": "config.change", "data": {"package": package}}], path
 
 
+# the init script's way to a stopped daemon, with procd's SIGTERM where procd sends it:
+# stop (procd_kill), or reload with `enabled 0` (the service registered without instance)
+STOPS = {
+    "stop": ("procd_kill() { call procd_kill; kill -TERM $DAEMON; }\nstop\n", {}, [
+        "procd_kill", "logger -t voipqos voipqos: profile removed (htb)"]),
+    "reload_enabled_0": (
+        'call() { echo "$*" >>"$CALLS"; [ "$1" != close_service ] || kill -TERM $DAEMON; }\n'
+        "reload\n", {"UCI_voipqos_main_enabled": "0", "PROCD_RUNNING": "1"}, [
+            "procd_running voipqos", "open_service",
+            "logger -t voipqos disabled (voipqos.main.enabled=0): not starting",
+            # the daemon still runs here: remove leaves the profile to it
+            "logger -t voipqos voipqos: voipqos is already running (pid $DAEMON, RUN/voipqos"
+            ".pid): it switches the profile itself (voipqos on|off|auto), and removes it "
+            "when stopped (/etc/init.d/voipqos stop)",
+            "reload_trigger voipqos", "close_service"]),
+}
+
+
 @pytest.mark.kernel
-def test_stop_right_after_sigterm_leaves_nothing_and_no_error(tmp_path):
-    """The real daemon shaping (HTB + IFB + BPF) in a namespace; the init script's stop
-    under busybox ash, its procd_kill sending the SIGTERM: `voipqos remove` runs at once,
-    as on a router, and must neither overlap the daemon's own removal nor fail."""
+@pytest.mark.parametrize("how", list(STOPS))
+def test_stopping_the_shaping_daemon_leaves_nothing_and_no_error(tmp_path, how):
+    """The real daemon shaping (HTB + IFB + BPF) in a namespace; the init script under
+    busybox ash, SIGTERM sent where procd sends it: `voipqos remove` runs at once, as on a
+    router, and must neither overlap the daemon's own removal nor fail."""
     run_dir = tmp_path / "run"
     conf = tmp_path / "voipqos"
     conf.write_text(
@@ -174,14 +193,15 @@ def test_stop_right_after_sigterm_leaves_nothing_and_no_error(tmp_path):
         prog.chmod(0o755)
         calls = tmp_path / "calls"
         calls.write_text("")
-        script = (f". {STUBS}/procd.sh\n. {INIT}\nPROG={prog}\n"
-                  f'procd_kill() {{ call procd_kill; kill -TERM {daemon.pid}; }}\nstop\n')
+        action, env, want = STOPS[how]
+        script = f". {STUBS}/procd.sh\n. {INIT}\nPROG={prog}\n{action}"
         subprocess.run([*SHELLS[-1], "-c", script], check=True, timeout=60, cwd=tmp_path,
                        env={"PATH": os.environ["PATH"], "CALLS": str(calls),
-                            "PYTHONPATH": str(ROOT / "src")})
-        assert daemon.wait(5) == 0
+                            "PYTHONPATH": str(ROOT / "src"), "DAEMON": str(daemon.pid), **env})
+        assert daemon.wait(10) == 0
         assert calls.read_text().splitlines() == [
-            "procd_kill", "logger -t voipqos voipqos: profile removed (htb)"]
+            line.replace("$DAEMON", str(daemon.pid)).replace("RUN", str(run_dir))
+            for line in want]
         assert not [w for w in ("htb", "clsact", "vqi-", "voipqos") if w in state()]
 
 

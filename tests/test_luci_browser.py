@@ -53,7 +53,7 @@ def browser() -> Iterator[webdriver.Chrome]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def wait(pred: Callable[[], object], timeout: float, what: str) -> object:
+def wait(pred: Callable[[], object], timeout: float, what: str | Callable[[], str]) -> object:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
@@ -63,11 +63,19 @@ def wait(pred: Callable[[], object], timeout: float, what: str) -> object:
         if value:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout} s waiting for "
+                         f"{what() if callable(what) else what}")
 
 
 def badge(drv: webdriver.Chrome) -> str:
     return drv.find_element(By.ID, "vq-badge").get_attribute("data-state") or ""
+
+
+def page_state(drv: webdriver.Chrome) -> str:
+    """What the page shows, for a timeout's message."""
+    notes = [n.text for n in drv.find_elements(By.CSS_SELECTOR, ".alert-message")]
+    return (f"badge {badge(drv)!r}, reason {drv.find_element(By.ID, 'vq-reason').text!r}, "
+            f"notices {notes!r}, errors {page_errors(drv)!r}")
 
 
 def page_errors(drv: webdriver.Chrome) -> list[str]:
@@ -113,11 +121,12 @@ def check_status_page(drv: webdriver.Chrome, server: LuciServer, start_call: Cal
     assert shot.stat().st_size > 10_000
 
     drv.find_element(By.ID, "vq-force-off").click()
-    wait(lambda: badge(drv) == "forced_off", 5, "badge Forced off")
+    wait(lambda: badge(drv) == "forced_off", 5, lambda: f"badge Forced off ({page_state(drv)})")
     drv.find_element(By.ID, "vq-auto").click()
     wait(lambda: badge(drv) == "on", call_timeout, "On again in auto mode, call still going")
     stop_call()
-    wait(lambda: badge(drv) == "watching", off_timeout, "badge Watching after the call")
+    wait(lambda: badge(drv) == "watching", off_timeout,
+         lambda: f"badge Watching after the call ({page_state(drv)})")
     assert drv.find_element(By.ID, "vq-badge").text == "Watching"
     assert page_errors(drv) == []
 

@@ -20,7 +20,8 @@ def rtp_dir(**kw: int) -> dict[str, int]:
          "base_seq", "received", "expected_prior", "received_prior", "duplicates",
          "reordered", "other_ssrc", "restarts", "last_ts", "first_ts", "clock_hz",
          "max_seq", "bad_seq", "state", "probation", "pt"), 0)
-    base["rtcp"] = dict.fromkeys(("reports", "ssrc", "cum_lost", "ext_max_seq", "jitter",
+    base["rtcp"] = dict.fromkeys(("sr_ns", "block_ns", "sr_ntp_mid", "srs", "reports", "ssrc",
+                                  "cum_lost", "ext_max_seq", "jitter", "lsr", "dlsr",
                                   "fraction_lost"), 0)
     return {**base, **kw}
 
@@ -164,10 +165,14 @@ def test_mos_of_a_clean_g711_call() -> None:
 
 
 def test_rtcp_report_block_is_decoded() -> None:
-    block = {"reports": 3, "ssrc": 7, "cum_lost": 0xFFFFFE, "ext_max_seq": 70000,
-             "jitter": 80, "fraction_lost": 64}
+    block = {**rtp_dir()["rtcp"], "reports": 3, "ssrc": 7, "cum_lost": 0xFFFFFE,
+             "ext_max_seq": 70000, "jitter": 80, "fraction_lost": 64, "lsr": 5, "dlsr": 6,
+             "block_ns": 9}
     rep = quality.report(block)
-    assert rep == quality.Report(7, 25.0, -2, 80, 3)
+    assert rep == quality.Report(7, 25.0, -2, 80, 3, 5, 6, 9)
+    assert quality.sender_report(block) is None
+    assert quality.sender_report({**block, "srs": 1, "sr_ntp_mid": 5, "sr_ns": 4}) == \
+        quality.SenderReport(5, 4)
     assert rep.jitter_ms(8000) == 10.0 and rep.jitter_ms(None) is None
     assert quality.report({**block, "reports": 0}) is None
 
@@ -185,3 +190,25 @@ def test_far_end_report_is_matched_to_the_stream_by_ssrc() -> None:
     rep = q.as_dict()["egress"]["endpoint_report"]
     assert rep == {"loss_percent_last": 13 / 256 * 100, "cumulative_lost": 30,
                    "jitter_ms": 20.0, "reports": 5}
+
+
+def test_round_trips_from_sender_reports_and_their_echoes() -> None:
+    """The phone's SR leaves at 1.000 s; the far end's RR echoing it (LSR) arrives at
+    1.300 s after holding it 0.25 s (DLSR 16384/65536): 50 ms to the internet side."""
+    ms = 1_000_000
+    none = Direction(0, 0, False)
+    sr_out = quality.SenderReport(0xABCD1234, 1000 * ms)
+    rr_in = quality.Report(7, 0.0, 0, 0, 1, lsr=0xABCD1234, dlsr=16384, at_ns=1300 * ms)
+    assert quality.round_trip_ms(sr_out, rr_in) == pytest.approx(50.0)
+    assert quality.round_trip_ms(sr_out, quality.Report(7, 0.0, 0, 0, 1, lsr=1)) is None
+    q = quality.call_quality([
+        {"egress": Direction(1, 1, False, carried_sr=sr_out), "ingress": none},
+        {"egress": none, "ingress": Direction(1, 1, False, carried_report=rr_in)}])
+    assert q.rtt_ms == {"internet": 50.0} and q.beyond_ms == 25.0
+
+
+def test_round_trip_lowers_the_mos() -> None:
+    d = lossy(1000, 1000)
+    near = quality.CallQuality(d, d).as_dict()["egress"]["mos"]
+    far = quality.CallQuality(d, d, rtt_ms={"internet": 400.0}).as_dict()["egress"]["mos"]
+    assert far < near

@@ -3,12 +3,14 @@ limits, the single thread of control (slow clients, many requests, wake fd)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import socket
 import stat
 import time
+from pathlib import Path
 
 import pytest
 
@@ -350,9 +352,12 @@ def test_idle_clients_make_room_for_a_working_one(ep):
         s.close()
 
 
-def test_a_half_closed_client_still_gets_its_answers(ep):
+def send_all_then_read_to_eof(ep: Endpoints, data: bytes) -> bytes:
+    """Send, half-close, and serve until the endpoint closes (or 3 s): all it answered."""
     with connect(ep) as s:
-        s.sendall(post(STATUS) * 3)
+        s.settimeout(2)
+        with contextlib.suppress(BrokenPipeError):
+            s.sendall(data)
         s.shutdown(socket.SHUT_WR)
         got = b""
         end = time.monotonic() + 3
@@ -361,8 +366,13 @@ def test_a_half_closed_client_still_gets_its_answers(ep):
             with contextlib.suppress(TimeoutError):
                 chunk = s.recv(65536)
                 if not chunk:
-                    break  # closed by the endpoint, after the answers
+                    break
                 got += chunk
+    return got
+
+
+def test_a_half_closed_client_still_gets_its_answers(ep):
+    got = send_all_then_read_to_eof(ep, post(STATUS) * 3)
     assert got.count(b"HTTP/1.1 200") == 3
     assert not ep.clients
 
@@ -376,3 +386,47 @@ def test_bad_arguments_are_logged_once_a_minute_and_short(ep, caplog):
     assert resp.count(b'"result":[2,') == 20
     lines = [r.getMessage() for r in caplog.records if "mode must be" in r.getMessage()]
     assert len(lines) == 1 and len(lines[0]) < 300
+
+
+UHTTPD = json.loads((Path(__file__).parent / "data/uhttpd/answers.json").read_text())
+# where we answer otherwise on purpose (tests/data/uhttpd/record.py recorded uhttpd's)
+UHTTPD_DIFFERS = {
+    "cl_5000_digits": (400, None),  # uhttpd: 413, its line buffer overflows first
+    "header_17k": (431, None),  # uhttpd: 413 for one line beyond its buffer
+    "body_64k_plus_1": (413, None),  # uhttpd: -32700 after reading 64 KiB of it
+    "cl_and_chunked": (400, None),
+    "json_nan": (200, -32700),  # json-c takes NaN, 1e400 (inf) and clamps integers:
+    "json_1e400": (200, -32700),  # echoed back in `id` Python would write invalid
+    "json_int_beyond_int64": (200, -32700),  # JSON or another number
+}
+
+
+@pytest.mark.parametrize("case", sorted(UHTTPD["cases"]))
+def test_refusals_as_the_real_uhttpd_answers_them(ep, case):
+    """Status and JSON-RPC error code uhttpd gave for the same bytes (no reset here)."""
+    request = base64.b64decode(UHTTPD["cases"][case]["request"])
+    uhttpd = UHTTPD["cases"][case]["answer"]
+    want = UHTTPD_DIFFERS.get(case, (uhttpd["status"], uhttpd.get("rpc_error")))
+    got = send_all_then_read_to_eof(ep, request)
+    status = int(got[9:12])
+    doc = body_of(got) if status == 200 else None
+    error = doc["error"]["code"] if isinstance(doc, dict) and "error" in doc else None
+    assert (status, error) == want
+
+
+def test_out_of_file_descriptors_is_retried_not_spun_on(ep, caplog):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with connect(ep) as s:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (3, hard))  # accept() fails: EMFILE
+        try:
+            for _ in range(20):
+                ep.wait(0.01)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert len([r for r in caplog.records if "accept" in r.getMessage()]) == 1
+        ep.wait(1.1)  # retried: served
+        s.sendall(post(STATUS))
+        got = answers(ep, [s], 2)[0]
+    assert got.startswith(b"HTTP/1.1 200")

@@ -132,6 +132,8 @@ def test_records_only_what_succeeded(seq):
                 table = a.flows
         assert sw.active == on
         assert sw.flows == table
+        deadline = sw.next_deadline()
+        assert deadline is None or deadline > now, "nothing due is left undone"
         if wanted and not on:
             assert acts or sw.next_deadline() is not None, "a wanted profile is retried"
         if (on or dirty) and not wanted:

@@ -298,6 +298,30 @@ def test_apply_in_a_fresh_netns_mount_gets_bpf_not_an_error(tmp_path):
         assert "htb" not in t.exec("router", "tc qdisc show dev wan0").stdout
 
 
+def test_run_when_disabled_removes_what_a_killed_daemon_left(tmp_path):
+    """`enabled 0` by any path leaves the line unshaped: `voipqos run` on a disabled
+    config removes a profile left behind (here by a one-shot apply) and exits."""
+    import sys
+
+    from voipqos.lab import netns as nn
+
+    conf = tmp_path / "voipqos"
+    base = f"config voipqos 'main'\n\toption interface 'wan0'\n\toption run_dir '{tmp_path}'\n"
+    conf.write_text(base)
+    with nn.three_hosts("vqc-dis") as t:
+        cmd = [sys.executable, "-m", "voipqos.cli"]
+        res = t.exec("router", [*cmd, "apply", "--config", str(conf)], check=False)
+        assert res.returncode == 0, res.stderr
+        assert "htb" in t.exec("router", "tc qdisc show dev wan0").stdout
+        conf.write_text(base + "\toption enabled '0'\n")
+        res = t.exec("router", [*cmd, "run", "--foreground", "--config", str(conf)],
+                     check=False)
+        assert res.returncode == 0, res.stderr
+        assert "not running" in res.stdout
+        assert "htb" not in t.exec("router", "tc qdisc show dev wan0").stdout
+        assert "vqi-wan0" not in t.exec("router", "ip link show").stdout
+
+
 # --- the service's own process: pyroute2 only in the worker, counters without it --------
 
 SERVICE = """

@@ -59,5 +59,7 @@ class Ledger:
             log.info("warning [%s] cleared", code)
         self.shown = now
 
-    def as_list(self) -> list[dict[str, str]]:
-        return [a.as_dict() for a in self.shown.values()]
+    def logged(self, alert: Alert) -> None:
+        """Show an alert whose owner logged it in its own words (one line per event,
+        e.g. each rejected reload): not logged again here; its clearing still is."""
+        self.shown[alert.code] = alert

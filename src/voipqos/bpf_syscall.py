@@ -155,8 +155,10 @@ def map_items(fd: int, key_size: int, value_size: int,
     if ret < 0 and err != errno.ENOENT:  # ENOENT: read to the end, count is still set
         raise OSError(err, os.strerror(err))
     count = struct.unpack_from("=I", after, 32)[0]
-    return [(keys.raw[i * key_size:(i + 1) * key_size],
-             values.raw[i * value_size:(i + 1) * value_size]) for i in range(count)]
+    # .raw copies the whole buffer: once, not per entry
+    k, v = keys.raw[:key_size * count], values.raw[:value_size * count]
+    return [(k[i * key_size:(i + 1) * key_size], v[i * value_size:(i + 1) * value_size])
+            for i in range(count)]
 
 
 @dataclass(frozen=True)

@@ -79,8 +79,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     if not cfg.enabled:
-        print("voipqos: disabled in config (main.enabled=0): nothing to do")
-        return 0
+        # disabled must mean unshaped, whatever a killed predecessor left on the device
+        print("voipqos: disabled in config (main.enabled=0): not running")
+        if args.dry_run:
+            return 0
+        args.command = "remove"
+        return cmd_profile(args)
     setup_logging(cfg.log_level, args.foreground)
     if args.dry_run:
         def factory(c: config.Config, dev: str):
@@ -309,6 +313,14 @@ def format_status(doc: dict[str, Any]) -> str:
                    f"{c['duration']:.0f} s{'  SIP' if c['sip'] else ''}")
         out.extend(f"    {f['proto']} {f['src']}:{f['sport']} -> {f['dst']}:{f['dport']}"
                    for f in c.get("flow_list", []))
+        if "quality" in c:
+            out.extend(format_quality(c["quality"], "    "))
+    if doc.get("recent_calls"):
+        out.append("recent calls:")
+    for c in doc.get("recent_calls", []):
+        out.append(f"  {_clock(c['ended'])}  {c['lan_host']} <-> {c['far_host']}  "
+                   f"{c['duration']:.0f} s{'  SIP' if c['sip'] else ''}")
+        out.extend(format_quality(c["quality"], "    "))
     voice = prof.get("counters", {}).get("voice")
     if voice:
         out.append(f"voice class: {voice['packets']} packets, {voice['bytes']} bytes")
@@ -323,6 +335,31 @@ def format_status(doc: dict[str, Any]) -> str:
                f"poll {m['poll_ms']:.1f} ms, {m['entries']} entries parsed of {m['lines']}, "
                f"{m['malformed']} malformed")
     return "\n".join(out)
+
+
+def format_quality(q: dict[str, Any], indent: str) -> list[str]:
+    """A call's quality: the summary, then per direction as the router measured it."""
+    out = [f"{indent}quality: {q['summary']}"]
+    if not q["known"]:
+        return out
+    for name, label in (("ingress", "in "), ("egress", "out")):
+        d = q[name]
+        if d is None or not d["rtp"]:
+            out.append(f"{indent}  {label}: no RTP seen")
+            continue
+        line = (f"{indent}  {label}: {_num(d['loss_percent'], '.1f')} % lost of "
+                f"{d['expected']}, jitter {_num(d['jitter_ms'], '.1f')} ms, "
+                f"MOS {_num(d['mos'], '.1f')}")
+        rep = d.get("endpoint_report")
+        if rep:
+            line += (f"; endpoint reports {rep['loss_percent_last']:.1f} % lost, jitter "
+                     f"{_num(rep['jitter_ms'], '.1f')} ms")
+        out.append(line)
+    rtt = q.get("rtt_ms") or {}
+    if rtt:
+        out.append(f"{indent}  round trip: "
+                   + ", ".join(f"{side} side {ms:.0f} ms" for side, ms in rtt.items()))
+    return out
 
 
 def _num(v: float | None, fmt: str) -> str:

@@ -27,6 +27,7 @@ from . import __version__, conntrack, hostinfo
 from . import alerts as A
 from .alerts import Alert, Ledger
 from .api import Dispatcher, InvalidArgument
+from .callquality import CallQualities, log_line
 from .config import Config, ConfigError, load, to_dict
 from .detect import Call, DetectConfig, Detection, Detector, Sides
 from .documents import call_doc, flows_document
@@ -141,6 +142,7 @@ class Daemon:
         self.detector: Detector | None = None
         self.detection: Detection | None = None
         self.call_started: dict[str, float] = {}
+        self.qualities = CallQualities()  # per-call quality, finished calls' history
         self.alerts: dict[str, Alert] = {}  # the daemon's own; the profile has its own
         self.profile_alerts: list[Alert] = []
         self.ledger = Ledger()
@@ -204,7 +206,7 @@ class Daemon:
             log.error("reload rejected, keeping the running config: %s", exc)
             self.alerts["config_rejected"] = Alert(
                 "config_rejected", str(exc), "fix the option and reload again")
-            self._publish()
+            self.ledger.logged(self.alerts["config_rejected"])
             raise ReloadRejected(str(exc)) from exc
         self.alerts.pop("config_rejected", None)
         log.info("config reloaded from %s", self.config_path)
@@ -232,6 +234,8 @@ class Daemon:
         # what every poll costs (read + detect); switching the profile is the exception
         self.poll_ms = (time.perf_counter() - start) * 1000
         calls = self.detection.calls if self.detection and snap is not None else ()
+        if snap is not None:  # a failed read ends no call
+            self._measure(calls, now)
         self._track_calls(calls, now)
         was = self.hyst.active
         self.hyst.step(now, len(calls))
@@ -302,6 +306,16 @@ class Daemon:
         for cid in ids:
             self.call_started.setdefault(cid, now)
 
+    def _measure(self, calls: tuple[Call, ...], now: float) -> None:
+        """Per-call quality from one read of the classifier's table, taken before the
+        switching below drops ended calls' tuples (that resets their counters); each
+        ended call is logged and announced with its summary."""
+        read = self.switch.active and self.qualities.wants_read(calls, now)
+        for s in self.qualities.update(calls, now, self.profile.quality() if read else None,
+                                       self._wall):
+            log.info("%s", log_line(s))
+            self.send_event("voipqos.call", {"state": "call_end", "call": s})
+
     def _announce(self) -> None:
         state = "start" if self.hyst.active else "end"
         log.info("profile %s: %s", "on" if self.hyst.active else "off", self.hyst.reason)
@@ -339,7 +353,7 @@ class Daemon:
         except ProfileError as exc:
             if action.kind is Kind.FLOWS:
                 self.alerts[code] = Alert(
-                    code, f"{len(action.flows)} call flows not classified: {exc}",
+                    code, f"{len(action.flows)} call 5-tuples not classified: {exc}",
                     "none needed: retried when the calls change; other traffic is unaffected")
             else:
                 fix = "voipqos remove" if action.kind is Kind.REMOVE else \
@@ -376,8 +390,9 @@ class Daemon:
             "state": hyst["state"] if self.cfg.enabled else "off",
             "active": self.switch.active,
             "device": self.device,
-            "calls": [call_doc(c, self.call_started.get(c.id, now), now, self._wall)
-                      for c in self._calls()],
+            "calls": [{**call_doc(c, self.call_started.get(c.id, now), now, self._wall),
+                       "quality": self.qualities.quality(c.id)} for c in self._calls()],
+            "recent_calls": list(self.qualities.history),
             # one record of "on": the switching's (the profile's own may predate a loss)
             "profile": {**{k: v for k, v in prof.items() if k != "warnings"},
                         "applied": self.switch.active},
@@ -501,9 +516,12 @@ def _until(d: Daemon, next_poll: float) -> float:
     """Seconds to wait: the next poll, a switching deadline, or the next look at the
     kernel while shaping (a lost IFB blackholes download traffic until restored)."""
     now = d.clock()
-    wake = min(next_poll, d.switch.next_deadline() or next_poll)
+    wake = next_poll
     if d.switch.active:
         wake = min(wake, now + WATCH_INTERVAL)
+    deadline = d.switch.next_deadline()
+    if deadline is not None:  # never a spin, whatever the deadline says
+        wake = min(wake, max(deadline, now + WATCH_INTERVAL / 5))
     return max(0.0, wake - now)
 
 

@@ -408,8 +408,7 @@ class Detector:
                 sockets[_socket(f)] = (code, (f.out.pps, f.inb.pps))
             detail = (_describe(f.out, f.inb), *_notes(e))
             if code == ONE_WAY:  # a half of a call on two entries? decided below
-                lan, far = f.hosts
-                for k in ((lan, _socket(f)[1]), (lan, far)):
+                for k in (("socket", *_socket(f)), ("hosts", *f.hosts)):
                     legs.setdefault(k, []).append(len(flows) * 2 + (f.out.pps >= f.inb.pps))
             if why:
                 # confirmed by a second interval: media before, or call-shaped at this rate
@@ -468,7 +467,8 @@ def _fan_out(flows: list[Flow], pps: float, both: bool) -> dict[tuple[str, int],
 def _companion(f: Flow, cfg: DetectConfig) -> bool:
     """RTCP and similar control flows of a call: UDP, slow and small."""
     return (f.entry.proto == "udp" and f.out is not None and f.inb is not None
-            and f.out.pps <= RTCP_MAX_PPS and f.inb.pps <= RTCP_MAX_PPS
+            and f.out.pps + f.inb.pps > 0 and f.out.pps <= RTCP_MAX_PPS
+            and f.inb.pps <= RTCP_MAX_PPS
             and max(f.out.mean_size, f.inb.mean_size) <= cfg.max_size)
 
 
@@ -485,13 +485,9 @@ def _group(flows: list[Flow], interval: float | None, cfg: DetectConfig) -> Dete
 
     media = [f for f in flows if f.verdict == MEDIA]
     for f in media:
-        lan, far = f.hosts
-        a = find(("h", lan, far))
-        if f.lan_side:
-            port = f.entry.orig.sport if f.lan_side == "orig" else f.entry.reply.sport
-            b = find(("p", lan, port))
-            if a != b:
-                parent[b] = a
+        a, b = find(("h", *f.hosts)), find(("p", *_socket(f)))
+        if a != b:
+            parent[b] = a
     pairs = {f.hosts for f in media}
     sip_hosts = {h for f in flows if f.verdict == SIGNALLING for h in f.hosts}
     members: dict[tuple, list[Flow]] = {}

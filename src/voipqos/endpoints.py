@@ -37,7 +37,7 @@ OUT_HIGH = 64 * 1024  # answers buffered for one client before it is no longer r
 QUEUE_TIME = 0.5  # s new connections may wait in the backlog when all slots are busy
 IDLE_GRACE = 0.1  # s a connection has to send its request before it may make room
 LINGER = 1.0  # s to drain a refused or closed client's input so close() sends no reset
-RECV = 65536
+RECV = 65536  # bytes per recv()
 UBUS_SLICE = 0.05  # poll python-ubus this often when its socket could not be found
 UBUS_RETRY = 10.0  # seconds between reconnects after ubusd went away
 
@@ -274,8 +274,10 @@ class Endpoints:
             except (BlockingIOError, InterruptedError):  # the backlog is empty
                 self._watch_listener(True)
                 return
-            except OSError as exc:  # e.g. EMFILE: keep serving the clients we have
+            except OSError as exc:  # e.g. EMFILE: serve the clients we have, retry in 1 s
                 log.warning("rpc: accept: %s", exc)
+                self._watch_listener(False)
+                self.accept_at = now + 1.0
                 return
             sock.setblocking(False)
             client = _Client(sock, now + self.client_timeout)

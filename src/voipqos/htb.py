@@ -23,7 +23,7 @@ from . import probe
 from .alerts import Alert
 from .config import Config
 from .detect import FiveTuple
-from .profile import ProfileError, classifier_hooks
+from .profile import ProfileError, classifier_hooks, classifier_quality
 from .tc import Tc
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ class HtbProfile:
         from the kernel (a failed or lost earlier apply leaves no trustworthy record): a
         failure removes what this call built, or keeps the tree that was there."""
         self.rate_scale = rate_scale
+        self._follow_device()
         refusal = probe.foreign_shaper(self.device, self.tc.foreign(self.device))
         if refusal:
             self._alerts["other_shaper"] = Alert("other_shaper", refusal,
@@ -167,10 +168,9 @@ class HtbProfile:
         A renamed device is cleaned here (its new name is not ours to shape)."""
         if not self.applied:
             return None
-        idx = self.tc.index(self.device)
-        if idx != self._index:
-            self._release_renamed()
-            return f"device {self.device} is gone" if idx is None else \
+        idx = self._follow_device()
+        if idx is not None:
+            return f"device {self.device} is gone" if idx < 0 else \
                 f"device {self.device} was re-created"
         steps = self._steps(self.classifier)
         if steps:
@@ -180,22 +180,29 @@ class HtbProfile:
             return f"the classifier is not attached on {self.device}"
         return None
 
-    def _release_renamed(self) -> None:
-        """If the device we shaped still exists under another name, take our tree, redirect
-        and classifier off it and delete our IFB; a device that is gone took them along."""
-        other = self.ifname(self._index) if self._index is not None else None
+    def _follow_device(self) -> int | None:
+        """None while the device we applied on still has its name. Else (gone: -1, or
+        re-created: its new index): if the old device lives on under another name, our
+        tree, redirect and classifier are taken off it and our IFB deleted (a device that
+        is gone took them along)."""
+        if not self.applied or self._index is None:
+            return None
+        idx = self.tc.index(self.device)
+        if idx == self._index:
+            return None
+        other = self.ifname(self._index)
         if other and other != self.device:
             log.warning("%s was renamed to %s: removing voipqos's profile from it",
                         self.device, other)
             self._teardown(other)
         self._index = None
+        return -1 if idx is None else idx
 
     def remove(self) -> None:
         """Detach and unpin the classifier (also a crashed run's) and delete voipqos's
         tc objects and IFB on the device; found by handle and name, no state needed. A
         device that is gone or renamed still gets its IFB deleted."""
-        if self.applied and self.tc.index(self.device) != self._index:
-            self._release_renamed()
+        self._follow_device()
         self._teardown()
         self.applied = False
         self.classifier = "none"
@@ -262,6 +269,9 @@ class HtbProfile:
                 out[name]["packets"] += packets
                 out[name]["bytes"] += nbytes
         return out
+
+    def quality(self) -> dict[FiveTuple, dict[str, Any]]:
+        return classifier_quality(self._clf)
 
     def status(self) -> dict[str, Any]:
         return {"backend": self.name, "device": self.device, "applied": self.applied,

@@ -5,7 +5,7 @@ took) or one HttpError comes out, and responses are bytes.
 Strict and bounded, so no input can make the daemon raise or grow: header bytes and
 count, body size and Content-Length (ASCII digits only) are limited, and every refusal
 is an HTTP status uhttpd gives for the same input (its client.c), after which the
-endpoint closes the connection.
+endpoint closes the connection (tests/data/uhttpd/ holds the real uhttpd's answers).
 """
 
 from __future__ import annotations

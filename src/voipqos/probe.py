@@ -162,7 +162,7 @@ def flow_offload(fw_config: str = FW4_CONFIG) -> str | None:
     """What offloads forwarded flows past conntrack and tc, or None: fw4's
     flow_offloading options, or any nftables flowtable (set up by hand or by fw4)."""
     try:
-        sections = parse_uci(Path(fw_config).read_text(), fw_config)
+        sections = parse_uci(Path(fw_config).read_bytes(), fw_config)
     except (OSError, UciSyntaxError):
         sections = []
     for sec in sections:

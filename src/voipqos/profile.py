@@ -7,6 +7,9 @@ every backend keeps and the kernel tests check:
   is never left half-built or throttled by accident;
 - `set_flows()` replaces the classifier's table of call 5-tuples (both directions); when
   it fails the previous table stays the profile's;
+- `quality()` is the classifier's per-flow RTP counters (`Classifier.flow_quality()`),
+  {} without a classifier; read before `set_flows()` drops a call's tuples, which resets
+  them;
 - `check()` says what of an applied profile the kernel no longer holds (None: all of it),
   read from the kernel, so the daemon can restore it;
 - `apply(rate_scale)` with a scale below 1 shapes that much below the configured rates
@@ -42,6 +45,8 @@ class Profile(Protocol):
 
     def check(self) -> str | None: ...
 
+    def quality(self) -> dict[FiveTuple, dict[str, Any]]: ...
+
     def status(self) -> dict[str, Any]: ...
 
 
@@ -70,6 +75,9 @@ class LogProfile:
 
     def check(self) -> str | None:
         return None
+
+    def quality(self) -> dict[FiveTuple, dict[str, Any]]:
+        return {}
 
     def status(self) -> dict[str, Any]:
         return {"backend": self.name, "applied": self.applied, "flows": len(self.flows),
@@ -100,3 +108,17 @@ def classifier_hooks(clf: Any, device: str, hooks: Collection[str], repair: bool
         except BpfError as exc:
             raise ProfileError(str(exc)) from exc
     return complete
+
+
+def classifier_quality(clf: Any) -> dict[FiveTuple, dict[str, Any]]:
+    """`Profile.quality()` of a backend running the BPF classifier `clf` (None: {}).
+    A failed read costs the poll's quality figures only, so it is logged, not raised."""
+    if clf is None:
+        return {}
+    from .bpf import BpfError
+
+    try:
+        return clf.flow_quality()
+    except BpfError as exc:
+        log.debug("classifier quality: %s", exc)
+        return {}

@@ -37,18 +37,44 @@ class Report:
     cumulative_lost: int
     jitter_ts: int            # RTP timestamp units of the reported stream
     reports: int
+    lsr: int = 0              # middle 32 bits of the NTP time of the SR it last received
+    dlsr: int = 0             # delay since that SR, 1/65536 s
+    at_ns: int = 0            # when the router saw it (CLOCK_MONOTONIC)
 
     def jitter_ms(self, clock_hz: int | None) -> float | None:
         return self.jitter_ts * 1e3 / clock_hz if clock_hz else None
 
 
-def report(block: dict[str, int]) -> Report | None:
-    """A `Report` from an unpacked `struct rtcp_report`, None if none was seen."""
-    if not block["reports"]:
+@dataclass(frozen=True)
+class SenderReport:
+    """The last RTCP SR seen going one way: its NTP time (middle 32 bits), which the
+    peer's next report echoes as LSR, and when the router saw it."""
+
+    ntp_mid: int
+    at_ns: int
+
+
+def report(c: dict[str, int]) -> Report | None:
+    """The report block of an unpacked `struct rtcp_report`, None if none was seen."""
+    if not c["reports"]:
         return None
-    lost = block["cum_lost"] - (1 << 24) if block["cum_lost"] & 0x800000 else block["cum_lost"]
-    return Report(block["ssrc"], 100.0 * block["fraction_lost"] / 256, lost, block["jitter"],
-                  block["reports"])
+    lost = c["cum_lost"] - (1 << 24) if c["cum_lost"] & 0x800000 else c["cum_lost"]
+    return Report(c["ssrc"], 100.0 * c["fraction_lost"] / 256, lost, c["jitter"],
+                  c["reports"], c["lsr"], c["dlsr"], c["block_ns"])
+
+
+def sender_report(c: dict[str, int]) -> SenderReport | None:
+    return SenderReport(c["sr_ntp_mid"], c["sr_ns"]) if c["srs"] else None
+
+
+def round_trip_ms(sr: SenderReport | None, rep: Report | None) -> float | None:
+    """RFC 3550 6.4.1's round trip, measured at the router: from the SR passing it to
+    the report that echoes it coming back, less the time the endpoint held it. That is
+    the router's round trip to the endpoint the SR went to."""
+    if sr is None or rep is None or not rep.lsr or rep.lsr != sr.ntp_mid:
+        return None
+    rtt = (rep.at_ns - sr.at_ns) / 1e6 - rep.dlsr * 1e3 / 65536
+    return rtt if rtt >= 0 else None
 
 
 @dataclass(frozen=True)
@@ -69,6 +95,7 @@ class Direction:
     restarts: int = 0            # SSRC changes and sequence jumps
     jitter_ms: float | None = None
     carried_report: Report | None = None   # an RTCP report block travelling this way
+    carried_sr: SenderReport | None = None  # an RTCP SR travelling this way
 
     @property
     def lost(self) -> int:
@@ -80,7 +107,7 @@ class Direction:
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        del d["carried_report"]
+        del d["carried_report"], d["carried_sr"]
         d["lost"], d["loss_percent"] = self.lost, self.loss_percent
         return d
 
@@ -89,16 +116,18 @@ def direction(counters: dict[str, int]) -> Direction:
     """A `Direction` from an unpacked `struct rtp_dir` (field names of voipqos.h)."""
     c = counters
     received = c["received_prior"] + c["received"]
-    rtcp = report(c["rtcp"])
+    rtcp, sr = report(c["rtcp"]), sender_report(c["rtcp"])
     if not received:
-        return Direction(c["packets"], c["bytes"], rtp=False, carried_report=rtcp)
+        return Direction(c["packets"], c["bytes"], rtp=False, carried_report=rtcp,
+                         carried_sr=sr)
     current = c["cycles"] + c["max_seq"] - c["base_seq"] + 1 if c["received"] else 0
     return Direction(
         c["packets"], c["bytes"], rtp=True, ssrc=c["ssrc"], payload_type=c["pt"],
         clock_hz=c["clock_hz"] or None, expected=c["expected_prior"] + current,
         received=received, duplicates=c["duplicates"], reordered=c["reordered"],
         other_ssrc=c["other_ssrc"], restarts=c["restarts"],
-        jitter_ms=c["jitter16_ns"] / 16 / 1e6 if c["clock_hz"] else None, carried_report=rtcp)
+        jitter_ms=c["jitter16_ns"] / 16 / 1e6 if c["clock_hz"] else None, carried_report=rtcp,
+        carried_sr=sr)
 
 
 def busiest(candidates: Iterable[Direction | None]) -> Direction | None:
@@ -168,6 +197,13 @@ class CallQuality:
     ingress: Direction | None
     # what the receiving endpoint reports (RTCP) about each direction's stream
     reports: dict[str, Report] = field(default_factory=dict)
+    # the router's round trip to each side, from RTCP SR/report pairs: "internet", "lan"
+    rtt_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def beyond_ms(self) -> float:
+        """One-way network delay the RTCP round trips show (half of each side's)."""
+        return sum(self.rtt_ms.values()) / 2
 
     @property
     def known(self) -> bool:
@@ -185,10 +221,11 @@ class CallQuality:
     def as_dict(self) -> dict:
         """For status documents and events: per direction, the MOS of whoever hears it
         ("egress" is what the far end hears, as far as the router can tell)."""
-        out: dict = {"known": self.known, "summary": self.summary()}
+        out: dict = {"known": self.known, "summary": self.summary(), "rtt_ms": self.rtt_ms}
         for name in DIRECTIONS:
             d = getattr(self, name)
-            out[name] = None if d is None else {**d.as_dict(), "mos": mos_estimate(d)}
+            out[name] = None if d is None else {**d.as_dict(),
+                                                "mos": mos_estimate(d, self.beyond_ms)}
             rep = self.reports.get(name)
             if out[name] is not None and rep is not None:
                 out[name]["endpoint_report"] = {
@@ -210,7 +247,16 @@ def call_quality(entries: Iterable[dict[str, Direction]]) -> CallQuality:
             rep = carrier.carried_report if carrier is not None else None
             if d is not None and d.rtp and rep is not None and rep.ssrc == d.ssrc:
                 reports[name] = rep
-    return CallQuality(egress, ingress, reports)
+    # an SR leaving through the WAN comes back echoed from the internet side, one
+    # arriving from it is echoed by the LAN side
+    rtt = {}
+    for side, sr_way, rep_way in (("internet", "egress", "ingress"), ("lan", "ingress", "egress")):
+        srs = [d.carried_sr for e in entries if (d := e.get(sr_way)) is not None]
+        reps = [d.carried_report for e in entries if (d := e.get(rep_way)) is not None]
+        found = [x for sr in srs for rep in reps if (x := round_trip_ms(sr, rep)) is not None]
+        if found:
+            rtt[side] = round(min(found), 2)
+    return CallQuality(egress, ingress, reports, rtt)
 
 
 # --- the reference: RFC 3550 A.1 and A.8, written plainly -----------------------------

@@ -47,7 +47,7 @@ STATUS_NAMES = {
 }
 
 # bounds of what a request may hold, so no body can make the daemon raise or stall
-MAX_DEPTH = 32  # json-c's default nesting limit, as uhttpd parses
+MAX_DEPTH = 32  # json-c's default tokener depth, as uhttpd parses (33 levels: -32700)
 MAX_BATCH = 32  # calls in one batch request
 INT64 = 2**63 - 1  # json-c's integer range
 LOG_INTERVAL = 60.0  # s between two lines about failed logins (or bad arguments)

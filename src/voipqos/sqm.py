@@ -25,7 +25,7 @@ from .alerts import Alert
 from .config import Config
 from .detect import FiveTuple
 from .hostinfo import device_exists
-from .profile import ProfileError, classifier_hooks
+from .profile import ProfileError, classifier_hooks, classifier_quality
 from .uci import Section, UciSyntaxError, format_uci, parse_uci
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class SqmProfile:
     # ---- sqm config ----
     def _load(self) -> list[Section]:
         try:
-            return parse_uci(self.config_path.read_text(), str(self.config_path))
+            return parse_uci(self.config_path.read_bytes(), str(self.config_path))
         except OSError as exc:
             raise ProfileError(f"{self.config_path}: cannot read sqm config: "
                                f"{exc.strerror} (is sqm-scripts installed?)") from exc
@@ -188,6 +188,9 @@ class SqmProfile:
                                                           self._hooks(), repair=False):
             return f"the EF-marking classifier is not attached on {self.device}"
         return None
+
+    def quality(self) -> dict[FiveTuple, dict[str, Any]]:
+        return classifier_quality(self._clf)
 
     def status(self) -> dict[str, Any]:
         counters = {"voice": {"packets": 0, "bytes": 0}, "other": {"packets": 0, "bytes": 0}}

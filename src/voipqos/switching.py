@@ -68,11 +68,13 @@ class Switch:
         self.flows: frozenset[FiveTuple] | None = None  # what the table holds; None: unknown
         self.failed_flows: frozenset[FiveTuple] | None = None
         self.recovering = False  # the next apply restores a lost profile: no drain
+        self.wanted = False  # as of the last step
 
     def _due(self, kind: Kind, now: float) -> bool:
         return now >= self.retry_at.get(kind, now)
 
     def step(self, now: float, wanted: bool, tuples: frozenset[FiveTuple]) -> list[Action]:
+        self.wanted = wanted
         if not wanted:
             on = self.active or self.dirty
             return [Action(Kind.REMOVE)] if on and self._due(Kind.REMOVE, now) else []
@@ -142,11 +144,15 @@ class Switch:
             self.flows = None
 
     def next_deadline(self) -> float | None:
-        """When `step()` has something to do without new input (a retry, the drain's end)."""
-        times = list(self.retry_at.values())
-        if self.rates_at is not None:
-            times.append(self.rates_at)
-        return min(times, default=None)
+        """When `step()` will have something to do without new input (a retry, the end of
+        the drain); None when nothing is pending for what was last wanted."""
+        if not self.wanted:
+            due = [self.retry_at.get(Kind.REMOVE)] if self.active or self.dirty else []
+        elif not self.active:
+            due = [self.retry_at.get(Kind.APPLY)]
+        else:
+            due = [self.rates_at, self.retry_at.get(Kind.FLOWS) if self.failed_flows else None]
+        return min((t for t in due if t is not None), default=None)
 
 
 # a call is a few media flows (audio, video, screen share, each with RTCP) per direction;

@@ -136,6 +136,32 @@ test('call and transition rows', () => {
 	assert.deepEqual(logic.transitionRows(null, 5), []);
 });
 
+test('call quality: graded by MOS and loss, unknown never graded from zeros', () => {
+	const d = (mos, loss, jitter = 2) => ({ rtp: true, mos, loss_percent: loss, jitter_ms: jitter });
+	assert.equal(logic.qualityGrade(d(4.4, 0)), 'good');
+	assert.equal(logic.qualityGrade(d(4.2, 1)), 'fair');   // 1 % lost: audible
+	assert.equal(logic.qualityGrade(d(3.9, 0.5)), 'fair');
+	assert.equal(logic.qualityGrade(d(4.1, 3)), 'poor');
+	assert.equal(logic.qualityGrade(d(3.5, 0)), 'poor');
+	assert.equal(logic.qualityGrade({ rtp: false, mos: null, loss_percent: null }), 'unknown');
+	assert.equal(logic.qualityGrade(null), 'unknown');
+	const q = { known: true, summary: 'losing 5 % on the internet side',
+		ingress: d(3.9, 5, 4), egress: { ...d(4.39, 0), jitter_ms: null } };
+	assert.deepEqual(logic.qualityLines(q), [
+		{ text: 'losing 5 % on the internet side', grade: 'poor' },
+		{ text: 'In: 5.0 % lost, jitter 4.0 ms, MOS 3.9', grade: 'poor' },
+		{ text: 'Out: 0.0 % lost, jitter -, MOS 4.4', grade: 'good' }]);
+	assert.deepEqual(logic.qualityLines({ ...q, egress: { rtp: false, mos: null } })[2],
+		{ text: 'Out: no RTP seen', grade: 'unknown' });
+	assert.deepEqual(logic.qualityLines({ known: false, summary: 'quality unknown (no RTP seen)' }),
+		[{ text: 'quality unknown (no RTP seen)', grade: 'unknown' }]);
+	assert.deepEqual(logic.qualityLines(undefined), [{ text: 'quality unknown', grade: 'unknown' }]);
+	assert.deepEqual(logic.recentRows([{ ended: 3600 * 13 + 62, lan_host: '192.168.1.20',
+		far_host: '203.0.113.9', sip: true, duration: 192.4 }]),
+	[['13:01:02', '192.168.1.20', '203.0.113.9 (SIP)', '3 min 12 s']]);
+	assert.deepEqual(logic.recentRows(null), []);
+});
+
 test('mode buttons send set_mode arguments the daemon accepts', () => {
 	assert.deepEqual(logic.modeArgs('on'), { mode: 'on', expires: 0 });
 	assert.deepEqual(logic.modeArgs('auto'), { mode: 'auto', expires: 0 });

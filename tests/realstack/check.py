@@ -94,6 +94,9 @@ def luci(s: stack.Stack, daemon) -> None:
                              ("vq-auto", "watching")):
             drv.find_element(By.ID, button).click()
             check(f"LuCI {button} -> {want}", wait_badge(want), badge())
+        rows = drv.find_element(By.ID, "vq-transitions").text
+        check("LuCI's ui.Table lists the transitions", "Forced off" in rows,
+              (rows.splitlines() or [""])[-1][-60:])
         daemon.terminate()
         daemon.wait(10)
         ok = wait_badge("not_running")
@@ -129,6 +132,8 @@ def main() -> int:
         s.stop()
         log = (s.logs / "voipqos.log").read_text()
         check("daemon log has no traceback", "Traceback" not in log)
+        check("SIGTERM stops the daemon cleanly with python-ubus's uloop loaded",
+              "stopping: removing the profile" in log)
         refusals = [ln for ln in log.splitlines() if "mode must be on, off or auto" in ln]
         check("a refused call is one log line", len(refusals) == 1, f"{len(refusals)} lines")
         print(f"     logs and screenshot in {s.logs}")

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import sys
-import time
 
 from realstack import stack
 
@@ -106,7 +105,6 @@ def _subst(doc, sid: str):
 def record_cli(s: stack.Stack) -> list[dict]:
     out = []
     for argv in CLI:
-        print("ubus", *argv, time.monotonic(), flush=True)
         r = s.ubus_run(*argv)
         stdout = r.stdout.strip()
         out.append({"argv": argv, "status": (256 - r.returncode) % 256,
@@ -119,7 +117,6 @@ def record_http(s: stack.Stack) -> list[dict]:
     out, sid = [], None
     for name, doc in HTTP:
         body = doc if isinstance(doc, str) else json.dumps(_subst(doc, sid or SID))
-        print("POST", name, time.monotonic(), flush=True)
         status, raw = s.post_raw(body.encode())
         reply = json.loads(raw) if raw else None
         if name == "login":
@@ -144,9 +141,7 @@ def main() -> int:
         OUT.mkdir(parents=True, exist_ok=True)
         cli = record_cli(s)
         http = record_http(s)
-        print("listing", flush=True)
         listing = s.ubus("-v", "list", "voipqos*")
-        print("stopping stub", flush=True)
         stub.kill()  # uloop inside python-ubus swallows SIGTERM
         stub.wait()
         stack.wait(lambda: "voipqos.daemon" not in s.ubus("list").split(), 5, "stub gone")

@@ -48,7 +48,8 @@ class Timing:
         return int(self.warm + self.call_s(name) + (self.tail if name == "auto" else 1))
 
 
-QUICK = Timing(idle=2, warm=2, call=6, auto_call=16, tail=4)
+# tail >= off_hold + 2 polls + a poll of hold on the call's last partial interval
+QUICK = Timing(idle=2, warm=2, call=6, auto_call=16, tail=6)
 FULL = Timing(idle=5, warm=5, call=20, auto_call=40, tail=8)
 
 

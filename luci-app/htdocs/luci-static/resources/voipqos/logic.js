@@ -26,6 +26,11 @@ function badgeLabel(state) {
 	}
 }
 
+/* Call quality colours (docs/quality.md): below MOS 4.0 or from 1 % loss a listener starts
+ * to notice (fair), below 3.6 or from 3 % many are dissatisfied (poor). */
+var FAIR = { mos: 4.0, loss: 1 }, POOR = { mos: 3.6, loss: 3 },
+    GRADE_ORDER = { unknown: 0, good: 1, fair: 2, poor: 3 };
+
 function pad2(n) {
 	return (n < 10 ? '0' : '') + n;
 }
@@ -222,6 +227,52 @@ return baseclass.extend({
 				self.formatRate(c.kbps_out) + ' / ' + self.formatRate(c.kbps_in),
 				self.formatDuration(c.duration)
 			];
+		});
+	},
+
+	/* 'good' | 'fair' | 'poor' for one direction of a call's `quality`, 'unknown' when
+	 * no RTP was measured (never graded from missing numbers). */
+	qualityGrade: function(d) {
+		if (!d || !d.rtp || typeof d.mos != 'number')
+			return 'unknown';
+		var loss = num(d.loss_percent);
+		if (d.mos < POOR.mos || loss >= POOR.loss)
+			return 'poor';
+		if (d.mos < FAIR.mos || loss >= FAIR.loss)
+			return 'fair';
+		return 'good';
+	},
+
+	/*
+	 * A call's `quality` as coloured lines [{text, grade}]: the daemon's summary, graded by
+	 * the worse direction, then "In: 0.4 % lost, jitter 3.0 ms, MOS 4.3" for the stream
+	 * arriving from the internet and "Out:" for the one leaving (what the far end hears).
+	 */
+	qualityLines: function(q) {
+		if (!q || !q.known)
+			return [ { text: (q && q.summary) || _('quality unknown'), grade: 'unknown' } ];
+		var self = this, worst = 'unknown';
+		var dirs = [ [ 'ingress', _('In') ], [ 'egress', _('Out') ] ].map(function(p) {
+			var d = q[p[0]], grade = self.qualityGrade(d);
+			if (GRADE_ORDER[grade] > GRADE_ORDER[worst])
+				worst = grade;
+			if (grade == 'unknown')
+				return { text: _('%s: no RTP seen').format(p[1]), grade: grade };
+			return { text: _('%s: %s lost, jitter %s, MOS %s').format(p[1],
+				num(d.loss_percent).toFixed(1) + ' %',
+				typeof d.jitter_ms == 'number' ? d.jitter_ms.toFixed(1) + ' ms' : '-',
+				d.mos.toFixed(1)), grade: grade };
+		});
+		return [ { text: q.summary, grade: worst } ].concat(dirs);
+	},
+
+	/* The finished calls of `recent_calls` (newest first), as [ended, LAN host, far end,
+	 * duration]; the view adds each call's quality. */
+	recentRows: function(recent) {
+		var self = this;
+		return (Array.isArray(recent) ? recent : []).map(function(c) {
+			return [ self.formatClock(c.ended), c.lan_host || '?',
+				(c.far_host || '?') + (c.sip ? ' (SIP)' : ''), self.formatDuration(c.duration) ];
 		});
 	},
 

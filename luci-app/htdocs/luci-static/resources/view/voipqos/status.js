@@ -40,19 +40,23 @@ function svg(tag, attrs) {
 	return el;
 }
 
-function table(headers, rows, emptyText) {
-	var body = rows.length ? rows.map(function(r) {
-		return E('tr', { 'class': 'tr' }, r.map(function(cell) {
-			return E('td', { 'class': 'td' }, [ cell ]);
-		}));
-	}) : [ E('tr', { 'class': 'tr placeholder' },
-		E('td', { 'class': 'td', 'colspan': headers.length }, E('em', emptyText))) ];
+/* ui.Table puts a bare string into its cell as markup: daemon text goes in as text nodes */
+function textRows(rows) {
+	return rows.map(function(row) {
+		return row.map(function(cell) { return document.createTextNode(cell); });
+	});
+}
 
-	return E('table', { 'class': 'table' }, [
-		E('tr', { 'class': 'tr table-titles' }, headers.map(function(h) {
-			return E('th', { 'class': 'th' }, h);
-		}))
-	].concat(body));
+/* A call's quality, one coloured line each (logic.qualityLines). */
+function qualityCell(q) {
+	return E('div', { 'class': 'vq-quality' }, logic.qualityLines(q).map(function(l) {
+		return E('div', { 'class': 'vq-q-' + l.grade }, [ l.text ]);
+	}));
+}
+
+/* Rows with each call's quality cell appended. */
+function withQuality(rows, calls) {
+	return rows.map(function(r, i) { return r.concat([ qualityCell(calls[i].quality) ]); });
 }
 
 return view.extend({
@@ -80,9 +84,17 @@ return view.extend({
 		this.since = E('span', { 'id': 'vq-since' });
 		this.reason = E('div', { 'id': 'vq-reason' });
 		this.warnings = E('div', { 'id': 'vq-warnings' });
-		this.calls = E('div', { 'id': 'vq-calls' });
-		this.counters = E('div', { 'id': 'vq-counters' });
-		this.transitions = E('div', { 'id': 'vq-transitions' });
+		this.calls = new ui.Table(
+			[ _('LAN host'), _('Far end'), _('Flows'), _('pps out / in'), _('Rate out / in'), _('Duration'), _('Quality') ],
+			{ id: 'vq-calls', sortable: false }, E('em', _('No active call')));
+		this.recent = new ui.Table(
+			[ _('Ended'), _('LAN host'), _('Far end'), _('Duration'), _('Quality') ],
+			{ id: 'vq-recent', sortable: false }, E('em', _('No finished call yet')));
+		this.counters = new ui.Table(
+			[ _('Packets'), _('Bytes'), _('Now'), _('Backend'), _('Classifier'), _('Applied') ],
+			{ id: 'vq-counters', sortable: false });
+		this.transitions = new ui.Table([ _('Time'), _('State'), _('Why') ],
+			{ id: 'vq-transitions', sortable: false }, E('em', _('No transition yet')));
 		this.graph = svg('svg', {
 			'class': 'vq-graph', 'id': 'vq-graph',
 			'viewBox': '0 0 %d %d'.format(GRAPH_W, GRAPH_H),
@@ -127,9 +139,10 @@ return view.extend({
 				])
 			]),
 
-			E('div', { 'class': 'cbi-section' }, [ E('h3', {}, _('Active calls')), this.calls ]),
-			E('div', { 'class': 'cbi-section' }, [ E('h3', {}, _('Voice class counters')), this.counters ]),
-			E('div', { 'class': 'cbi-section' }, [ E('h3', {}, _('Last transitions')), this.transitions ])
+			E('div', { 'class': 'cbi-section' }, [ E('h3', {}, _('Active calls')), this.calls.render() ]),
+			E('div', { 'class': 'cbi-section' }, [ E('h3', {}, _('Recent calls')), this.recent.render() ]),
+			E('div', { 'class': 'cbi-section' }, [ E('h3', {}, _('Voice class counters')), this.counters.render() ]),
+			E('div', { 'class': 'cbi-section' }, [ E('h3', {}, _('Last transitions')), this.transitions.render() ])
 		]);
 
 		this.update(status);
@@ -171,13 +184,12 @@ return view.extend({
 		dom.content(this.reason, [ st.reason ? _('Why: %s').format(st.reason) : '' ]);
 
 		this.updateWarnings(st.warnings);
-		dom.content(this.calls, table(
-			[ _('LAN host'), _('Far end'), _('Flows'), _('pps out / in'), _('Rate out / in'), _('Duration') ],
-			logic.callRows(st.calls), _('No active call')));
+		var calls = Array.isArray(st.calls) ? st.calls : [],
+		    recent = Array.isArray(st.recent_calls) ? st.recent_calls : [];
+		this.calls.update(withQuality(textRows(logic.callRows(calls)), calls));
+		this.recent.update(withQuality(textRows(logic.recentRows(recent)), recent));
 		this.updateCounters(st, now);
-		dom.content(this.transitions, table(
-			[ _('Time'), _('State'), _('Why') ],
-			logic.transitionRows(st.transitions, TRANSITIONS_SHOWN), _('No transition yet')));
+		this.transitions.update(textRows(logic.transitionRows(st.transitions, TRANSITIONS_SHOWN)));
 		this.updateGraph(now);
 	},
 
@@ -198,12 +210,10 @@ return view.extend({
 		this.samples.push(logic.graphSample(this.reading, reading, st.active));
 		this.reading = reading;
 
-		dom.content(this.counters, table(
-			[ _('Packets'), _('Bytes'), _('Now'), _('Backend'), _('Classifier'), _('Applied') ],
-			[ [ String(reading.voice.packets), logic.formatBytes(reading.voice.bytes),
-			    rate ? logic.formatPps(rate.pps) + ' pps, ' + logic.formatRate(rate.kbps) : '-',
-			    profile.backend || '-', profile.classifier || '-',
-			    profile.applied ? _('yes') : _('no') ] ], ''));
+		this.counters.update(textRows([ [ String(reading.voice.packets), logic.formatBytes(reading.voice.bytes),
+			rate ? logic.formatPps(rate.pps) + ' pps, ' + logic.formatRate(rate.kbps) : '-',
+			profile.backend || '-', profile.classifier || '-',
+			profile.applied ? _('yes') : _('no') ] ]));
 	},
 
 	updateGraph: function(now) {
