@@ -25,21 +25,27 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import signal
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from voipqos import bpf, conntrack, quality
 from voipqos.lab import bulk, sip
 from voipqos.lab.netns import cleanup_prefix
-from voipqos.lab.topology import FAR4, PHONE4, ROUTER_WAN_DEV, Line, four_hosts
+from voipqos.lab.scenario import IRTT_PORT
+from voipqos.lab.topology import FAR4, ISP_CPE_DEV, PHONE4, ROUTER_WAN_DEV, Line, four_hosts
 
 PREFIX = "vqq-"
 CONDITIONS = ("clean", "lan-loss", "lan-jitter", "bloat-down")
+ENDPOINT = Path(__file__).with_name("rtp_endpoint.py")
+REF_PHONE_PORT, REF_FAR_PORT = sip.RTP_PORTS[0], sip.RTP_PORTS[0] + 2   # lan-loss drops them too
 LOSS_RULES = f"""
 table inet vqq_loss {{
   chain output {{
@@ -67,7 +73,9 @@ def call_tuples(topo, deadline_s: float = 10) -> list[tuple[int, str, str, int, 
     raise RuntimeError("no RTP conntrack entry on the router")
 
 
-def condition(topo, raw: Path, name: str, seconds: int, clf: bpf.Classifier) -> dict[str, Any]:
+@contextlib.contextmanager
+def impaired(topo, name: str, seconds: int) -> Iterator[None]:
+    """The condition's impairment on the lab for one call, removed afterwards."""
     topo.exec("router", "conntrack -F", check=False)
     load = None
     if name == "lan-loss":
@@ -77,35 +85,49 @@ def condition(topo, raw: Path, name: str, seconds: int, clf: bpf.Classifier) -> 
                     "class add dev eth0 parent 1: classid 1:1 htb rate 2mbit",
                     "qdisc add dev eth0 parent 1:1 pfifo limit 40"):
             topo.exec("phone", "tc " + cmd)
-        load = topo.popen("phone", bulk.client_cmd(FAR4, bulk.UP_PORT, seconds + 4, False))
+        load = topo.popen("phone", bulk.client_cmd(FAR4, bulk.UP_PORT, seconds + 6, False))
     elif name == "bloat-down":
-        load = topo.popen("phone", bulk.client_cmd(FAR4, bulk.DOWN_PORT, seconds + 4, True))
+        load = topo.popen("phone", bulk.client_cmd(FAR4, bulk.DOWN_PORT, seconds + 6, True))
+    try:
+        time.sleep(2 if load else 0.5)
+        yield
+    finally:
+        if load:
+            load.kill()
+        topo.exec("phone", "nft delete table inet vqq_loss", check=False)
+        topo.exec("phone", "tc qdisc del dev eth0 root", check=False)
+
+
+def router_quality(clf: bpf.Classifier, tuples: list, until: subprocess.Popen,
+                   timeout: float) -> quality.CallQuality:
+    """The router's figures for the call once `until` (the caller) has finished."""
+    clf.set_flows(tuples)
+    try:
+        until.wait(timeout=timeout)
+        entries = clf.flow_quality()
+    finally:
+        clf.set_flows([])
+    return quality.call_quality(entries[t] for t in tuples if t in entries)
+
+
+def baresip_call(topo, raw: Path, name: str, seconds: int, clf: bpf.Classifier) -> dict:
+    """A real SIP call; the endpoint's figures from the far end's rtcpsummary line."""
     far_log, phone_log = raw / f"{name}.far.log", raw / f"{name}.phone.log"
     callee = topo.popen("far", sip.callee_cmd(raw / "baresip-far"), stdout=far_log.open("w"),
                         stderr=subprocess.STDOUT)
     try:
-        time.sleep(2 if load else 0.5)
         caller = topo.popen("phone", sip.caller_cmd(raw / "baresip-phone", seconds,
                                                     f"sip:far@{FAR4}"),
                             stdout=phone_log.open("w"), stderr=subprocess.STDOUT)
-        tuples = call_tuples(topo)
-        clf.set_flows(tuples)
-        caller.wait(timeout=seconds + 20)
-        entries = clf.flow_quality()
+        q = router_quality(clf, call_tuples(topo), caller, seconds + 20)
         time.sleep(1)
     finally:
         callee.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             callee.wait(timeout=5)
-        if load:
-            load.kill()
-        clf.set_flows([])
-        topo.exec("phone", "nft delete table inet vqq_loss", check=False)
-        topo.exec("phone", "tc qdisc del dev eth0 root", check=False)
-    q = quality.call_quality(entries[t] for t in tuples if t in entries)
     far = sip.parse_rtcpsummary(far_log.read_text(errors="replace")) or {}
     nan = float("nan")
-    return {"condition": name, "router": q.as_dict(),
+    return {"router": q.as_dict(),
             "far_rx": {"loss_percent": percent(far.get("lost_rx", nan),
                                                far.get("lost_rx", nan)
                                                + far.get("packets_rx", nan)),
@@ -113,6 +135,56 @@ def condition(topo, raw: Path, name: str, seconds: int, clf: bpf.Classifier) -> 
             "phone_rx": {"loss_percent": percent(far.get("lost_tx", nan),
                                                  far.get("packets_tx", nan)),
                          "jitter_ms": far.get("jitter_tx_ms")}}
+
+
+def reference(received: list) -> dict[str, float | None]:
+    """RFC 3550 loss and jitter of kernel-timestamped packets (quality.RtpReceiver)."""
+    if not received:
+        return {"loss_percent": None, "jitter_ms": None}
+    ref = quality.RtpReceiver(*received[0], 8000)
+    for seq, ts, at in received[1:]:
+        ref.packet(seq, ts, at)
+    return {"loss_percent": percent(ref.lost, ref.expected), "jitter_ms": ref.jitter_ms}
+
+
+def irtt_stats(path: Path) -> dict[str, Any]:
+    """irtt's own loss and mean IPDV per direction (its packets, not RTP)."""
+    try:
+        st = json.loads(path.read_text())["stats"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {"up_loss_percent": st.get("upstream_loss_percent"),
+            "down_loss_percent": st.get("downstream_loss_percent"),
+            "up_ipdv_ms": (st.get("ipdv_send") or {}).get("mean", 0) / 1e6,
+            "down_ipdv_ms": (st.get("ipdv_receive") or {}).get("mean", 0) / 1e6}
+
+
+def reference_call(topo, raw: Path, name: str, seconds: int, clf: bpf.Classifier) -> dict:
+    """bench/rtp_endpoint.py both ways, an AF_PACKET tap on the isp's side of the
+    router's WAN link (the upload before the modem's queue), irtt beside it."""
+    n, py = seconds * 50, sys.executable
+    far = topo.popen("far", [py, str(ENDPOINT), "answer", str(REF_FAR_PORT), str(n)],
+                     stdout=subprocess.PIPE, text=True)
+    tap = topo.popen("isp", [py, str(ENDPOINT), "tap", ISP_CPE_DEV, str(REF_FAR_PORT),
+                             str(seconds + 8)], stdout=subprocess.PIPE, text=True)
+    irtt_out = raw / f"{name}.irtt.json"
+    irtt = topo.popen("phone", ["irtt", "client", "-i", "20ms", "-l", "172",
+                                "-d", f"{seconds}s", "-Q", "-o", str(irtt_out),
+                                f"{FAR4}:{IRTT_PORT}"])
+    time.sleep(0.3)
+    phone = topo.popen("phone", [py, str(ENDPOINT), "call", PHONE4, str(REF_PHONE_PORT), FAR4,
+                                 str(REF_FAR_PORT), str(n)], stdout=subprocess.PIPE, text=True)
+    try:
+        q = router_quality(clf, call_tuples(topo), phone, seconds + 20)
+        got = {who: json.loads(p.communicate(timeout=seconds + 20)[0] or "[]")
+               for who, p in (("phone", phone), ("far", far), ("tap", tap))}
+        irtt.wait(timeout=10)
+    finally:
+        for p in (far, tap, irtt, phone):
+            p.kill()
+    return {"router": q.as_dict(), "far_rx": reference(got["far"]),
+            "tap_rx": reference(got["tap"]), "phone_rx": reference(got["phone"]),
+            "irtt": irtt_stats(irtt_out)}
 
 
 def percent(lost: float, expected: float) -> float | None:
@@ -123,42 +195,127 @@ def fmt(v: float | None, unit: str = "") -> str:
     return "-" if v is None else f"{v:.2f}{unit}"
 
 
+def within(router: float | None, ref: float | None, rel: float, floor: float) -> str:
+    """'yes' when router is within rel (fraction) or floor of ref: issue 11's targets."""
+    if router is None or ref is None:
+        return "-"
+    return "yes" if abs(router - ref) <= max(rel * ref, floor) else "**no**"
+
+
+ROWS = (("egress", "far_rx", "upload (vs far end)"),
+        ("egress", "tap_rx", "upload (vs tap past router)"),
+        ("ingress", "phone_rx", "download (vs phone)"))
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| condition | direction | router loss | endpoint loss | router jitter | "
-             "endpoint jitter | RTCP report seen by the router (loss last, jitter) | "
-             "router MOS (upper bound) |", "|---|---|---|---|---|---|---|---|"]
+    """Router vs each reference of the same call, with the targets (loss ±0.5 pp, jitter
+    ±20 % or ±0.5 ms); irtt's figures of the same minute beside the RTP reference."""
+    lines = ["| condition | run | direction | endpoint | router loss | endpoint loss | loss ok | "
+             "router jitter | endpoint jitter | jitter ok | irtt loss, mean IPDV |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        for name, ep, who in (("egress", r["far_rx"], "far end"),
-                              ("ingress", r["phone_rx"], "phone's RTCP")):
-            d = r["router"][name] or {}
-            rep = d.get("endpoint_report") or {}
-            lines.append(f"| {r['condition']} | {name} (vs {who}) | "
-                         f"{fmt(d.get('loss_percent'), ' %')} | {fmt(ep['loss_percent'], ' %')} | "
-                         f"{fmt(d.get('jitter_ms'), ' ms')} | {fmt(ep.get('jitter_ms'), ' ms')} | "
-                         f"{fmt(rep.get('loss_percent_last'), ' %')}, "
-                         f"{fmt(rep.get('jitter_ms'), ' ms')} | {fmt(d.get('mos'))} |")
-    lines.append("")
-    lines += [f"{r['condition']}: router's round trips from RTCP SR/RR: "
-              + (", ".join(f"{k} {v:.1f} ms" for k, v in r["router"]["rtt_ms"].items()) or "none")
-              for r in rows]
+        for kind in ("baresip", "reference"):
+            call = r[kind]
+            irtt = call.get("irtt") or {}
+            for name, key, what in ROWS:
+                if key not in call:
+                    continue
+                d, ep = call["router"][name] or {}, call[key]
+                way = "up" if name == "egress" else "down"
+                irtt_txt = (f"{fmt(irtt.get(f'{way}_loss_percent'), ' %')}, "
+                            f"{fmt(irtt.get(f'{way}_ipdv_ms'), ' ms')}" if irtt else "")
+                lines.append(
+                    f"| {r['condition']} | {r['run']} | {what} | {kind} | "
+                    f"{fmt(d.get('loss_percent'), ' %')} | {fmt(ep['loss_percent'], ' %')} | "
+                    f"{within(d.get('loss_percent'), ep['loss_percent'], 0, 0.5)} | "
+                    f"{fmt(d.get('jitter_ms'), ' ms')} | {fmt(ep['jitter_ms'], ' ms')} | "
+                    f"{within(d.get('jitter_ms'), ep['jitter_ms'], 0.2, 0.5)} | {irtt_txt} |")
     return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, subtitle: str) -> None:
+    """Router jitter and loss against each reference's, per condition/direction/run,
+    with the target band around the reference (y = x)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), dpi=110)
+    marks = {"far_rx": "o", "tap_rx": "s", "phone_rx": "^"}
+    colors = dict(zip(CONDITIONS, ("tab:green", "tab:orange", "tab:red", "tab:blue"),
+                      strict=True))
+    for ax, metric, rel, floor, unit in ((axes[0], "jitter_ms", 0.2, 0.5, "ms"),
+                                         (axes[1], "loss_percent", 0.0, 0.5, "%")):
+        pts = []
+        for r in rows:
+            for kind in ("baresip", "reference"):
+                for name, key, _what in ROWS:
+                    ref = r[kind].get(key, {}).get(metric)
+                    val = (r[kind]["router"][name] or {}).get(metric)
+                    if ref is None or val is None:
+                        continue
+                    pts.append(ref)
+                    ax.scatter(ref, val, marker=marks[key], s=36,
+                               facecolors=colors[r["condition"]] if kind == "reference"
+                               else "none", edgecolors=colors[r["condition"]])
+        hi = max([*pts, 1.0]) * 1.15
+        xs = [i * hi / 200 for i in range(201)]
+        ax.plot(xs, xs, color="grey", lw=0.8)
+        ax.fill_between(xs, [x - max(rel * x, floor) for x in xs],
+                        [x + max(rel * x, floor) for x in xs], color="grey", alpha=0.2,
+                        label="target band")
+        ax.set_xlim(0, hi)
+        ax.set_ylim(0, hi)
+        if metric == "jitter_ms":
+            ax.set_xscale("symlog", linthresh=2)
+            ax.set_yscale("symlog", linthresh=2)
+        ax.set_xlabel(f"endpoint's RFC 3550 figure, {unit}")
+        ax.set_ylabel(f"router's figure, {unit}")
+        ax.set_title({"jitter_ms": "jitter", "loss_percent": "loss"}[metric])
+    handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=n)
+               for n, c in colors.items()]
+    handles += [plt.Line2D([], [], ls="", marker=m, color="k", 
+                           label=w) for (_, key, w), m in
+                ((row, marks[row[1]]) for row in ROWS)]
+    handles += [plt.Line2D([], [], ls="", marker="o", mfc="none", color="k",
+                           label="hollow: vs baresip; filled: vs kernel-timestamped RTP")]
+    axes[0].legend(handles=handles, fontsize=7, loc="upper left")
+    fig.suptitle(f"Router (tc-BPF) call quality vs the endpoint's, same call\n{subtitle}",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--plot", type=Path)
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
+    ap.add_argument("--from-json", type=Path, help="only tabulate/plot an earlier --json")
     args = ap.parse_args()
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+               f"kernel {platform.release()}; {args.seconds} s calls")
+    rows = json.loads(args.from_json.read_text()) if args.from_json else measure(args)
+    print(f"machine: {machine}")
+    print(table(rows))
+    if args.json and not args.from_json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    if args.plot:
+        plot(rows, args.plot, machine)
+
+
+def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     subprocess.run(["make", "-s", "-C", str(Path(__file__).resolve().parents[1] / "bpf")],
                    check=True)
     cleanup_prefix(PREFIX)
     raw = Path(tempfile.mkdtemp(prefix="vqq-"))
     topo = four_hosts(PREFIX, Line())
-    pin = raw / "bpffs"
-    clf = bpf.Classifier(str(pin), netns=topo.ns("router"))
+    clf = bpf.Classifier(str(raw / "bpffs"), netns=topo.ns("router"))
     rows = []
     try:
+        topo.popen("far", ["irtt", "server", "-b", f"{FAR4}:{IRTT_PORT}"])
         for port in (bulk.UP_PORT, bulk.DOWN_PORT):
             topo.popen("far", bulk.server_cmd(port))
         tone = raw / "tone.wav"
@@ -168,16 +325,19 @@ def main() -> None:
         clf.attach(ROUTER_WAN_DEV, "egress")
         clf.attach(ROUTER_WAN_DEV, "ingress")
         clf.set_rules(0, False, False, [])   # measure only: no class, no mark
-        for name in args.conditions.split(","):
-            rows.append(condition(topo, raw, name, args.seconds, clf))
+        for run in range(1, args.runs + 1):
+            for name in args.conditions.split(","):
+                row = {"condition": name, "run": run}
+                for kind, call in (("baresip", baresip_call), ("reference", reference_call)):
+                    with impaired(topo, name, args.seconds):
+                        row[kind] = call(topo, raw, f"{name}-{run}-{kind}", args.seconds, clf)
+                rows.append(row)
+                print(table([row]).splitlines()[-1], flush=True)
     finally:
         clf.close()
         topo.close()
-    print(f"machine: {platform.processor() or platform.machine()}, kernel {platform.release()}; "
-          f"{args.seconds} s PCMU calls; raw logs in {raw}")
-    print(table(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    print(f"raw logs in {raw}")
+    return rows
 
 
 if __name__ == "__main__":
