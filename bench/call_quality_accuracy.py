@@ -237,6 +237,7 @@ def plot(rows: list[dict[str, Any]], path: Path, subtitle: str) -> None:
     """Router jitter and loss against each reference's, per condition/direction/run,
     with the target band around the reference (y = x)."""
     import matplotlib
+    import matplotlib.patches
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), dpi=110)
@@ -257,27 +258,32 @@ def plot(rows: list[dict[str, Any]], path: Path, subtitle: str) -> None:
                     ax.scatter(ref, val, marker=marks[key], s=36,
                                facecolors=colors[r["condition"]] if kind == "reference"
                                else "none", edgecolors=colors[r["condition"]])
-        hi = max([*pts, 1.0]) * 1.15
-        xs = [i * hi / 200 for i in range(201)]
+        lo, hi = (min(pts) / 1.5, max(pts) * 1.5) if metric == "jitter_ms" else (0, 1.0)
+        hi = max(hi, max(pts, default=0) * 1.15)
+        xs = [lo + i * (hi - lo) / 400 for i in range(401)]
         ax.plot(xs, xs, color="grey", lw=0.8)
         ax.fill_between(xs, [x - max(rel * x, floor) for x in xs],
                         [x + max(rel * x, floor) for x in xs], color="grey", alpha=0.2,
                         label="target band")
-        ax.set_xlim(0, hi)
-        ax.set_ylim(0, hi)
-        if metric == "jitter_ms":
-            ax.set_xscale("symlog", linthresh=2)
-            ax.set_yscale("symlog", linthresh=2)
+        if rel:
+            for k in (1 - rel, 1 + rel):
+                ax.plot(xs, [k * x for x in xs], color="grey", lw=0.6, ls=":")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        if metric == "jitter_ms":   # 0.03 to 40 ms: log, the band still +-20 % or 0.5 ms
+            ax.set_xscale("log")
+            ax.set_yscale("log")
         ax.set_xlabel(f"endpoint's RFC 3550 figure, {unit}")
         ax.set_ylabel(f"router's figure, {unit}")
         ax.set_title({"jitter_ms": "jitter", "loss_percent": "loss"}[metric])
     handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=n)
                for n, c in colors.items()]
-    handles += [plt.Line2D([], [], ls="", marker=m, color="k", 
-                           label=w) for (_, key, w), m in
-                ((row, marks[row[1]]) for row in ROWS)]
+    handles += [plt.Line2D([], [], ls="", marker=marks[key], color="k", label=w)
+                for _, key, w in ROWS]
     handles += [plt.Line2D([], [], ls="", marker="o", mfc="none", color="k",
-                           label="hollow: vs baresip; filled: vs kernel-timestamped RTP")]
+                           label="hollow: vs baresip; filled: vs kernel-timestamped RTP"),
+                matplotlib.patches.Patch(color="grey", alpha=0.2,
+                                         label="target: ±20 % (dotted) or ±0.5 ms; ±0.5 pp")]
     axes[0].legend(handles=handles, fontsize=7, loc="upper left")
     fig.suptitle(f"Router (tc-BPF) call quality vs the endpoint's, same call\n{subtitle}",
                  fontsize=10)
@@ -295,7 +301,10 @@ def main() -> None:
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
     ap.add_argument("--from-json", type=Path, help="only tabulate/plot an earlier --json")
     args = ap.parse_args()
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.machine())
+    machine = (f"{cpu}, {os.cpu_count()} CPUs, "
                f"kernel {platform.release()}; {args.seconds} s calls")
     rows = json.loads(args.from_json.read_text()) if args.from_json else measure(args)
     print(f"machine: {machine}")
