@@ -56,7 +56,7 @@ table inet vqq_loss {{
 """
 
 
-def call_tuples(topo, deadline_s: float = 10) -> list[tuple[int, str, str, int, int]]:
+def call_tuples(topo, deadline_s: float = 25) -> list[tuple[int, str, str, int, int]]:
     """Orig and reply tuples of the router's RTP conntrack entries (the call's media)."""
     lo, hi = sip.RTP_PORTS
     end = time.monotonic() + deadline_s
@@ -217,6 +217,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         for kind in ("baresip", "reference"):
             call = r[kind]
             irtt = call.get("irtt") or {}
+            if "error" in call:
+                lines.append(f"| {r['condition']} | {r['run']} | - | {kind} | failed: "
+                             f"{call['error']} | | | | | | |")
             for name, key, what in ROWS:
                 if key not in call:
                     continue
@@ -338,8 +341,12 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             for name in args.conditions.split(","):
                 row = {"condition": name, "run": run}
                 for kind, call in (("baresip", baresip_call), ("reference", reference_call)):
-                    with impaired(topo, name, args.seconds):
-                        row[kind] = call(topo, raw, f"{name}-{run}-{kind}", args.seconds, clf)
+                    try:
+                        with impaired(topo, name, args.seconds):
+                            row[kind] = call(topo, raw, f"{name}-{run}-{kind}", args.seconds,
+                                             clf)
+                    except (RuntimeError, subprocess.TimeoutExpired) as e:   # keep the rest
+                        row[kind] = {"error": str(e), "router": {}}
                 rows.append(row)
                 print(table([row]).splitlines()[-1], flush=True)
     finally:

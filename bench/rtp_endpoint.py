@@ -36,16 +36,21 @@ def timestamp(anc: list) -> float:
     return sec + nsec / 1e9
 
 
-def receive(s: socket.socket, rtp_at: int = 0) -> list[tuple[int, int, float]]:
-    """RTP packets (header at byte rtp_at) with kernel receive times, until idle."""
+def receive_one(data: bytes, anc: list, rtp_at: int = 0) -> tuple[int, int, float] | None:
+    if len(data) >= rtp_at + 12 and data[rtp_at] >> 6 == 2 and anc:
+        seq, ts = struct.unpack_from("!HI", data, rtp_at + 2)
+        return seq, ts, timestamp(anc)
+    return None
+
+
+def receive(s: socket.socket) -> list[tuple[int, int, float]]:
+    """RTP packets with kernel receive times, until idle."""
     s.settimeout(IDLE_END_S)
     got = []
     try:
         while True:
-            data, anc, _, _ = s.recvmsg(2048, 1024)
-            if len(data) >= rtp_at + 12 and data[rtp_at] >> 6 == 2 and anc:
-                seq, ts = struct.unpack_from("!HI", data, rtp_at + 2)
-                got.append((seq, ts, timestamp(anc)))
+            if pkt := receive_one(*s.recvmsg(2048, 1024)[:2]):
+                got.append(pkt)
     except TimeoutError:
         pass
     return got
@@ -60,23 +65,24 @@ def udp_socket(addr: str, port: int) -> socket.socket:
 
 def call(src: str, sport: str, dst: str, dport: str, n: str) -> list:
     s, peer = udp_socket(src, int(sport)), (dst, int(dport))
-    for _ in range(3):   # not RTP: opens the conntrack entry (3 times: lan-loss drops 3 %)
+    for _ in range(3):   # not RTP: opens the conntrack entry (the far end answers the first)
         s.sendto(b"hello", peer)
+        time.sleep(0.1)
     time.sleep(FLOWS_SET_S)
     threading.Thread(target=stream, args=(s, peer, int(n), 1111), daemon=True).start()
     return receive(s)
 
 
 def answer(port: str, n: str) -> list:
+    """Streams back to whoever sends first (a hello, or the first RTP packet when a
+    queue dropped the hellos), from then on receiving as the phone does."""
     s = udp_socket("0.0.0.0", int(port))
     s.settimeout(30)
-    while True:
-        data, peer = s.recvfrom(2048)
-        if data == b"hello":
-            break
-    time.sleep(FLOWS_SET_S)
-    threading.Thread(target=stream, args=(s, peer, int(n), 2222), daemon=True).start()
-    return receive(s)
+    data, anc, _, peer = s.recvmsg(2048, 1024)
+    first = receive_one(data, anc)
+    threading.Thread(target=lambda: (time.sleep(FLOWS_SET_S), stream(s, peer, int(n), 2222)),
+                     daemon=True).start()
+    return ([first] if first else []) + receive(s)
 
 
 def tap(dev: str, dport: str, seconds: str) -> list:
@@ -93,11 +99,10 @@ def tap(dev: str, dport: str, seconds: str) -> list:
         except TimeoutError:
             continue
         ihl = (data[0] & 0x0F) * 4
-        if (data[9] == 17 and len(data) >= ihl + 20 and anc
+        if (data[9] == 17 and len(data) >= ihl + 8
                 and struct.unpack_from("!H", data, ihl + 2)[0] == int(dport)
-                and data[ihl + 8] >> 6 == 2):
-            seq, ts = struct.unpack_from("!HI", data, ihl + 10)
-            got.append((seq, ts, timestamp(anc)))
+                and (pkt := receive_one(data, anc, ihl + 8))):
+            got.append(pkt)
     return got
 
 
