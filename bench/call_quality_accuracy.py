@@ -1,14 +1,22 @@
 #!/usr/bin/env python3
-"""Accuracy of the classifier's call quality against the endpoints' own RTCP figures
+"""Accuracy of the classifier's call quality against the endpoints' own figures
 (root; namespaces with prefix vqq-).
 
-A real SIP call (baresip, PCMU/20 ms) phone - router - isp - far (the lab's topology,
-NAT and the SIP helper on the router), the classifier on the router's wan0 egress and
-ingress with the call's RTP tuples in its flow table (read from conntrack as the daemon
-does). Per condition and direction, the router's loss % and jitter next to the figures
-of the endpoint that receives that direction, both from the far end's baresip
-rtcpsummary line: its own receive statistics for the upload, the phone's RTCP receiver
-reports for the download. Conditions:
+Per condition and run, two calls phone - router - isp - far (the lab's topology, NAT and
+the SIP helper on the router), the classifier on the router's wan0 egress and ingress
+with the call's RTP tuples in its flow table (read from conntrack as the daemon does):
+
+- baresip (PCMU/20 ms): the endpoint's figures from the far end's rtcpsummary line, its
+  own receive statistics (upload) and the phone's RTCP receiver reports (download);
+  libre stamps packets when the application reads them;
+- the reference (bench/rtp_endpoint.py): 20 ms RTP both ways, every packet stamped by
+  the receiving kernel (SO_TIMESTAMPNS) and counted by quality.RtpReceiver (RFC 3550
+  A.1/A.8), at the far end (upload), the phone (download) and an AF_PACKET tap on the
+  isp's side of the router's WAN link (the upload before the modem's queue adds
+  anything the router cannot see); irtt (20 ms, phone -> far) runs beside it: its own
+  loss and mean IPDV, a reference for the path, not for the RTP arithmetic.
+
+Conditions:
 
 - clean: no load;
 - lan-loss: 3 % of the phone's RTP dropped as it leaves the phone (a lossy Wi-Fi);
@@ -17,7 +25,8 @@ reports for the download. Conditions:
 - bloat-down: a cubic download through the modem's 500 ms FIFO, no shaping (loss and
   jitter on the internet side of the router).
 
-    .venv/bin/python bench/call_quality_accuracy.py [--seconds 20] [--json OUT]
+    .venv/bin/python bench/call_quality_accuracy.py [--seconds 20] [--runs 2] [--json OUT]
+        [--plot docs/quality-accuracy.png] [--from-json OUT (tabulate/plot only)]
 """
 
 from __future__ import annotations
