@@ -83,8 +83,10 @@ def call_tuples(topo, deadline_s: float = 25) -> list[tuple[int, str, str, int, 
 
 
 @contextlib.contextmanager
-def impaired(topo, name: str, seconds: int) -> Iterator[None]:
-    """The condition's impairment on the lab for one call, removed afterwards."""
+def impaired(topo, name: str, seconds: int, kind: int) -> Iterator[None]:
+    """The condition's impairment on the lab for one call, removed afterwards. Each kind
+    of call has its own iperf3 servers: a server still winding down the previous call's
+    killed test refuses the next one ("busy"), which left the second call unloaded."""
     topo.exec("router", "conntrack -F", check=False)
     load = None
     if name == "lan-loss":
@@ -94,9 +96,11 @@ def impaired(topo, name: str, seconds: int) -> Iterator[None]:
                     "class add dev eth0 parent 1: classid 1:1 htb rate 2mbit",
                     "qdisc add dev eth0 parent 1:1 pfifo limit 40"):
             topo.exec("phone", "tc " + cmd)
-        load = topo.popen("phone", bulk.client_cmd(FAR4, bulk.UP_PORT, seconds + 6, False))
+        load = topo.popen("phone", bulk.client_cmd(FAR4, bulk.UP_PORT + 10 * kind,
+                                                   seconds + 6, False))
     elif name == "bloat-down":
-        load = topo.popen("phone", bulk.client_cmd(FAR4, bulk.DOWN_PORT, seconds + 6, True))
+        load = topo.popen("phone", bulk.client_cmd(FAR4, bulk.DOWN_PORT + 10 * kind,
+                                                   seconds + 6, True))
     try:
         time.sleep(2 if load else 0.5)
         yield
@@ -338,7 +342,8 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         topo.popen("far", ["irtt", "server", "-b", f"{FAR4}:{IRTT_PORT}"])
         for port in (bulk.UP_PORT, bulk.DOWN_PORT):
-            topo.popen("far", bulk.server_cmd(port))
+            for kind in (0, 1):
+                topo.popen("far", bulk.server_cmd(port + 10 * kind))
         tone = raw / "tone.wav"
         sip.write_tone(tone, args.seconds + 15)
         sip.write_profile(raw / "baresip-far", "far", FAR4, tone, answer=True)
@@ -349,9 +354,10 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         for run in range(1, args.runs + 1):
             for name in args.conditions.split(","):
                 row = {"condition": name, "run": run}
-                for kind, call in (("baresip", baresip_call), ("reference", reference_call)):
+                for i, (kind, call) in enumerate((("baresip", baresip_call),
+                                                  ("reference", reference_call))):
                     try:
-                        with impaired(topo, name, args.seconds):
+                        with impaired(topo, name, args.seconds, i):
                             row[kind] = call(topo, raw, f"{name}-{run}-{kind}", args.seconds,
                                              clf)
                     except (RuntimeError, subprocess.TimeoutExpired) as e:   # keep the rest
