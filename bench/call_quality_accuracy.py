@@ -276,7 +276,8 @@ def plot(rows: list[dict[str, Any]], path: Path, subtitle: str) -> None:
                                else "none", edgecolors=colors[r["condition"]])
         lo, hi = (min(pts) / 1.5, max(pts) * 1.5) if metric == "jitter_ms" else (0, 1.0)
         hi = max(hi, max(pts, default=0) * 1.15)
-        xs = [lo + i * (hi - lo) / 400 for i in range(401)]
+        xs = ([lo * (hi / lo) ** (i / 400) for i in range(401)] if metric == "jitter_ms"
+              else [lo + i * (hi - lo) / 400 for i in range(401)])
         ax.plot(xs, xs, color="grey", lw=0.8)
         ax.fill_between(xs, [x - max(rel * x, floor) for x in xs],
                         [x + max(rel * x, floor) for x in xs], color="grey", alpha=0.2,
