@@ -299,3 +299,24 @@ def test_one_way_legs_pair_offline_without_sides():
     det = run([[a, b] for a, b in zip(up, down, strict=True)], sides=Sides())[-1]
     assert [f.verdict for f in det.flows] == [MEDIA, MEDIA] and len(det.calls) == 1
     assert det.flows[0].reasons[0].startswith("paired one-way legs")
+
+
+def test_weak_voice_on_a_documented_media_port_counts_from_its_first_interval():
+    # WhatsApp through its TURN relay on 3478 at ~8 pps: the first interval counts toward
+    # switching on (pending: nothing in the voice class yet), the second confirms it; the
+    # same rates on an undocumented port need two steady intervals first
+    turn = grow([(0, 0), (8, 8), (8, 9), (8, 8)], dport=3478)
+    dets = run([[e] for e in turn])
+    assert [len(d.calls) for d in dets] == [0, 1, 1, 1]
+    assert dets[1].flows[0].pending and dets[1].calls[0].tuples == frozenset()
+    assert not dets[2].flows[0].pending and dets[2].calls[0].tuples
+    plain = grow([(0, 0), (8, 8), (8, 9), (8, 8)])
+    assert [len(d.calls) for d in run([[e] for e in plain])] == [0, 0, 1, 1]
+
+
+def test_a_lone_weak_interval_on_a_media_port_never_reaches_the_voice_class():
+    # a STUN/ICE burst on 3478 for one second, then keepalives: one pending poll only
+    es = grow([(0, 0), (6, 6), (1, 1), (1, 1), (0, 0)], dport=3478)
+    dets = run([[e] for e in es])
+    assert [len(d.calls) for d in dets] == [0, 1, 0, 0, 0]
+    assert all(not d.tuples for d in dets)

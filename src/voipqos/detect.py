@@ -246,6 +246,7 @@ CALL_SHAPED = (STRONG, WEAK, PRIOR, VIDEO)
 RANK = {STRONG: 4, PRIOR: 3, WEAK: 2, VIDEO: 1, "-": 0}
 KEEP = frozenset((*CALL_SHAPED, ONE_WAY, TALK))
 PENDING = "1 interval so far: counts toward switching on, not in the voice class yet"
+WEAK_FIRST = "weak voice, first interval: a call if the next one keeps the rate"
 HISTORY = 3  # intervals of codes kept per flow
 HOLD = 6.0  # seconds a media flow stays media through silence (DTX, muted, a lost poll)
 MAX_TRACKED = 4096  # flows with history; beyond it new candidates wait for a free slot
@@ -416,6 +417,9 @@ class Detector:
                 f = Flow(e, MEDIA, (why, *detail, *(["documented media port"] if prior else []),
                                     *([PENDING] if pending else [])),
                          f.out, f.inb, f.lan_side, pending=pending)
+            elif code == PRIOR and t.codes[-2:-1] not in CALL_SHAPED:
+                f = Flow(e, MEDIA, (WEAK_FIRST, *detail, PENDING), f.out, f.inb, f.lan_side,
+                         pending=True)
             elif code == ONE_WAY:
                 f = Flow(e, OTHER, ("one-way voice leg, no return leg yet", *detail),
                          f.out, f.inb, f.lan_side)
