@@ -270,7 +270,8 @@ def test_streaming_or_tunnelled_download_with_voice_sized_acks_is_not_a_call():
 
 def test_a_socket_probing_several_peers_has_not_settled_on_a_call():
     # one LAN socket, three peers at 5-7 pps each way (matchmaking, ICE probing): weak
-    # evidence does not count; once one peer remains at a steady rate, it does
+    # evidence does not count; once one peer remains, its first interval counts toward
+    # switching on (pending) and the next one at a steady rate makes it a call
     peers = [FAR, FAR2, "203.0.113.77"]
     seq, totals = [], {p: 0 for p in peers}
     for t in range(6):
@@ -278,8 +279,9 @@ def test_a_socket_probing_several_peers_has_not_settled_on_a_call():
         for p in active:
             totals[p] += 6 if t else 0
         seq.append([entry(dst=p, pkts=(totals[p], totals[p])) for p in peers])
-    calls = [len(d.calls) for d in run(seq)]
-    assert calls[:4] == [0, 0, 0, 0] and calls[5] == 1
+    dets = run(seq)
+    assert [len(d.calls) for d in dets] == [0, 0, 0, 1, 1, 1]
+    assert dets[3].flows[0].pending and not dets[4].flows[0].pending
     busy = run(seq)[2].flows[0]
     assert busy.verdict == OTHER
 
@@ -320,3 +322,22 @@ def test_a_lone_weak_interval_on_a_media_port_never_reaches_the_voice_class():
     dets = run([[e] for e in es])
     assert [len(d.calls) for d in dets] == [0, 1, 0, 0, 0]
     assert all(not d.tuples for d in dets)
+
+
+def test_first_weak_interval_after_probing_relays_counts_toward_switching_on():
+    # Telegram: one LAN socket races 3 relays at ~5 pps each way, then settles on one at
+    # a voice rate: that first settled interval counts (pending); without the race the
+    # same interval waits for a second one
+    relays = [FAR, FAR2, "203.0.113.77"]
+    race = [[(0, 0)] * 3, [(5, 5)] * 3, [(9, 9), (1, 1), (1, 1)], [(9, 9), (1, 1), (1, 1)]]
+    totals = {r: [0, 0] for r in relays}
+    seq = []
+    for per in race:
+        for r, (o, i) in zip(relays, per, strict=True):
+            totals[r] = [totals[r][0] + o, totals[r][1] + i]
+        seq.append([entry(dst=r, dport=530, pkts=tuple(totals[r])) for r in relays])
+    dets = run(seq)
+    assert [len(d.calls) for d in dets] == [0, 0, 1, 1]
+    assert dets[2].flows[0].pending and not dets[3].flows[0].pending
+    alone = grow([(0, 0), (0, 0), (9, 9), (9, 9)], dport=530)
+    assert [len(d.calls) for d in run([[e] for e in alone])] == [0, 0, 0, 1]

@@ -248,6 +248,7 @@ KEEP = frozenset((*CALL_SHAPED, ONE_WAY, TALK))
 PENDING = "1 interval so far: counts toward switching on, not in the voice class yet"
 WEAK_FIRST = "weak voice, first interval: a call if the next one keeps the rate"
 HISTORY = 3  # intervals of codes kept per flow
+PROBED_RECENT = 2.0  # s: a socket's probing still explains its first weak interval
 HOLD = 6.0  # seconds a media flow stays media through silence (DTX, muted, a lost poll)
 MAX_TRACKED = 4096  # flows with history; beyond it new candidates wait for a free slot
 WEAK_PPS = 4.0  # the slowest voice packetisation (Opus 120 ms = 8.3 pps) half silent (DTX)
@@ -333,6 +334,9 @@ class Detector:
         self.tracks: dict[Key, _Track] = {}
         # LAN sockets whose flows were call-shaped last interval: (code, pps out, pps in)
         self.sockets: dict[tuple[str, int], tuple[str, tuple[float, float]]] = {}
+        # LAN sockets that probed several peers at once lately (ICE, relay races): when
+        # did they last
+        self.probed: dict[tuple[str, int], float] = {}
 
     def update(self, snap: Snapshot, sides: Sides = Sides(),
                interval: float | None = None) -> Detection:
@@ -356,6 +360,8 @@ class Detector:
         rated = [classify(e, before.get(k), dt, cfg, sides) for k, e in cur.entries.items()]
         busy = _fan_out(rated, cfg.min_pps, both=False)
         probing = _fan_out(rated, WEAK_PPS, both=True)
+        self.probed = {s: at for s, at in self.probed.items() if now - at <= PROBED_RECENT}
+        self.probed.update((s, now) for s in probing)
         for f in rated:
             e, key = f.entry, f.entry.key
             if f.out is None or f.verdict != OTHER:
@@ -417,7 +423,8 @@ class Detector:
                 f = Flow(e, MEDIA, (why, *detail, *(["documented media port"] if prior else []),
                                     *([PENDING] if pending else [])),
                          f.out, f.inb, f.lan_side, pending=pending)
-            elif code == PRIOR and t.codes[-2:-1] not in CALL_SHAPED:
+            elif t.codes[-2:-1] not in CALL_SHAPED and (code == PRIOR or (
+                    code == WEAK and _socket(f) in self.probed and _socket(f) not in probing)):
                 f = Flow(e, MEDIA, (WEAK_FIRST, *detail, PENDING), f.out, f.inb, f.lan_side,
                          pending=True)
             elif code == ONE_WAY:
