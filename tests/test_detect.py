@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -341,3 +342,19 @@ def test_first_weak_interval_after_probing_relays_counts_toward_switching_on():
     assert dets[2].flows[0].pending and not dets[3].flows[0].pending
     alone = grow([(0, 0), (0, 0), (9, 9), (9, 9)], dport=530)
     assert [len(d.calls) for d in run([[e] for e in alone])] == [0, 0, 0, 1]
+
+
+def test_one_side_sending_comfort_noise_keeps_an_established_call():
+    # a gateway call: voice both ways, then one side sends only comfort-noise/keepalive
+    # frames (7 pps x 41 B) while the other talks (50 pps x 200 B): still the call,
+    # beyond HOLD; the same shape never established is not a call
+    sizes = [(200, 200)] * 4 + [(41, 200)] * 12
+    rates = [(0, 0)] + [(50, 50)] * 3 + [(7, 50)] * 12
+    seq, tot = [], [0, 0, 0, 0]
+    for (op, ip), (os_, is_) in zip(rates, sizes, strict=True):
+        tot = [tot[0] + op, tot[1] + ip, tot[2] + op * os_, tot[3] + ip * is_]
+        e = entry(pkts=(tot[0], tot[1]))
+        seq.append([replace(e, orig_bytes=tot[2], reply_bytes=tot[3])])
+    assert [len(d.calls) for d in run(seq)][2:] == [1] * 14
+    cold = grow([(0, 0)] + [(7, 50)] * 8, size=(41, 200))
+    assert all(not d.calls for d in run([[e] for e in cold]))

@@ -240,7 +240,8 @@ def _describe(out: Direction, inb: Direction) -> str:
 
 # What one interval of a flow looked like (the per-flow history holds these codes only)
 STRONG, WEAK, VIDEO, ONE_WAY, ALIVE, QUIET, BULK = "S", "W", "V", "O", "A", "-", "X"
-TALK = "T"  # one side voice-sized at >= WEAK_PPS, the other only a trickle: DTX, muted
+TALK = "T"  # one side voice-sized at >= WEAK_PPS, the other a trickle or tiny frames (DTX,
+# muted, comfort noise, keepalives)
 PRIOR = "P"  # on a documented media port: weak voice or video sizes, both ways
 CALL_SHAPED = (STRONG, WEAK, PRIOR, VIDEO)
 RANK = {STRONG: 4, PRIOR: 3, WEAK: 2, VIDEO: 1, "-": 0}
@@ -293,7 +294,9 @@ def _code(out: Direction, inb: Direction, cfg: DetectConfig, prior: bool) -> str
         return PRIOR if prior else WEAK
     if prior and lo.pps >= WEAK_PPS and hi.mean_size <= MEDIA_MAX_SIZE:
         return PRIOR  # documented media port, both ways: audio or video of a call
-    if _voice(hi, cfg, WEAK_PPS) and lo.pps < WEAK_PPS and lo.mean_size <= cfg.max_size:
+    silent = lo.pps < WEAK_PPS and lo.mean_size <= cfg.max_size  # a trickle, DTX
+    tiny = lo.mean_size < cfg.min_size <= hi.mean_size and lo.pps <= hi.pps  # comfort noise
+    if _voice(hi, cfg, WEAK_PPS) and (silent or tiny):
         return TALK
     if lo.pps >= VIDEO_MIN_PPS and min(out.mean_size, inb.mean_size) >= DUPLEX_MIN_SIZE:
         return VIDEO
