@@ -358,3 +358,12 @@ def test_one_side_sending_comfort_noise_keeps_an_established_call():
     assert [len(d.calls) for d in run(seq)][2:] == [1] * 14
     cold = grow([(0, 0)] + [(7, 50)] * 8, size=(41, 200))
     assert all(not d.calls for d in run([[e] for e in cold]))
+
+
+def test_one_way_voice_counts_toward_switching_on_from_its_second_steady_interval():
+    # an IVR or muted-side leg at 33 pps x 280 B, nothing back: pending on the second
+    # steady interval, media (classified) on the third
+    es = grow([(0, 0)] + [(33, 0)] * 4, size=(280, 0))
+    dets = run([[e] for e in es])
+    assert [len(d.calls) for d in dets] == [0, 0, 1, 1, 1]
+    assert dets[2].flows[0].pending and not dets[2].tuples and dets[3].tuples

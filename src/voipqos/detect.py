@@ -248,6 +248,7 @@ RANK = {STRONG: 4, PRIOR: 3, WEAK: 2, VIDEO: 1, "-": 0}
 KEEP = frozenset((*CALL_SHAPED, ONE_WAY, TALK))
 PENDING = "1 interval so far: counts toward switching on, not in the voice class yet"
 WEAK_FIRST = "weak voice, first interval: a call if the next one keeps the rate"
+ONE_WAY_SECOND = "one-way voice, 2 intervals at a steady rate: a call if the next keeps it"
 HISTORY = 3  # intervals of codes kept per flow
 PROBED_RECENT = 2.0  # s: a socket's probing still explains its first weak interval
 HOLD = 6.0  # seconds a media flow stays media through silence (DTX, muted, a lost poll)
@@ -422,7 +423,8 @@ class Detector:
                     legs.setdefault(k, []).append(len(flows) * 2 + (f.out.pps >= f.inb.pps))
             if why:
                 # confirmed by a second interval: media before, or call-shaped at this rate
-                pending = t.runs == 1 and not (t.codes[-2:-1] in CALL_SHAPED and steady)
+                pending = t.runs == 1 and not (t.codes[-2:-1] in (*CALL_SHAPED, ONE_WAY)
+                                               and steady)
                 f = Flow(e, MEDIA, (why, *detail, *(["documented media port"] if prior else []),
                                     *([PENDING] if pending else [])),
                          f.out, f.inb, f.lan_side, pending=pending)
@@ -430,6 +432,9 @@ class Detector:
                     code == WEAK and _socket(f) in self.probed and _socket(f) not in probing)):
                 f = Flow(e, MEDIA, (WEAK_FIRST, *detail, PENDING), f.out, f.inb, f.lan_side,
                          pending=True)
+            elif code == ONE_WAY and t.codes.endswith(ONE_WAY * 2) and steady:
+                f = Flow(e, MEDIA, (ONE_WAY_SECOND, *detail, PENDING), f.out, f.inb,
+                         f.lan_side, pending=True)
             elif code == ONE_WAY:
                 f = Flow(e, OTHER, ("one-way voice leg, no return leg yet", *detail),
                          f.out, f.inb, f.lan_side)
