@@ -367,3 +367,13 @@ def test_one_way_voice_counts_toward_switching_on_from_its_second_steady_interva
     dets = run([[e] for e in es])
     assert [len(d.calls) for d in dets] == [0, 0, 1, 1, 1]
     assert dets[2].flows[0].pending and not dets[2].tuples and dets[3].tuples
+
+
+def test_a_companion_of_a_call_not_confirmed_yet_stays_out_of_the_voice_class():
+    # first interval of voice on a documented port (pending) with a slow small flow to the
+    # same far host: the companion waits with the call
+    media = grow([(0, 0), (8, 8), (8, 8)], dport=3478)
+    rtcp = grow([(0, 0), (2, 0), (2, 0)], sport=40001, dport=443, size=(52, 52))
+    dets = run([[m, c] for m, c in zip(media, rtcp, strict=True)])
+    assert [f.pending for f in dets[1].flows] == [True, True] and not dets[1].tuples
+    assert [f.verdict for f in dets[2].flows] == [MEDIA, MEDIA] and len(dets[2].tuples) == 4

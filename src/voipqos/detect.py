@@ -507,15 +507,19 @@ def _group(flows: list[Flow], interval: float | None, cfg: DetectConfig) -> Dete
         a, b = find(("h", *f.hosts)), find(("p", *_socket(f)))
         if a != b:
             parent[b] = a
-    pairs = {f.hosts for f in media}
+    pairs: dict[tuple[str, str], bool] = {}  # host pair -> all its media still pending
+    for f in media:
+        pairs[f.hosts] = pairs.get(f.hosts, True) and f.pending
     sip_hosts = {h for f in flows if f.verdict == SIGNALLING for h in f.hosts}
     members: dict[tuple, list[Flow]] = {}
     result: list[Flow] = []
     for f in flows:
         if f.verdict == OTHER and f.hosts in pairs and f.out is not None:
             if _companion(f, cfg):
-                f = Flow(f.entry, MEDIA, ("RTCP-like companion of call media", *f.reasons),
-                         f.out, f.inb, f.lan_side)
+                pending = pairs[f.hosts]  # a call not confirmed yet: nor its companions
+                f = Flow(f.entry, MEDIA, ("RTCP-like companion of call media", *f.reasons,
+                                          *([PENDING] if pending else [])),
+                         f.out, f.inb, f.lan_side, pending=pending)
             else:
                 f = Flow(f.entry, OTHER, (*f.reasons, "same hosts as a call, not call-shaped: "
                                           "kept out of the voice class"),
