@@ -13,6 +13,10 @@ from voipqos.lab.replay_eval import evaluate
 # or a few packets per flow by their source; their numbers are in docs/detection.md)
 CALLS_MET = ["whatsapp-turn", "whatsapp-login-call", "telegram-voice", "zoom-meeting",
              "kakaotalk", "sip-t38-fax"]
+# the profile on within 3 s of a call's first media second; 4 s where that second is
+# not the call's media as the router sees it (WhatsApp TURN: its ICE checks; the SIP
+# gateway capture: 2 s of far-end media the NAT router drops before the LAN side sends)
+MAX_DELAY = {"whatsapp-turn": 4, "sip-t38-fax": 4}
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +32,17 @@ def test_every_capture_has_its_replay(scores):
 def test_call_found_fast_and_kept_on(scores, name):
     s = scores[name]
     # the targets are 3 s and 90 %; these floors are what holds today (see
-    # docs/detection.md for the gap), so a change that loses ground fails
-    assert s.found and s.delay is not None and s.delay <= 5, s.row()
-    assert s.on_share >= 0.85, s.row()
+    # docs/detection.md), so a change that loses ground fails
+    assert s.found and s.delay is not None and s.delay <= MAX_DELAY.get(name, 3), s.row()
+    assert s.on_share >= 0.90, s.row()
+
+
+def test_corpus_totals_never_lose_ground(scores):
+    calls = [s for s in scores.values() if s.kind == "call"]
+    assert sum(s.found_calls for s in calls) >= 14
+    assert sum(s.active_on for s in calls) >= 272  # of 347 active call seconds
+    for name in ("whatsapp-voice", "whatsapp-login-call", "sip-rtp-g711"):
+        assert scores[name].delay is not None and scores[name].delay <= 3, name
 
 
 def test_no_false_call_on_games_tunnels_quic_downloads(scores):
