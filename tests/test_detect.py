@@ -377,3 +377,14 @@ def test_a_companion_of_a_call_not_confirmed_yet_stays_out_of_the_voice_class():
     dets = run([[m, c] for m, c in zip(media, rtcp, strict=True)])
     assert [f.pending for f in dets[1].flows] == [True, True] and not dets[1].tuples
     assert [f.verdict for f in dets[2].flows] == [MEDIA, MEDIA] and len(dets[2].tuples) == 4
+
+
+def test_weak_voice_after_the_sockets_relay_leg_on_a_documented_port_is_media():
+    # WhatsApp: the call starts on the TURN relay (3478) and moves to another relay port
+    # on the same LAN socket; the new leg's rate is still settling (4 -> 9 pps)
+    turn = grow([(0, 0), (8, 9), (0, 0)], dport=3478)
+    relay = grow([(0, 0), (4, 5), (9, 8)], dst=FAR2, dport=32704)
+    dets = run([[a, b] for a, b in zip(turn, relay, strict=True)])
+    assert [len(d.calls) for d in dets] == [0, 1, 1]
+    assert dets[2].flows[1].verdict == MEDIA
+    assert "after a documented media port" in dets[2].flows[1].reasons[0]

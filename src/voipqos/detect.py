@@ -304,12 +304,15 @@ def _code(out: Direction, inb: Direction, cfg: DetectConfig, prior: bool) -> str
     return ALIVE
 
 
-def _evidence(codes: str, cfg: DetectConfig, steady: bool) -> str | None:
-    """Why the flow's recent intervals make it call media now, or None."""
+def _evidence(codes: str, cfg: DetectConfig, steady: bool, socket_before: str) -> str | None:
+    """Why the flow's recent intervals make it call media now, or None; socket_before:
+    the best code of the LAN socket's flows in the previous interval."""
     now = codes[-1:]
     if now == STRONG:
         return "voice-sized both ways"
-    if now == WEAK and codes[-2:-1] == PRIOR:
+    if now == WEAK and PRIOR in (codes[-2:-1], socket_before):
+        # the same flow, or the socket's relay leg on a documented port (WhatsApp starts
+        # on its TURN relay at 3478 and moves to a direct/relay path on another port)
         return f"voice-sized both ways at >= {WEAK_PPS:g} pps after a documented media port"
     if now == WEAK and codes[-2:-1] == WEAK and steady:
         return f"voice-sized both ways at >= {WEAK_PPS:g} pps, steady rate for 2 intervals"
@@ -396,7 +399,7 @@ class Detector:
                 t = _Track(code0, rates=rates0)
             t.codes = (t.codes + code)[-HISTORY:]
             steady = _steady(t.rates, f.out, f.inb)
-            why = _evidence(t.codes, cfg, steady)
+            why = _evidence(t.codes, cfg, steady, self.sockets.get(_socket(f), ("",))[0])
             t.rates = (f.out.pps, f.inb.pps)
             if code == BULK:
                 t.media_at, t.runs = None, 0
