@@ -61,6 +61,16 @@ def test_no_false_call_on_games_tunnels_quic_downloads(phase, request):
     assert [s.row() for s in every if s.noise] == []  # nothing else rides with a call
 
 
-def test_every_whatsapp_call_found(scores):
+@pytest.mark.parametrize("phase", ["scores", "shifted"])
+def test_every_whatsapp_call_found(phase, request):
+    scores = request.getfixturevalue(phase)
     for name in ("whatsapp-voice", "whatsapp-video", "whatsapp-login-call", "whatsapp-turn"):
         assert scores[name].found, name
+
+
+def test_shifted_phase_never_loses_ground(shifted):
+    calls = [s for s in shifted.values() if s.kind == "call"]
+    assert sum(s.found_calls for s in calls) >= 16
+    assert sum(s.active_on for s in calls) >= 283  # of 346 active call seconds
+    for name in CALLS_MET:
+        assert shifted[name].found and shifted[name].on_share >= 0.89, shifted[name].row()
