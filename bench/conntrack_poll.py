@@ -245,7 +245,7 @@ def fill_table(n: int, udp: int) -> None:
                     off += (length + 3) & ~3
         except BlockingIOError:
             pass
-        if errors:
+        if errors > n // 1000:  # a random tuple may repeat one: a few are fine
             raise SystemExit(f"fill: {errors} inserts refused")
 
 

@@ -244,9 +244,11 @@ SYSCTL_DIR = "/proc/sys/net/netfilter"
 FLOOR_PPS = 1.0  # below this in both directions for QUIET_POLLS, a flow stops being watched
 QUIET_POLLS = 2
 FRESH_SLACK_S = 3  # "had a packet in the last few seconds", read from the entry's timeout
-# discovery work per poll (wall time, kernel included): the last cycle's work spread over
-# CYCLE_POLLS polls, within [SLICE_MIN_S, SLICE_MAX_S]; past that the cycle gets longer
-SLICE_MIN_S, SLICE_MAX_S, CYCLE_POLLS = 0.004, 0.040, 3
+# discovery work per poll (wall time, kernel included): a whole cycle when it took at most
+# ONE_POLL_S (a new call is then found in the poll it starts), else the last cycle's work
+# spread over CYCLE_POLLS polls, within [SLICE_MIN_S, SLICE_MAX_S]; past that the cycle
+# gets longer
+SLICE_MIN_S, ONE_POLL_S, SLICE_MAX_S, CYCLE_POLLS = 0.004, 0.010, 0.040, 3
 MAX_WATCHED = 2000  # flows refreshed every poll; more active UDP flows than that: a warning
 GET_CHUNK = 64  # lookups per sendmsg (their answers must fit the socket's buffer)
 CYCLE_WARN_S = 10.0  # a discovery cycle slower than this is reported in the status
@@ -261,6 +263,12 @@ def _sysctl(name: str, default: int, base: str = SYSCTL_DIR) -> int:
             return int(f.read())
     except (OSError, ValueError):
         return default
+
+
+def _slice(work: float) -> float:
+    """Discovery time per poll for a cycle that takes `work` seconds in all."""
+    return min(SLICE_MAX_S, max(SLICE_MIN_S, work if work <= ONE_POLL_S
+                                else work / CYCLE_POLLS))
 
 
 class _Watched:
@@ -283,13 +291,14 @@ class Tracker:
 
     Two parts per poll: (1) every watched flow (UDP with a packet rate at least
     FLOOR_PPS in some direction, TCP on a SIP port) is looked up by its tuple, batched,
-    and becomes an Entry; (2) a slice (SLICE_S) of a discovery cycle: ctnetlink dumps
-    filtered in the kernel to UDP and to TCP on the SIP ports, resumed across polls. A
-    UDP entry whose timeout shows a packet in the last FRESH_SLACK_S seconds (the kernel
-    resets it to nf_conntrack_udp_timeout[_stream] on every packet) starts being watched.
-    The slice adapts so a cycle takes about CYCLE_POLLS polls, up to SLICE_MAX_S per
-    poll; a table bigger than that only makes the cycle longer, so a new call is found
-    later: `cycle_s` and the Snapshot's `note` say so. Unwatched flows cost nothing
+    and becomes an Entry; (2) a slice of a discovery cycle: ctnetlink dumps filtered in
+    the kernel to UDP and to TCP on the SIP ports, resumed across polls. A UDP entry
+    whose timeout shows a packet in the last FRESH_SLACK_S seconds (the kernel resets it
+    to nf_conntrack_udp_timeout[_stream] on every packet) starts being watched. The
+    slice adapts: a cheap cycle (<= ONE_POLL_S) runs whole every poll, a dearer one is
+    spread over about CYCLE_POLLS polls, up to SLICE_MAX_S per poll; a table bigger than
+    that only makes the cycle longer, so a new call is found later: `cycle_s` and the
+    Snapshot's `note` say so. Unwatched flows cost nothing
     between cycles and no memory. Needs CAP_NET_ADMIN in the router's network namespace.
     """
 
@@ -424,7 +433,7 @@ class Tracker:
     def _discover(self, snap: Snapshot, now: float) -> None:
         began = time.perf_counter()
         # a cycle running long (the table grew): spread what it took so far wider
-        self.slice_s = min(SLICE_MAX_S, max(self.slice_s, self._work / CYCLE_POLLS))
+        self.slice_s = max(self.slice_s, _slice(self._work))
         deadline = began + self.slice_s
         buf, view = self._buf, memoryview(self._buf)
         restarted = False
@@ -436,8 +445,7 @@ class Tracker:
                     restarted = True
                     if self._cycle_start:
                         self.cycle_s = now - self._cycle_start
-                        self.slice_s = min(SLICE_MAX_S, max(SLICE_MIN_S,
-                                                            self._work / CYCLE_POLLS))
+                        self.slice_s = _slice(self._work)
                     self._cycle_start, self._work = now, 0.0
                     self._queue = self._requests()
                     self._timeouts = (_sysctl("nf_conntrack_udp_timeout", 30, self.sysctl_dir),

@@ -43,10 +43,10 @@ MIN_CLASS_KBIT = 8
 LEAF_QUEUE_S = 0.05
 # The download (IFB) default leaf is shorter: download shaping sits after the bottleneck,
 # and the sender's window, which this leaf bounds, lands in the modem's buffer whenever
-# it bursts. bench/download_latency.py (18 Mbit/s, pure ACKs prioritised, 8 runs each):
-# 16 packets (~11 ms) p99 added 5-7 ms, 20 packets 8-10 ms, 74 packets (50 ms) 16-17 ms,
-# goodput 93-94 % for all. Cubic keeps the line busy with ~0.4 x rate x RTT of queue, so
-# ~11 ms suits WAN round trips up to ~25 ms.
+# it bursts. bench/download_latency.py (18 Mbit/s, pure ACKs prioritised): 16 packets
+# (~11 ms) p99 added 2.9 ms quiet / 5-7 ms on a busy CPU, 74 packets 3.4 / 16-19 ms,
+# goodput 93-94 % for both (docs/perf.md). Cubic keeps the line busy with ~0.4 x rate x
+# RTT of queue, so ~11 ms suits WAN round trips up to ~25 ms.
 DOWN_LEAF_QUEUE_S = 0.011
 MIN_PFIFO_LIMIT = 16
 MTU_BYTES = 1514

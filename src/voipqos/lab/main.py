@@ -72,6 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help="comma-separated subset of %(default)s")
     p.add_argument("--prefix", default="vqf-lab-", help="namespace name prefix (%(default)s)")
+    p.add_argument("--conntrack-source", default="netlink", choices=("netlink", "proc"),
+                   help="the daemon's conntrack_source (%(default)s)")
     args = p.parse_args(argv)
     names = args.scenarios.split(",")
     bad = [n for n in names if n not in SCENARIOS]
@@ -114,7 +116,8 @@ def _run(args: argparse.Namespace) -> int:
                            "started": time.time(), "scenarios": []}
     try:
         with four_hosts(args.prefix, line) as topo:
-            lab = Lab(topo, line, timing, raw, progress_printer("[setup]"))
+            lab = Lab(topo, line, timing, raw, progress_printer("[setup]"),
+                      args.conntrack_source)
             lab.start_servers()
             lab.progress = progress_printer("[idle]")
             idle = probe.summarize(probe.samples_from_irtt(lab.idle()))

@@ -54,7 +54,8 @@ FULL = Timing(idle=5, warm=5, call=20, auto_call=40, tail=8)
 
 
 def lab_config(line: Line, timing: Timing, run_dir: Path, forced: bool,
-               up_share: float = 0.95, down_share: float = 0.90) -> str:
+               up_share: float = 0.95, down_share: float = 0.90,
+               source: str = "netlink") -> str:
     """The router's /etc/config/voipqos for the lab. Shaping sits just below the line so
     the queue forms on the router; off_hold/min_on are short so a run sees the profile
     switch off within seconds. Forced on has no daemon to feed the classifier the call's
@@ -65,6 +66,7 @@ def lab_config(line: Line, timing: Timing, run_dir: Path, forced: bool,
              f"\toption upload '{int(line.up_kbit * up_share)}'",
              f"\toption download '{int(line.down_kbit * down_share)}'",
              f"\toption poll_interval '{timing.poll:g}'",
+             f"\toption conntrack_source '{source}'",
              f"\toption off_hold '{timing.off_hold:g}'",
              "\toption min_on '0'",
              f"\toption run_dir '{run_dir}'",
@@ -87,6 +89,7 @@ class Lab:
     timing: Timing
     raw: Path  # raw tool outputs and logs
     progress: Progress
+    source: str = "netlink"  # the daemon's conntrack_source
 
     @staticmethod
     def _voipqos() -> list[str]:
@@ -144,7 +147,8 @@ class Lab:
         call, load = t.call_s(name), t.load_s(name)
         self.topo.exec("router", "conntrack -F", check=False)  # each call starts afresh
         cfg_path = raw / f"{name}.voipqos.conf"
-        cfg_path.write_text(lab_config(self.line, t, raw / f"{name}.run", name == "forced"))
+        cfg_path.write_text(lab_config(self.line, t, raw / f"{name}.run", name == "forced",
+                                       source=self.source))
         out: dict[str, Any] = {"name": name, "title": SCENARIOS[name], "errors": []}
         daemon = None
         if name == "auto":
