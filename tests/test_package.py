@@ -113,6 +113,7 @@ def test_control_fields(voipqos):
         "python3-light", "kmod-sched-core", "kmod-sched-bpf", "kmod-ifb", "tc-bpf",
         "ip-tiny",  # the classifier loader reads `ip -j link` (busybox ip has no -j)
         "rpcd-mod-ucode", "ucode-mod-ubus",  # the public ubus object: an rpcd ucode plugin
+        "kmod-nf-conntrack-netlink",  # the default conntrack_source reads only candidates
     } == set(depends[1:])
     assert (f["Source"], f["SourceName"]) == ("package/voipqos", "voipqos")
     assert (f["License"], f["Section"], f["Architecture"]) == ("GPL-2.0-only", "net", "all")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 PROC_PATH = "/proc/net/nf_conntrack"
+UDP, TCP = 17, 6  # IP protocol numbers, as the classifier's tuples and ctnetlink carry them
 ACCT_SYSCTL = "/proc/sys/net/netfilter/nf_conntrack_acct"
 
 

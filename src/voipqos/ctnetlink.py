@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 
-from .conntrack import Entry, Snapshot, Tuple
+from .conntrack import TCP, UDP, Entry, Snapshot, Tuple
 
 NETLINK_NETFILTER = 12
 CT_GET = (1 << 8) | 1  # NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET
@@ -41,7 +41,6 @@ FILTER_PROTO_NUM, FILTER_SRC_PORT, FILTER_DST_PORT = 1 << 3, 1 << 4, 1 << 5
 IPS_SEEN_REPLY, IPS_ASSURED, IPS_OFFLOAD, IPS_HW_OFFLOAD = 1 << 1, 1 << 2, 1 << 14, 1 << 15
 TCP_STATES = ("NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT",
               "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2")
-UDP, TCP = 17, 6
 _HDR = struct.Struct("=IHHII")
 _ATTR = struct.Struct("=HH")
 _BE16, _BE32, _BE64 = struct.Struct(">H"), struct.Struct(">I"), struct.Struct(">Q")

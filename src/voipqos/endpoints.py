@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import selectors
 import socket
 import stat
@@ -66,7 +65,7 @@ def load_secret(path: str) -> str:
                 os.chmod(path, 0o600)
         else:
             with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(16) + "\n")
+                f.write(rpc.new_token() + "\n")
         secret = Path(path).read_text().strip()
     except OSError as exc:
         raise EndpointError(f"secret file {path}: {exc.strerror or exc}") from None

@@ -19,6 +19,7 @@ from typing import Literal
 
 from .alerts import Alert
 from .config import Config
+from .conntrack import TCP, UDP
 from .detect import FiveTuple
 from .profile import ProfileError
 
@@ -34,7 +35,6 @@ REDIRECT_PRIO = 0x5651  # after the BPF classifier (pref 1), so its marks happen
 ETH_P_ALL, ETH_P_IP, ETH_P_IPV6 = 0x0003, 0x0800, 0x86DD
 IFB_PREFIX = "vqi-"
 IFNAMSIZ = 15
-UDP, TCP = 17, 6
 MIN_CLASS_KBIT = 8
 # The pfifo fallback leaf (no fq_codel) holds about 50 ms at the class's ceiling: deep
 # enough for TCP to keep the shaper busy, shallow enough that bulk TCP meets a drop before

@@ -15,12 +15,11 @@ not carry `ubus_rpc_session`, which uhttpd adds itself.
 from __future__ import annotations
 
 import fnmatch
-import hmac
 import json
 import logging
 import math
+import os
 import re
-import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +27,20 @@ from typing import Any
 from . import api
 
 log = logging.getLogger(__name__)
+
+
+def new_token() -> str:
+    """32 random hex digits, as rpcd's session ids. From os.urandom: the secrets and
+    hmac modules would load OpenSSL's libcrypto into the service (about 4 MiB)."""
+    return os.urandom(16).hex()
+
+
+def same(a: bytes, b: bytes) -> bool:
+    """Compare secrets in a time that does not depend on where they differ."""
+    diff = len(a) ^ len(b)
+    for x, y in zip(a, b, strict=False):
+        diff |= x ^ y
+    return diff == 0
 
 NULL_SESSION = "0" * 32  # rpcd's unauthenticated session
 USER = "root"
@@ -88,15 +101,15 @@ class Sessions:
         """A new session id, or None for a wrong user name or password."""
         if not isinstance(username, str) or not isinstance(password, str):
             return None
-        ok_pw = hmac.compare_digest(password.encode(), self._password)
-        if not (ok_pw and hmac.compare_digest(username.encode(), USER.encode())):
+        ok_pw = same(password.encode(), self._password)
+        if not (ok_pw and same(username.encode(), USER.encode())):
             return None
         now = self._clock()
         for sid in [s for s, (_, t) in self._live.items() if now >= t]:
             del self._live[sid]
         while len(self._live) >= MAX_SESSIONS:  # bounded: the oldest login goes first
             del self._live[min(self._live, key=lambda s: self._live[s][1])]
-        sid = secrets.token_hex(16)
+        sid = new_token()
         timeout = timeout or self.timeout
         self._live[sid] = (timeout, now + timeout)
         return sid

@@ -13,16 +13,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
-import http.client
 import json
 import os
 import re
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import api, config, rpc
+
+if TYPE_CHECKING:  # imported where used: http.client loads ssl and email (8 MiB), and
+    import http.client  # `voipqos run` imports this module for its argument parser
 
 PASSWORD_ENV = "VOIPQOS_PASSWORD"
 
@@ -35,15 +37,17 @@ class _Denied(Exception):
     """JSON-RPC -32002: no session, an expired one, or a method outside the ACL."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
+def _unix_connection(path: str, timeout: float) -> http.client.HTTPConnection:
+    """HTTP over a unix socket, connected at the first request as a TCP one would be."""
+    import http.client
 
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(self.timeout)
+            self.sock.connect(path)
+
+    return UnixConnection("localhost", timeout=timeout)
 
 
 class SessionClient:
@@ -162,6 +166,8 @@ class SessionClient:
         return result
 
     def _post(self, payload: dict) -> Any:
+        import http.client
+
         body = json.dumps(payload).encode()
         conn = self._connection()
         try:
@@ -201,8 +207,10 @@ class LocalClient(SessionClient):
         self._unix = self._addr if family == socket.AF_UNIX else None
 
     def _connection(self) -> http.client.HTTPConnection:
+        import http.client
+
         if self._unix is not None:
-            return _UnixConnection(self._unix, self.timeout)
+            return _unix_connection(self._unix, self.timeout)
         return http.client.HTTPConnection(*self._addr, timeout=self.timeout)
 
     def _needs_login(self, method: str) -> bool:
