@@ -74,7 +74,7 @@ def _daemonize() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import daemon, hostinfo
+    from . import daemon, hostinfo, service
     from .profile import LogProfile, ProfileError
 
     cfg = load_config(args.config)
@@ -100,8 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .endpoints import EndpointError
 
     try:
-        return daemon.run(d)
-    except (daemon.AlreadyRunning, EndpointError) as exc:
+        return service.run(d)
+    except (service.AlreadyRunning, EndpointError) as exc:
         raise CliError(str(exc)) from None
 
 
@@ -112,8 +112,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     first and then deletes whatever is left."""
     from . import hostinfo
     from .backends import make_profile
-    from .daemon import AlreadyRunning, pid_lock
     from .profile import ProfileError
+    from .service import AlreadyRunning, pid_lock
 
     cfg = load_config(args.config)
     try:

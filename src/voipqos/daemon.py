@@ -5,22 +5,15 @@ Each part keeps its own rules and renders its own status (Hysteresis: when shapi
 wanted; switching.Switch: which profile actions to run and what the kernel holds;
 the profile: its kernel objects); this module only runs them in order and executes the
 switching actions. Whatever it applied is removed on SIGTERM, SIGINT or a failed start,
-so the line is never left throttled by a dead daemon.
+so the line is never left throttled by a dead daemon. The OS it reads is `system.System`;
+the process around it (pid lock, signals, the loop) is `service.run`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import logging
-import os
-import select
-import signal
-import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from . import __version__, conntrack, hostinfo
@@ -32,9 +25,9 @@ from .config import Config, ConfigError, load, to_dict
 from .detect import Call, DetectConfig, Detection, Detector, Sides
 from .documents import call_doc, flows_document
 from .hysteresis import Hysteresis, HysteresisConfig, Mode
-from .linkwatch import Events
 from .profile import Profile, ProfileError
 from .switching import Action, Kind, Switch, SwitchConfig, call_tuples
+from .system import System
 
 log = logging.getLogger("voipqos")
 
@@ -43,83 +36,7 @@ ProfileFactory = Callable[[Config, str], Profile]
 APPLY_RETRY = 10.0  # seconds between attempts when a profile action failed
 SIDES_REFRESH = 30.0  # seconds between re-reads of the router's addresses
 METRICS_REFRESH = 5.0
-WATCH_INTERVAL = 0.25  # while shaping, look for kernel changes this often between polls
 CHECK_INTERVAL = 0.5  # at most this often read the kernel back after events (busy routers)
-
-
-class System:
-    """The daemon's reads and writes of the OS, in one place so tests can script them."""
-
-    def __init__(self) -> None:
-        self._watch: Any = None
-        self._process: Any = None
-        self.tracker: Any = None  # ctnetlink.Tracker: its watched flows carry over polls
-
-    def snapshot(self, cfg: Config, now: float) -> conntrack.Snapshot:
-        """netlink: a cost that grows with the flows that can be calls (ctnetlink.Tracker);
-        /proc when asked for, or when the kernel has no ctnetlink."""
-        if cfg.conntrack_source == "netlink":
-            from .ctnetlink import Tracker
-
-            try:
-                if self.tracker is None or self.tracker.ports != frozenset(cfg.sip_ports):
-                    if self.tracker is not None:
-                        self.tracker.close()
-                    self.tracker = None
-                    self.tracker = Tracker(cfg.sip_ports)
-                return self.tracker.poll(now)
-            except OSError as exc:
-                if self.tracker is not None or exc.errno != errno.EPROTONOSUPPORT:
-                    raise
-            snap = conntrack.read_proc(sip_ports=cfg.sip_ports, taken_at=now)
-            snap.note = ("ctnetlink is missing (kmod-nf-conntrack-netlink): reading "
-                         "/proc/net/nf_conntrack, which costs more on a big table")
-            return snap
-        return conntrack.read_proc(sip_ports=cfg.sip_ports, taken_at=now)
-
-    def resolve(self, interface: str) -> str:
-        return hostinfo.resolve_device(interface)
-
-    def sides(self, device: str) -> Sides:
-        return hostinfo.sides(device)
-
-    def accounting(self) -> bool | None:
-        return conntrack.read_accounting()
-
-    def enable_accounting(self) -> None:
-        conntrack.enable_accounting()
-
-    def kernel_events(self) -> Events:
-        """Link and tc changes since the last call (rtnetlink events)."""
-        if self._watch is None:
-            from .linkwatch import LinkWatch
-
-            self._watch = LinkWatch()
-        return self._watch.events()
-
-    def traffic(self, device: str) -> dict[str, int] | None:
-        """The device's own counters (rx = download), also while the profile is off."""
-        import psutil
-
-        io = psutil.net_io_counters(pernic=True).get(device)
-        if io is None:
-            return None
-        return {"rx_bytes": io.bytes_recv, "tx_bytes": io.bytes_sent,
-                "rx_packets": io.packets_recv, "tx_packets": io.packets_sent}
-
-    def _proc(self) -> Any:
-        if self._process is None:
-            import psutil
-
-            self._process = psutil.Process()
-        return self._process
-
-    def cpu_percent(self) -> float:
-        """CPU use of this process since the previous call."""
-        return float(self._proc().cpu_percent(None))
-
-    def rss(self) -> int:
-        return int(self._proc().memory_info().rss)
 
 
 class ReloadRejected(ValueError):
@@ -444,140 +361,3 @@ class Daemon:
     def dispatcher(self) -> Dispatcher:
         return Dispatcher({"status": self.status, "flows": self.flows, "check": self.check,
                            "set_mode": self.set_mode, "reload": self._reload_call})
-
-
-# -- process plumbing ------------------------------------------------------------------------
-
-
-class AlreadyRunning(RuntimeError):
-    pass
-
-
-@contextlib.contextmanager
-def pid_lock(run_dir: str, wait: float = 0.0):
-    """One daemon per run_dir: an flock on the pid file, released when we exit. `apply`
-    and `remove` take it too, so nothing changes the device under a running daemon;
-    `wait` is how long to wait for a holder that is shutting down (procd does not wait)."""
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    path = Path(run_dir, "voipqos.pid")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError as exc:
-                if time.monotonic() >= deadline:
-                    other = os.pread(fd, 32, 0).decode().strip() or "?"
-                    raise AlreadyRunning(
-                        f"voipqos is already running (pid {other}, {path})") from exc
-                time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
-class Waiter:
-    """Sleeps until the next poll unless woken by a signal (no endpoint configured)."""
-
-    def __init__(self, wake_fd: int) -> None:
-        self.wake_fd = wake_fd
-
-    def wait(self, timeout: float) -> None:
-        select.select([self.wake_fd], [], [], timeout)
-
-    def send_event(self, event: str, data: dict[str, Any]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def make_endpoints(d: Daemon, wake_fd: int):
-    """The JSON-RPC endpoint (and ubus when python-ubus is importable)."""
-    try:
-        import ubus  # noqa: F401  (python-ubus, on OpenWrt)
-
-        use_ubus = True
-    except ImportError:
-        use_ubus = False
-    if not d.cfg.rpc_listen and not use_ubus:
-        return Waiter(wake_fd)
-    from .endpoints import Endpoints
-
-    return Endpoints(d.dispatcher(), d.cfg.rpc_listen, str(Path(d.cfg.run_dir, "rpc.secret")),
-                     use_ubus, wake_fd)
-
-
-def _until(d: Daemon, next_poll: float) -> float:
-    """Seconds to wait: the next poll, a switching deadline, or the next look at the
-    kernel while shaping (a lost IFB blackholes download traffic until restored)."""
-    now = d.clock()
-    wake = next_poll
-    if d.switch.active:
-        wake = min(wake, now + WATCH_INTERVAL)
-    deadline = d.switch.next_deadline()
-    if deadline is not None:  # never a spin, whatever the deadline says
-        wake = min(wake, max(deadline, now + WATCH_INTERVAL / 5))
-    return max(0.0, wake - now)
-
-
-def run(d: Daemon) -> int:
-    """The loop: polls on a drift-free grid, endpoints served in between."""
-    flags = {"stop": False, "reload": False}
-
-    def on_stop(signum: int, frame: object) -> None:
-        flags["stop"] = True
-
-    def on_hup(signum: int, frame: object) -> None:
-        flags["reload"] = True
-
-    rsock, wsock = socket.socketpair()
-    rsock.setblocking(False)
-    wsock.setblocking(False)
-    old_wake = signal.set_wakeup_fd(wsock.fileno())
-    handlers = {s: signal.signal(s, on_stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
-    endpoints = None
-    try:
-        with pid_lock(d.cfg.run_dir), contextlib.ExitStack() as held:
-            # on any way out, before the lock is released: `voipqos remove --wait` (the
-            # init script's stop) then finds nothing left, and a second daemon refused
-            # the lock never removes the running one's profile
-            held.callback(d.shutdown)
-            d.shutdown()  # a predecessor killed with -9 may have left its profile
-            endpoints = make_endpoints(d, rsock.fileno())
-            d.send_event = endpoints.send_event
-            log.info("voipqos %s watching conntrack every %g s, shaping %s (%s backend)",
-                     __version__, d.cfg.poll_interval, d.device, d.profile.name)
-            start = d.clock()
-            n = 0
-            while not flags["stop"]:
-                now = d.clock()
-                if now >= start + n * d.cfg.poll_interval:
-                    d.poll(now)
-                    # drift-free: the next slot on the grid, skipping any we overran
-                    n = int((d.clock() - start) / d.cfg.poll_interval) + 1
-                elif d.switch.active or d.switch.next_deadline() is not None:
-                    d.tend(now)
-                if flags["reload"]:
-                    flags["reload"] = False
-                    with contextlib.suppress(ReloadRejected):
-                        d.reload()
-                endpoints.wait(_until(d, start + n * d.cfg.poll_interval))
-                with contextlib.suppress(BlockingIOError):
-                    while rsock.recv(512):
-                        pass
-            log.info("stopping: removing the profile")
-    finally:
-        if endpoints is not None:
-            endpoints.close()
-        signal.set_wakeup_fd(old_wake)
-        for s, h in handlers.items():
-            signal.signal(s, h)
-        rsock.close()
-        wsock.close()
-    return 0
