@@ -15,7 +15,7 @@ from line_faults import wait_for, write_config
 from voipqos.lab import netns
 
 pytestmark = pytest.mark.kernel
-PREFIX = "vqq-"
+PREFIX = "vqcq-"  # not the accuracy bench's vqq-: a bench run beside CI must not delete it
 
 # one side of an RTP call: 20 ms PCMU packets, every `every`th one not sent (lost before
 # it reaches the router on the LAN side, or on the internet side for the far end's)

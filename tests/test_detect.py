@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -270,7 +271,8 @@ def test_streaming_or_tunnelled_download_with_voice_sized_acks_is_not_a_call():
 
 def test_a_socket_probing_several_peers_has_not_settled_on_a_call():
     # one LAN socket, three peers at 5-7 pps each way (matchmaking, ICE probing): weak
-    # evidence does not count; once one peer remains at a steady rate, it does
+    # evidence does not count; once one peer remains, its first interval counts toward
+    # switching on (pending) and the next one at a steady rate makes it a call
     peers = [FAR, FAR2, "203.0.113.77"]
     seq, totals = [], {p: 0 for p in peers}
     for t in range(6):
@@ -278,8 +280,9 @@ def test_a_socket_probing_several_peers_has_not_settled_on_a_call():
         for p in active:
             totals[p] += 6 if t else 0
         seq.append([entry(dst=p, pkts=(totals[p], totals[p])) for p in peers])
-    calls = [len(d.calls) for d in run(seq)]
-    assert calls[:4] == [0, 0, 0, 0] and calls[5] == 1
+    dets = run(seq)
+    assert [len(d.calls) for d in dets] == [0, 0, 0, 1, 1, 1]
+    assert dets[3].flows[0].pending and not dets[4].flows[0].pending
     busy = run(seq)[2].flows[0]
     assert busy.verdict == OTHER
 
@@ -299,3 +302,89 @@ def test_one_way_legs_pair_offline_without_sides():
     det = run([[a, b] for a, b in zip(up, down, strict=True)], sides=Sides())[-1]
     assert [f.verdict for f in det.flows] == [MEDIA, MEDIA] and len(det.calls) == 1
     assert det.flows[0].reasons[0].startswith("paired one-way legs")
+
+
+def test_weak_voice_on_a_documented_media_port_counts_from_its_first_interval():
+    # WhatsApp through its TURN relay on 3478 at ~8 pps: the first interval counts toward
+    # switching on (pending: nothing in the voice class yet), the second confirms it; the
+    # same rates on an undocumented port need two steady intervals first
+    turn = grow([(0, 0), (8, 8), (8, 9), (8, 8)], dport=3478)
+    dets = run([[e] for e in turn])
+    assert [len(d.calls) for d in dets] == [0, 1, 1, 1]
+    assert dets[1].flows[0].pending and dets[1].calls[0].tuples == frozenset()
+    assert not dets[2].flows[0].pending and dets[2].calls[0].tuples
+    plain = grow([(0, 0), (8, 8), (8, 9), (8, 8)])
+    assert [len(d.calls) for d in run([[e] for e in plain])] == [0, 0, 1, 1]
+
+
+def test_a_lone_weak_interval_on_a_media_port_never_reaches_the_voice_class():
+    # a STUN/ICE burst on 3478 for one second, then keepalives: one pending poll only
+    es = grow([(0, 0), (6, 6), (1, 1), (1, 1), (0, 0)], dport=3478)
+    dets = run([[e] for e in es])
+    assert [len(d.calls) for d in dets] == [0, 1, 0, 0, 0]
+    assert all(not d.tuples for d in dets)
+
+
+def test_first_weak_interval_after_probing_relays_counts_toward_switching_on():
+    # Telegram: one LAN socket races 3 relays at ~5 pps each way, then settles on one at
+    # a voice rate: that first settled interval counts (pending); without the race the
+    # same interval waits for a second one
+    relays = [FAR, FAR2, "203.0.113.77"]
+    race = [[(0, 0)] * 3, [(5, 5)] * 3, [(9, 9), (1, 1), (1, 1)], [(9, 9), (1, 1), (1, 1)]]
+    totals = {r: [0, 0] for r in relays}
+    seq = []
+    for per in race:
+        for r, (o, i) in zip(relays, per, strict=True):
+            totals[r] = [totals[r][0] + o, totals[r][1] + i]
+        seq.append([entry(dst=r, dport=530, pkts=tuple(totals[r])) for r in relays])
+    dets = run(seq)
+    assert [len(d.calls) for d in dets] == [0, 0, 1, 1]
+    assert dets[2].flows[0].pending and not dets[3].flows[0].pending
+    alone = grow([(0, 0), (0, 0), (9, 9), (9, 9)], dport=530)
+    assert [len(d.calls) for d in run([[e] for e in alone])] == [0, 0, 0, 1]
+
+
+def test_one_side_sending_comfort_noise_keeps_an_established_call():
+    # a gateway call: voice both ways, then one side sends only comfort-noise/keepalive
+    # frames (7 pps x 41 B) while the other talks (50 pps x 200 B): still the call,
+    # beyond HOLD; the same shape never established is not a call
+    sizes = [(200, 200)] * 4 + [(41, 200)] * 12
+    rates = [(0, 0)] + [(50, 50)] * 3 + [(7, 50)] * 12
+    seq, tot = [], [0, 0, 0, 0]
+    for (op, ip), (os_, is_) in zip(rates, sizes, strict=True):
+        tot = [tot[0] + op, tot[1] + ip, tot[2] + op * os_, tot[3] + ip * is_]
+        e = entry(pkts=(tot[0], tot[1]))
+        seq.append([replace(e, orig_bytes=tot[2], reply_bytes=tot[3])])
+    assert [len(d.calls) for d in run(seq)][2:] == [1] * 14
+    cold = grow([(0, 0)] + [(7, 50)] * 8, size=(41, 200))
+    assert all(not d.calls for d in run([[e] for e in cold]))
+
+
+def test_one_way_voice_counts_toward_switching_on_from_its_second_steady_interval():
+    # an IVR or muted-side leg at 33 pps x 280 B, nothing back: pending on the second
+    # steady interval, media (classified) on the third
+    es = grow([(0, 0)] + [(33, 0)] * 4, size=(280, 0))
+    dets = run([[e] for e in es])
+    assert [len(d.calls) for d in dets] == [0, 0, 1, 1, 1]
+    assert dets[2].flows[0].pending and not dets[2].tuples and dets[3].tuples
+
+
+def test_a_companion_of_a_call_not_confirmed_yet_stays_out_of_the_voice_class():
+    # first interval of voice on a documented port (pending) with a slow small flow to the
+    # same far host: the companion waits with the call
+    media = grow([(0, 0), (8, 8), (8, 8)], dport=3478)
+    rtcp = grow([(0, 0), (2, 0), (2, 0)], sport=40001, dport=443, size=(52, 52))
+    dets = run([[m, c] for m, c in zip(media, rtcp, strict=True)])
+    assert [f.pending for f in dets[1].flows] == [True, True] and not dets[1].tuples
+    assert [f.verdict for f in dets[2].flows] == [MEDIA, MEDIA] and len(dets[2].tuples) == 4
+
+
+def test_weak_voice_after_the_sockets_relay_leg_on_a_documented_port_is_media():
+    # WhatsApp: the call starts on the TURN relay (3478) and moves to another relay port
+    # on the same LAN socket; the new leg's rate is still settling (4 -> 9 pps)
+    turn = grow([(0, 0), (8, 9), (0, 0)], dport=3478)
+    relay = grow([(0, 0), (4, 5), (9, 8)], dst=FAR2, dport=32704)
+    dets = run([[a, b] for a, b in zip(turn, relay, strict=True)])
+    assert [len(d.calls) for d in dets] == [0, 1, 1]
+    assert dets[2].flows[1].verdict == MEDIA
+    assert "after a documented media port" in dets[2].flows[1].reasons[0]

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import pytest
 
-from voipqos.lab.replay_corpus import load_manifest
+from voipqos.lab.replay_corpus import CORPUS, load_manifest
 from voipqos.lab.replay_eval import evaluate
 
 # calls whose captures hold enough media to judge (the others are cut to a few seconds
 # or a few packets per flow by their source; their numbers are in docs/detection.md)
 CALLS_MET = ["whatsapp-turn", "whatsapp-login-call", "telegram-voice", "zoom-meeting",
              "kakaotalk", "sip-t38-fax"]
+# the profile on within 3 s of a call's first media second; 4 s where that second is
+# not the call's media as the router sees it (WhatsApp TURN: its ICE checks; the SIP
+# gateway capture: 2 s of far-end media the NAT router drops before the LAN side sends)
+MAX_DELAY = {"whatsapp-turn": 4, "sip-t38-fax": 4}
 
 
 @pytest.fixture(scope="module")
@@ -20,25 +24,53 @@ def scores():
     return {s.name: s for s in evaluate()}
 
 
-def test_every_capture_has_its_replay(scores):
-    assert {c["name"] for c in load_manifest()} == set(scores)
+@pytest.fixture(scope="module")
+def shifted():
+    """The same corpus replayed with every packet 0.5 s later: another phase of the poll
+    against the traffic, as another replay or a real router would see it."""
+    return {s.name: s for s in evaluate(CORPUS / "shift-0.5")}
+
+
+def test_every_capture_has_its_replay(scores, shifted):
+    assert {c["name"] for c in load_manifest()} == set(scores) == set(shifted)
 
 
 @pytest.mark.parametrize("name", CALLS_MET)
 def test_call_found_fast_and_kept_on(scores, name):
     s = scores[name]
     # the issue's targets are 3 s and 90 %; these floors are what holds today (see
-    # docs/detection.md for the gap), so a change that loses ground fails
-    assert s.found and s.delay is not None and s.delay <= 5, s.row()
-    assert s.on_share >= 0.85, s.row()
+    # docs/detection.md), so a change that loses ground fails
+    assert s.found and s.delay is not None and s.delay <= MAX_DELAY.get(name, 3), s.row()
+    assert s.on_share >= 0.90, s.row()
 
 
-def test_no_false_call_on_games_tunnels_quic_downloads(scores):
-    quiet = [s for s in scores.values() if s.kind != "call"]
+def test_corpus_totals_never_lose_ground(scores):
+    calls = [s for s in scores.values() if s.kind == "call"]
+    assert sum(s.found_calls for s in calls) >= 14
+    assert sum(s.active_on for s in calls) >= 272  # of 347 active call seconds
+    for name in ("whatsapp-voice", "whatsapp-login-call", "sip-rtp-g711"):
+        assert scores[name].delay is not None and scores[name].delay <= 3, name
+
+
+@pytest.mark.parametrize("phase", ["scores", "shifted"])
+def test_no_false_call_on_games_tunnels_quic_downloads(phase, request):
+    every = request.getfixturevalue(phase).values()
+    quiet = [s for s in every if s.kind != "call"]
     assert quiet
-    assert [s.row() for s in quiet if s.switch_ons or s.noise] == []
+    assert [s.row() for s in quiet if s.switch_ons] == []
+    assert [s.row() for s in every if s.noise] == []  # nothing else rides with a call
 
 
-def test_every_whatsapp_call_found(scores):
+@pytest.mark.parametrize("phase", ["scores", "shifted"])
+def test_every_whatsapp_call_found(phase, request):
+    scores = request.getfixturevalue(phase)
     for name in ("whatsapp-voice", "whatsapp-video", "whatsapp-login-call", "whatsapp-turn"):
         assert scores[name].found, name
+
+
+def test_shifted_phase_never_loses_ground(shifted):
+    calls = [s for s in shifted.values() if s.kind == "call"]
+    assert sum(s.found_calls for s in calls) >= 16
+    assert sum(s.active_on for s in calls) >= 283  # of 346 active call seconds
+    for name in CALLS_MET:
+        assert shifted[name].found and shifted[name].on_share >= 0.89, shifted[name].row()

@@ -112,8 +112,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     first and then deletes whatever is left."""
     from . import hostinfo
     from .backends import make_profile
-    from .service import AlreadyRunning, pid_lock
     from .profile import ProfileError
+    from .service import AlreadyRunning, pid_lock
 
     cfg = load_config(args.config)
     try:

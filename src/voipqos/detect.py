@@ -240,13 +240,17 @@ def _describe(out: Direction, inb: Direction) -> str:
 
 # What one interval of a flow looked like (the per-flow history holds these codes only)
 STRONG, WEAK, VIDEO, ONE_WAY, ALIVE, QUIET, BULK = "S", "W", "V", "O", "A", "-", "X"
-TALK = "T"  # one side voice-sized at >= WEAK_PPS, the other only a trickle: DTX, muted
+TALK = "T"  # one side voice-sized at >= WEAK_PPS, the other a trickle or tiny frames (DTX,
+# muted, comfort noise, keepalives)
 PRIOR = "P"  # on a documented media port: weak voice or video sizes, both ways
 CALL_SHAPED = (STRONG, WEAK, PRIOR, VIDEO)
 RANK = {STRONG: 4, PRIOR: 3, WEAK: 2, VIDEO: 1, "-": 0}
 KEEP = frozenset((*CALL_SHAPED, ONE_WAY, TALK))
 PENDING = "1 interval so far: counts toward switching on, not in the voice class yet"
+WEAK_FIRST = "weak voice, first interval: a call if the next one keeps the rate"
+ONE_WAY_SECOND = "one-way voice, 2 intervals at a steady rate: a call if the next keeps it"
 HISTORY = 3  # intervals of codes kept per flow
+PROBED_RECENT = 2.0  # s: a socket's probing still explains its first weak interval
 HOLD = 6.0  # seconds a media flow stays media through silence (DTX, muted, a lost poll)
 MAX_TRACKED = 4096  # flows with history; beyond it new candidates wait for a free slot
 WEAK_PPS = 4.0  # the slowest voice packetisation (Opus 120 ms = 8.3 pps) half silent (DTX)
@@ -291,19 +295,24 @@ def _code(out: Direction, inb: Direction, cfg: DetectConfig, prior: bool) -> str
         return PRIOR if prior else WEAK
     if prior and lo.pps >= WEAK_PPS and hi.mean_size <= MEDIA_MAX_SIZE:
         return PRIOR  # documented media port, both ways: audio or video of a call
-    if _voice(hi, cfg, WEAK_PPS) and lo.pps < WEAK_PPS and lo.mean_size <= cfg.max_size:
+    silent = lo.pps < WEAK_PPS and lo.mean_size <= cfg.max_size  # a trickle, DTX
+    tiny = lo.mean_size < cfg.min_size <= hi.mean_size and lo.pps <= hi.pps  # comfort noise
+    if _voice(hi, cfg, WEAK_PPS) and (silent or tiny):
         return TALK
     if lo.pps >= VIDEO_MIN_PPS and min(out.mean_size, inb.mean_size) >= DUPLEX_MIN_SIZE:
         return VIDEO
     return ALIVE
 
 
-def _evidence(codes: str, cfg: DetectConfig, steady: bool) -> str | None:
-    """Why the flow's recent intervals make it call media now, or None."""
+def _evidence(codes: str, cfg: DetectConfig, steady: bool, socket_before: str) -> str | None:
+    """Why the flow's recent intervals make it call media now, or None; socket_before:
+    the best code of the LAN socket's flows in the previous interval."""
     now = codes[-1:]
     if now == STRONG:
         return "voice-sized both ways"
-    if now == WEAK and codes[-2:-1] == PRIOR:
+    if now == WEAK and PRIOR in (codes[-2:-1], socket_before):
+        # the same flow, or the socket's relay leg on a documented port (WhatsApp starts
+        # on its TURN relay at 3478 and moves to a direct/relay path on another port)
         return f"voice-sized both ways at >= {WEAK_PPS:g} pps after a documented media port"
     if now == WEAK and codes[-2:-1] == WEAK and steady:
         return f"voice-sized both ways at >= {WEAK_PPS:g} pps, steady rate for 2 intervals"
@@ -332,6 +341,9 @@ class Detector:
         self.tracks: dict[Key, _Track] = {}
         # LAN sockets whose flows were call-shaped last interval: (code, pps out, pps in)
         self.sockets: dict[tuple[str, int], tuple[str, tuple[float, float]]] = {}
+        # LAN sockets that probed several peers at once lately (ICE, relay races): when
+        # did they last
+        self.probed: dict[tuple[str, int], float] = {}
 
     def update(self, snap: Snapshot, sides: Sides = Sides(),
                interval: float | None = None) -> Detection:
@@ -355,6 +367,8 @@ class Detector:
         rated = [classify(e, before.get(k), dt, cfg, sides) for k, e in cur.entries.items()]
         busy = _fan_out(rated, cfg.min_pps, both=False)
         probing = _fan_out(rated, WEAK_PPS, both=True)
+        self.probed = {s: at for s, at in self.probed.items() if now - at <= PROBED_RECENT}
+        self.probed.update((s, now) for s in probing)
         for f in rated:
             e, key = f.entry, f.entry.key
             if f.out is None or f.verdict != OTHER:
@@ -385,7 +399,7 @@ class Detector:
                 t = _Track(code0, rates=rates0)
             t.codes = (t.codes + code)[-HISTORY:]
             steady = _steady(t.rates, f.out, f.inb)
-            why = _evidence(t.codes, cfg, steady)
+            why = _evidence(t.codes, cfg, steady, self.sockets.get(_socket(f), ("",))[0])
             t.rates = (f.out.pps, f.inb.pps)
             if code == BULK:
                 t.media_at, t.runs = None, 0
@@ -412,10 +426,18 @@ class Detector:
                     legs.setdefault(k, []).append(len(flows) * 2 + (f.out.pps >= f.inb.pps))
             if why:
                 # confirmed by a second interval: media before, or call-shaped at this rate
-                pending = t.runs == 1 and not (t.codes[-2:-1] in CALL_SHAPED and steady)
+                pending = t.runs == 1 and not (t.codes[-2:-1] in (*CALL_SHAPED, ONE_WAY)
+                                               and steady)
                 f = Flow(e, MEDIA, (why, *detail, *(["documented media port"] if prior else []),
                                     *([PENDING] if pending else [])),
                          f.out, f.inb, f.lan_side, pending=pending)
+            elif t.codes[-2:-1] not in CALL_SHAPED and (code == PRIOR or (
+                    code == WEAK and _socket(f) in self.probed and _socket(f) not in probing)):
+                f = Flow(e, MEDIA, (WEAK_FIRST, *detail, PENDING), f.out, f.inb, f.lan_side,
+                         pending=True)
+            elif code == ONE_WAY and t.codes.endswith(ONE_WAY * 2) and steady:
+                f = Flow(e, MEDIA, (ONE_WAY_SECOND, *detail, PENDING), f.out, f.inb,
+                         f.lan_side, pending=True)
             elif code == ONE_WAY:
                 f = Flow(e, OTHER, ("one-way voice leg, no return leg yet", *detail),
                          f.out, f.inb, f.lan_side)
@@ -488,15 +510,19 @@ def _group(flows: list[Flow], interval: float | None, cfg: DetectConfig) -> Dete
         a, b = find(("h", *f.hosts)), find(("p", *_socket(f)))
         if a != b:
             parent[b] = a
-    pairs = {f.hosts for f in media}
+    pairs: dict[tuple[str, str], bool] = {}  # host pair -> all its media still pending
+    for f in media:
+        pairs[f.hosts] = pairs.get(f.hosts, True) and f.pending
     sip_hosts = {h for f in flows if f.verdict == SIGNALLING for h in f.hosts}
     members: dict[tuple, list[Flow]] = {}
     result: list[Flow] = []
     for f in flows:
         if f.verdict == OTHER and f.hosts in pairs and f.out is not None:
             if _companion(f, cfg):
-                f = Flow(f.entry, MEDIA, ("RTCP-like companion of call media", *f.reasons),
-                         f.out, f.inb, f.lan_side)
+                pending = pairs[f.hosts]  # a call not confirmed yet: nor its companions
+                f = Flow(f.entry, MEDIA, ("RTCP-like companion of call media", *f.reasons,
+                                          *([PENDING] if pending else [])),
+                         f.out, f.inb, f.lan_side, pending=pending)
             else:
                 f = Flow(f.entry, OTHER, (*f.reasons, "same hosts as a call, not call-shaped: "
                                           "kept out of the voice class"),

@@ -6,6 +6,11 @@ flows; the address map) and the replay plan (`NAME.plan.gz`: each datagram's tim
 ports and size, no payload: `replay.read_plan` replays it again without the pcap). The
 pcaps themselves are not in the repository: fetch them from the source named in the
 manifest (repository, commit, path) into `--pcaps`.
+
+`--shift S --out DIR` replays the committed plans again with every datagram S seconds
+later (no pcaps needed): the same traffic against another phase of the router's
+once-a-second poll, as another replay or a real router would see it. The corpus test
+scores `shift-0.5/` too, so a rule that only works at one phase fails.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from .replay import media_seconds, plan, replay, write_plan, write_snapshots
+from .replay import Plan, media_seconds, plan, read_plan, replay, write_plan, write_snapshots
 from .replay_pcap import read_udp
 
 CORPUS = Path(__file__).resolve().parents[3] / "tests" / "data" / "captures"
@@ -27,10 +32,14 @@ def load_manifest(directory: Path = CORPUS) -> list[dict]:
     return json.loads((directory / "corpus.json").read_text())["captures"]
 
 
-def run_one(cap: dict, pcaps: Path, out: Path, prefix: str) -> str:
-    datagrams, _ = read_udp(pcaps / cap["file"])
-    p = plan(datagrams, cap["lan"])
-    write_plan(out / f"{cap['name']}.plan.gz", p)
+def run_one(cap: dict, pcaps: Path | None, out: Path, prefix: str, shift: float = 0.0) -> str:
+    if pcaps is None:  # the committed plan, shifted
+        p = read_plan(CORPUS / f"{cap['name']}.plan.gz")
+        p = Plan(p.lan_host, [(t + shift, *rest) for t, *rest in p.sends], p.far_map,
+                 p.skipped, p.duration + shift)
+    else:
+        p = plan(read_udp(pcaps / cap["file"])[0], cap["lan"])
+        write_plan(out / f"{cap['name']}.plan.gz", p)
     res = replay(p, prefix)
     write_snapshots(out / f"{cap['name']}.ct", res.snapshots)
     truth = {"name": cap["name"], "duration": round(p.duration, 3), "sent": res.sent,
@@ -42,18 +51,24 @@ def run_one(cap: dict, pcaps: Path, out: Path, prefix: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="voipqos-replay-corpus", description=__doc__.split("\n")[0])
-    ap.add_argument("--pcaps", required=True, help="directory holding the corpus' capture files")
+    ap.add_argument("--pcaps", help="directory holding the corpus' capture files")
+    ap.add_argument("--shift", type=float, help="replay the committed plans this many "
+                    "seconds later instead (no pcaps)")
     ap.add_argument("--out", default=str(CORPUS))
     ap.add_argument("--only", nargs="*", help="capture names (default: all)")
     ap.add_argument("--jobs", type=int, default=2)
     a = ap.parse_args(argv)
+    if (a.pcaps is None) == (a.shift is None):
+        print("voipqos-replay-corpus: give --pcaps or --shift", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("voipqos-replay-corpus: needs root (network namespaces)", file=sys.stderr)
         return 2
     Path(a.out).mkdir(parents=True, exist_ok=True)
     caps = [c for c in load_manifest() if not a.only or c["name"] in a.only]
     with ProcessPoolExecutor(a.jobs) as pool:
-        futs = [pool.submit(run_one, c, Path(a.pcaps), Path(a.out), f"vqr{os.getpid()}x{i}-")
+        futs = [pool.submit(run_one, c, a.pcaps and Path(a.pcaps), Path(a.out),
+                            f"vqr{os.getpid()}x{i}-", a.shift or 0.0)
                 for i, c in enumerate(caps)]
         for f in futs:
             print(f.result(), flush=True)

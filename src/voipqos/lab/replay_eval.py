@@ -129,7 +129,8 @@ def score(cap: dict, directory: Path, cfg: config.Config) -> Score:
 def evaluate(directory: Path = CORPUS, cfg: config.Config | None = None,
              names: list[str] | None = None) -> list[Score]:
     cfg = cfg or config.defaults()
-    return [score(c, directory, cfg) for c in load_manifest(directory)
+    manifest = load_manifest(directory if (directory / "corpus.json").exists() else CORPUS)
+    return [score(c, directory, cfg) for c in manifest
             if (not names or c["name"] in names) and (directory / f"{c['name']}.ct").exists()]
 
 
