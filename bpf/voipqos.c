@@ -177,12 +177,46 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
 	return 0;
 }
 
+/* the offset of the IPv6 upper-layer header after the extension headers starting at off
+ * (*next: the first one's type, then the upper layer's); -1 truncated or too many.
+ * *frag: 0 no fragment header, 1 a first fragment, 2 a later one (no L4 header). */
+static __always_inline int ipv6_upper(struct __sk_buff *skb, __u32 off, __u8 *next,
+				      __u8 *frag)
+{
+	int i;
+
+	*frag = 0;
+#pragma unroll
+	for (i = 0; i < VOIPQOS_MAX_EXTHDRS; i++) {
+		__u8 ext[4];	/* next header, length, and for a fragment its offset */
+
+		if (*next != IPPROTO_HOPOPTS && *next != IPPROTO_ROUTING &&
+		    *next != IPPROTO_DSTOPTS && *next != IPPROTO_FRAGMENT && *next != IPPROTO_AH)
+			return off;
+		if (load(skb, off, ext, sizeof(ext)))
+			return -1;
+		if (*next == IPPROTO_FRAGMENT) {
+			*frag = (ext[2] << 5 | ext[3] >> 3) != 0 ? 2 : 1;
+			if (*frag == 2)
+				return off;
+			off += 8;
+		} else if (*next == IPPROTO_AH) {
+			off += (ext[1] + 2) * 4;
+		} else {
+			off += (ext[1] + 1) * 8;
+		}
+		*next = ext[0];
+	}
+	return *next == IPPROTO_HOPOPTS || *next == IPPROTO_ROUTING ||
+	       *next == IPPROTO_DSTOPTS || *next == IPPROTO_FRAGMENT || *next == IPPROTO_AH ?
+	       -1 : (int)off;
+}
+
 static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p)
 {
 	__u8 h[8];	/* version/class/label, payload length, next header, hop limit */
-	__u32 off = p->l3 + 40;
-	__u8 next;
-	int i;
+	__u8 next, frag;
+	int off;
 
 	if (load(skb, p->l3, h, sizeof(h)) ||
 	    load(skb, p->l3 + 8, p->key.saddr, 32))
@@ -192,27 +226,9 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p)
 	p->ipv6 = 1;
 	p->dsfield = (h[0] << 4) | (h[1] >> 4);
 	next = h[6];
-
-#pragma unroll
-	for (i = 0; i < VOIPQOS_MAX_EXTHDRS; i++) {
-		__u8 ext[4];	/* next header, length, and for a fragment its offset */
-
-		if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
-		    next != IPPROTO_DSTOPTS && next != IPPROTO_FRAGMENT && next != IPPROTO_AH)
-			break;
-		if (load(skb, off, ext, sizeof(ext)))
-			return 0;	/* truncated: classify by addresses/DSCP only */
-		if (next == IPPROTO_FRAGMENT) {
-			if ((ext[2] << 5 | ext[3] >> 3) != 0)
-				return 0;	/* non-first fragment: no ports */
-			off += 8;
-		} else if (next == IPPROTO_AH) {
-			off += (ext[1] + 2) * 4;
-		} else {
-			off += (ext[1] + 1) * 8;
-		}
-		next = ext[0];
-	}
+	off = ipv6_upper(skb, p->l3 + 40, &next, &frag);
+	if (off < 0 || frag == 2)
+		return 0;	/* truncated or a non-first fragment: addresses/DSCP only */
 	p->key.proto = next;
 	load_ports(skb, off, p);
 	return 0;
@@ -572,9 +588,9 @@ static __always_inline int classify(struct __sk_buff *skb, __u32 l3, __u16 proto
 	return TC_ACT_UNSPEC;	/* let later filters (the IFB redirect) run */
 }
 
-/* Ethernet devices, with up to two VLAN tags in the packet (an offloaded tag is not) */
-SEC("tc")
-int voipqos_eth(struct __sk_buff *skb)
+/* the ethertype after up to two VLAN tags in the packet (an offloaded tag is not);
+ * *l3 the offset of the L3 header; 0 truncated */
+static __always_inline __u16 eth_type(struct __sk_buff *skb, __u32 *l3)
 {
 	__u32 off = 12;
 	__be16 type;
@@ -582,15 +598,28 @@ int voipqos_eth(struct __sk_buff *skb)
 
 #pragma unroll
 	for (i = 0; i < 3; i++) {
-		if (load(skb, off, &type, sizeof(type))) {
-			count(skb, 0);
-			return TC_ACT_UNSPEC;
-		}
+		if (load(skb, off, &type, sizeof(type)))
+			return 0;
 		if (type != bpf_htons(ETH_P_8021Q) && type != bpf_htons(ETH_P_8021AD))
 			break;
 		off += 4;
 	}
-	return classify(skb, off + 2, bpf_ntohs(type));
+	*l3 = off + 2;
+	return bpf_ntohs(type);
+}
+
+/* Ethernet devices */
+SEC("tc")
+int voipqos_eth(struct __sk_buff *skb)
+{
+	__u32 l3 = 0;
+	__u16 type = eth_type(skb, &l3);
+
+	if (!type) {
+		count(skb, 0);
+		return TC_ACT_UNSPEC;
+	}
+	return classify(skb, l3, type);
 }
 
 /* devices without a link-layer header (pppoe-wan, wireguard, tun): data starts at IP */
@@ -598,6 +627,139 @@ SEC("tc_l3")
 int voipqos_l3(struct __sk_buff *skb)
 {
 	return classify(skb, 0, bpf_ntohs(skb->protocol));
+}
+
+/* --- the observer: header evidence while the profile is off (voipqos.h) ------------- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct seen_key);
+	__type(value, struct seen_flow);
+	__uint(max_entries, VOIPQOS_SEEN_FLOWS);
+} voipqos_seen SEC(".maps");
+
+/* one packet that may be RTP or STUN, this direction (header_evidence._Direction) */
+static __always_inline void seen_packet(struct seen_dir *d, int stun, __u32 ssrc, __u16 seq)
+{
+	__u32 i;
+
+	if (stun) {
+		d->stun++;
+		return;
+	}
+#pragma unroll
+	for (i = 0; i < 2; i++) {
+		if ((d->used >> i) & 1 && d->ssrc[i] == ssrc) {
+			__u16 gap = seq - d->seq[i];
+
+			if (gap >= 1 && gap <= RTP_CHAIN_GAP)
+				d->rtp++;
+			d->seq[i] = seq;
+			d->last = i;
+			return;
+		}
+	}
+	i = d->last ? 0 : 1;	/* a new SSRC takes the slot that was not used last */
+	d->ssrc[i & 1] = ssrc;
+	d->seq[i & 1] = seq;
+	d->used |= 1 << i;
+	d->last = i;
+}
+
+/* UDP only, not fragmented: TCP and every other protocol leave at the protocol check */
+static __always_inline void observe(struct __sk_buff *skb, __u32 l3, __u16 proto)
+{
+	__u32 dir = skb->ingress_ifindex == skb->ifindex ? SEEN_IN : SEEN_OUT;
+	struct seen_key key = {};
+	struct seen_flow *flow;
+	__u32 l4, len, ssrc = 0;
+	__u8 buf[20], udp[8], b[12] = {};	/* b: the payload's first 12 (or 8) bytes */
+	const __u8 *h;
+	__u16 seq = 0;
+	int stun;
+
+	if (proto == ETH_P_IP) {
+		h = peek(skb, l3, buf, 20);
+		if (!h || h[9] != IPPROTO_UDP)
+			return;
+		if ((h[0] >> 4) != 4 || (h[0] & 0x0f) < 5 || ((h[6] & 0x3f) | h[7]))
+			return;		/* not IPv4, or a fragment (MF set or an offset) */
+		key.far_addr[2] = bpf_htonl(0x0000ffff);
+		if (dir == SEEN_IN)
+			__builtin_memcpy(&key.far_addr[3], &h[12], 4);
+		else
+			__builtin_memcpy(&key.far_addr[3], &h[16], 4);
+		l4 = l3 + (h[0] & 0x0f) * 4;
+	} else if (proto == ETH_P_IPV6) {
+		__u8 next, frag;
+		int off;
+
+		h = peek(skb, l3, buf, 8);
+		if (!h || (h[0] >> 4) != 6)
+			return;
+		next = h[6];
+		off = ipv6_upper(skb, l3 + 40, &next, &frag);
+		if (next != IPPROTO_UDP || off < 0 || frag)
+			return;
+		if (load(skb, l3 + (dir == SEEN_IN ? 8 : 24), key.far_addr, 16))
+			return;
+		l4 = off;
+	} else {
+		return;
+	}
+	if (load(skb, l4, udp, sizeof(udp)))
+		return;
+	len = (__u32)udp[4] << 8 | udp[5];	/* UDP length: Ethernet padding is not payload */
+	if (len > skb->len - l4)
+		len = skb->len - l4;
+	if (len < 8 + 8)
+		return;
+	if (len >= 8 + 12 ? load(skb, l4 + 8, b, 12) : load(skb, l4 + 8, b, 8))
+		return;
+	stun = (b[0] & 0xc0) == 0 && be32_at(b + 4) == STUN_COOKIE;
+	if (!stun) {
+		if (len < 8 + 12 || (b[0] >> 6) != 2 || ((b[1] & 0x7f) >= 72 && (b[1] & 0x7f) <= 76))
+			return;		/* neither: not worth a map entry or a lookup */
+		ssrc = be32_at(b + 8);
+		seq = (__u16)b[2] << 8 | b[3];
+	}
+	if (dir == SEEN_IN) {
+		__builtin_memcpy(&key.far_port, &udp[0], 2);
+		__builtin_memcpy(&key.near_port, &udp[2], 2);
+	} else {
+		__builtin_memcpy(&key.far_port, &udp[2], 2);
+		__builtin_memcpy(&key.near_port, &udp[0], 2);
+	}
+	flow = bpf_map_lookup_elem(&voipqos_seen, &key);
+	if (!flow) {
+		struct seen_flow fresh = {};
+
+		bpf_map_update_elem(&voipqos_seen, &key, &fresh, BPF_NOEXIST);
+		flow = bpf_map_lookup_elem(&voipqos_seen, &key);
+		if (!flow)
+			return;
+	}
+	seen_packet(&flow->dir[dir & 1], stun, ssrc, seq);
+}
+
+/* observe-only entries: never change the packet, always TC_ACT_UNSPEC */
+SEC("tc_observe")
+int voipqos_obs_eth(struct __sk_buff *skb)
+{
+	__u32 l3 = 0;
+	__u16 type = eth_type(skb, &l3);
+
+	if (type)
+		observe(skb, l3, type);
+	return TC_ACT_UNSPEC;
+}
+
+SEC("tc_observe_l3")
+int voipqos_obs_l3(struct __sk_buff *skb)
+{
+	observe(skb, 0, bpf_ntohs(skb->protocol));
+	return TC_ACT_UNSPEC;
 }
 
 char _license[] SEC("license") = "GPL";

@@ -124,4 +124,39 @@ struct voipqos_stats {
 	struct counter other;
 };
 
+/*
+ * The observer (voipqos_obs_eth, voipqos_obs_l3): RTP/STUN evidence from the first 12
+ * bytes of UDP payloads, per flow and direction, attached while the profile is off too. It is the C
+ * form of src/voipqos/header_evidence.py (the specification; a kernel test feeds both
+ * the same packets). Key: the flow as a packet arriving at the WAN device carries it,
+ * which is conntrack's reply tuple (src, sport, dport) with or without NAT.
+ */
+#define VOIPQOS_SEEN_FLOWS	2048
+#define RTP_CHAIN_GAP		64	/* sequence numbers a chained packet may skip */
+#define STUN_COOKIE		0x2112A442
+
+enum { SEEN_OUT, SEEN_IN, SEEN_DIRS };	/* leaving / arriving through the WAN device */
+
+/* key of voipqos_seen: network byte order, IPv4 as ::ffff:a.b.c.d */
+struct seen_key {
+	__u32 far_addr[4];
+	__be16 far_port;
+	__be16 near_port;
+};
+
+struct seen_dir {
+	__u32 ssrc[2];		/* two streams (audio + video bundled on one 5-tuple) */
+	__u32 rtp;		/* packets continuing a stream (wrapping counter) */
+	__u32 stun;		/* STUN/TURN messages (wrapping counter) */
+	__u16 seq[2];		/* last sequence number per slot */
+	__u8 used;		/* bit i: slot i holds an SSRC */
+	__u8 last;		/* the slot matched or filled most recently */
+	__u8 pad[2];
+};
+
+/* value of voipqos_seen; unlocked like flow_state (one CPU per flow and direction) */
+struct seen_flow {
+	struct seen_dir dir[SEEN_DIRS];
+};
+
 #endif

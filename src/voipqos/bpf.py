@@ -6,6 +6,10 @@ bpffs mount; `TC_BPF_MNT` points tc at it, which also survives `ip netns exec`
 remounting /sys as long as pin_dir is not under /sys). The maps are then read and
 written through bpf_syscall.py, with the layouts classifier_maps.py reads from the
 object's BTF (declared once, in bpf/voipqos.h).
+
+The object holds two programs that share the pin directory: the classifier (pref 1, while
+the profile is on) and the observer (observer.py, its own pref, also while it is off).
+`TcProgram` is what both do on a device; each owns (unpins) only its own maps.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from .classifier_maps import (
     CONFIG,
     FLOWS,
     MAP_NAMES,
+    OBJECT_MAPS,
     PORTS,
     STATS,
     ClassifierMaps,
@@ -72,6 +77,7 @@ def _is_bpffs(path: Path) -> bool:
 
 
 SYSTEM_BPFFS = Path("/sys/fs/bpf")
+BPFFS_OWN = {"maps.debug", "progs.debug"}  # what a fresh bpffs holds (kernel bpf_preload)
 
 
 def _mount_bpffs(path: Path) -> None:
@@ -80,8 +86,15 @@ def _mount_bpffs(path: Path) -> None:
         raise BpfError(f"mount bpffs on {path}: {res.stderr.strip()}")
 
 
-class Classifier:
-    """The classifier on one or more (device, hook) pairs sharing one set of pinned maps."""
+class TcProgram:
+    """One of the object's programs on one or more (device, hook) pairs, its maps pinned
+    by name in pin_dir. Subclasses say which filter slot, sections and maps are theirs."""
+
+    what = "classifier"                  # in messages
+    pref, handle = PREF, HANDLE
+    sections = ("tc", "tc_l3")           # Ethernet devices, devices without a link header
+    prog_names = PROG_NAMES
+    own_maps: tuple[str, ...] = MAP_NAMES  # unpinned by close(); the others are left
 
     def __init__(self, pin_dir: str, obj: Path | None = None, netns: str | None = None) -> None:
         self.pin_dir = Path(pin_dir)
@@ -148,11 +161,12 @@ class Classifier:
         return json.loads(res.stdout)[0] if res.returncode == 0 else None
 
     def _section(self, dev: str) -> str:
-        """tc for Ethernet devices, tc_l3 for those without a link header (PPPoE, tun)."""
+        """The Ethernet section, or the L3 one for devices without a link header (PPPoE,
+        tun)."""
         link = self._link(dev)
         if link is None:
             raise BpfError(f"device {dev} not found")
-        return "tc" if link.get("link_type") == "ether" else "tc_l3"
+        return self.sections[0 if link.get("link_type") == "ether" else 1]
 
     def _where(self, dev: str, hook: str, qdiscs: list[dict] | None = None) -> list[str]:
         """Where the hook's filter sits: clsact's (or an ingress qdisc's) hook, or, for
@@ -171,20 +185,21 @@ class Classifier:
         return ["parent", root["handle"]]
 
     def _our_filter(self, dev: str, where: list[str]) -> dict | None:
-        """Our filter at PREF, None if the slot is free; BpfError if someone else's is there."""
-        for f in self._json("filter", "show", "dev", dev, *where, "pref", str(PREF)):
+        """Our filter at our pref, None if the slot is free; BpfError if someone else's is
+        there."""
+        for f in self._json("filter", "show", "dev", dev, *where, "pref", str(self.pref)):
             opts = f.get("options")
             if opts is None:
                 continue
-            if f.get("kind") != "bpf" or opts.get("prog", {}).get("name") not in PROG_NAMES:
-                raise BpfError(f"{dev} {' '.join(where)}: pref {PREF} holds another filter "
+            if f.get("kind") != "bpf" or opts.get("prog", {}).get("name") not in self.prog_names:
+                raise BpfError(f"{dev} {' '.join(where)}: pref {self.pref} holds another filter "
                                f"({f.get('kind')})")
             return f
         return None
 
     def attach(self, dev: str, hook: str) -> None:
         """clsact on dev (an existing clsact or ingress qdisc is used as is), our filter at
-        pref 1 returning TC_ACT_UNSPEC. Replaces an older copy of ours; idempotent."""
+        our pref returning TC_ACT_UNSPEC. Replaces an older copy of ours; idempotent."""
         if hook not in HOOKS:
             raise BpfError(f"hook {hook!r}: must be egress or ingress")
         obj = self.obj or find_object()
@@ -198,8 +213,14 @@ class Classifier:
             self._ensure_bpffs()
             self._drop_stale_pins()
             self._our_filter(dev, where)
-            self._tc("filter", "replace", "dev", dev, *where, "pref", str(PREF), "handle",
-                     str(HANDLE), "bpf", "da", "obj", str(obj), "sec", self._section(dev))
+            pinned = self._pinned()
+            self._tc("filter", "replace", "dev", dev, *where, "pref", str(self.pref),
+                     "handle", str(self.handle), "bpf", "da", "obj", str(obj),
+                     "sec", self._section(dev))
+            # tc creates and pins every map of the object: the other program's are left
+            # for it to make, so a pin exists only while its owner runs
+            for name in self._pinned() - pinned - set(self.own_maps):
+                (self.globals_dir / name).unlink(missing_ok=True)
         except BpfError:
             if created:  # leave the device as we found it
                 self._tc("qdisc", "del", "dev", dev, "clsact", check=False)
@@ -208,12 +229,15 @@ class Classifier:
             self._own_clsact.add(dev)
         self.attached.add((dev, hook))
 
+    def _pinned(self) -> set[str]:
+        return {name for name in OBJECT_MAPS if (self.globals_dir / name).exists()}
+
     def _drop_stale_pins(self) -> None:
         """Unpin maps another version of the program left (a crash before an upgrade):
         tc cannot reuse them ("Unable to load program") and would fail every attach.
         Programs still using them keep them until they are replaced."""
         maps = self.maps
-        for name in MAP_NAMES:
+        for name in OBJECT_MAPS:
             path = self.globals_dir / name
             if name in self._fds or not path.exists():
                 continue
@@ -226,8 +250,8 @@ class Classifier:
             finally:
                 os.close(fd)
             if not maps.matches(name, i.type, i.key_size, i.value_size, i.max_entries):
-                log.warning("pinned map %s is from another version of the classifier: "
-                            "replaced", path)
+                log.warning("pinned map %s is from another version of voipqos: replaced",
+                            path)
                 path.unlink()
 
     def detach(self, dev: str, hook: str) -> None:
@@ -237,8 +261,8 @@ class Classifier:
         try:
             where = self._where(dev, hook)
             if self._our_filter(dev, where):
-                self._tc("filter", "del", "dev", dev, *where, "pref", str(PREF),
-                         "handle", str(HANDLE), "bpf")
+                self._tc("filter", "del", "dev", dev, *where, "pref", str(self.pref),
+                         "handle", str(self.handle), "bpf")
             if dev in self._own_clsact and not any(
                     self._json("filter", "show", "dev", dev, h) for h in HOOKS):
                 self._tc("qdisc", "del", "dev", dev, "clsact")
@@ -251,7 +275,7 @@ class Classifier:
         """Kernel id of our program on (dev, hook), for bpftool and BPF_PROG_TEST_RUN."""
         f = self._our_filter(dev, self._where(dev, hook))
         if f is None:
-            raise BpfError(f"{dev} {hook}: classifier not attached")
+            raise BpfError(f"{dev} {hook}: {self.what} not attached")
         return int(f["options"]["prog"]["id"])
 
     def _fd(self, name: str) -> int:
@@ -262,6 +286,49 @@ class Classifier:
                 raise BpfError(f"map {name} not pinned in {self.globals_dir} "
                                f"(attach first): {e.strerror}") from None
         return self._fds[name]
+
+    def close(self) -> None:
+        """Detach everywhere, unpin the maps (also a crashed run's), unmount what we
+        mounted. The first error is raised after everything was tried."""
+        errors: list[BpfError] = []
+        for dev, hook in sorted(self.attached):
+            try:
+                self.detach(dev, hook)
+            except BpfError as e:
+                errors.append(e)
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        for name in self.own_maps:
+            (self.globals_dir / name).unlink(missing_ok=True)
+        self._remove_empty_tc_dirs()
+        # a bpffs mounted for the pins (by this program or the other one) goes when the
+        # last pin does; the system's /sys/fs/bpf is not a mount on pin_dir itself
+        mounted = self._mounted or (os.path.ismount(self.pin_dir) and _is_bpffs(self.pin_dir))
+        if mounted and not set(os.listdir(self.pin_dir)) - BPFFS_OWN:
+            subprocess.run(["umount", str(self.pin_dir)], capture_output=True)
+            self._mounted = False
+            if self._made_dir:
+                self.pin_dir.rmdir()
+                self._made_dir = False
+        if errors:
+            raise errors[0]
+
+    def _remove_empty_tc_dirs(self) -> None:
+        """tc makes tc/globals plus ip and xdp symlinks to tc/: remove them when empty."""
+        try:
+            self.globals_dir.rmdir()
+            (self.pin_dir / "tc").rmdir()
+        except OSError:
+            return
+        for link in ("ip", "xdp"):
+            p = self.pin_dir / link
+            if p.is_symlink() and os.readlink(p).rstrip("/").endswith("/tc"):
+                p.unlink()
+
+
+class Classifier(TcProgram):
+    """The call classifier: pref 1, its rules and flow table."""
 
     def set_rules(self, voice_classid: int, dscp_mark: bool, trust_ef: bool,
                   voice_ports: Sequence[tuple[int, int]]) -> None:
@@ -339,42 +406,6 @@ class Classifier:
                                        zip(quality.DIRECTIONS, maps.flow_directions(value),
                                            strict=True)}
                 for key, value in items}
-
-    def close(self) -> None:
-        """Detach everywhere, unpin the maps (also a crashed run's), unmount what we
-        mounted. The first error is raised after everything was tried."""
-        errors: list[BpfError] = []
-        for dev, hook in sorted(self.attached):
-            try:
-                self.detach(dev, hook)
-            except BpfError as e:
-                errors.append(e)
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-        for name in MAP_NAMES:
-            (self.globals_dir / name).unlink(missing_ok=True)
-        self._remove_empty_tc_dirs()
-        if self._mounted:
-            subprocess.run(["umount", str(self.pin_dir)], capture_output=True)
-            self._mounted = False
-        if self._made_dir:
-            self.pin_dir.rmdir()
-            self._made_dir = False
-        if errors:
-            raise errors[0]
-
-    def _remove_empty_tc_dirs(self) -> None:
-        """tc makes tc/globals plus ip and xdp symlinks to tc/: remove them when empty."""
-        try:
-            self.globals_dir.rmdir()
-            (self.pin_dir / "tc").rmdir()
-        except OSError:
-            return
-        for link in ("ip", "xdp"):
-            p = self.pin_dir / link
-            if p.is_symlink() and os.readlink(p).rstrip("/").endswith("/tc"):
-                p.unlink()
 
 
 def start(clf: Classifier, device: str, hooks: Sequence[str], voice_classid: int,

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .btf import Btf, BtfError, Layout, MapDef
+from .header_evidence import HeaderCounts, HeaderKey
 
 FLOWS, CONFIG, PORTS, STATS = "voipqos_flows", "voipqos_config", "voipqos_ports", "voipqos_stats"
-MAP_NAMES = (FLOWS, CONFIG, PORTS, STATS)
+SEEN = "voipqos_seen"   # the observer's (observer.py)
+MAP_NAMES = (FLOWS, CONFIG, PORTS, STATS)   # the classifier's
+OBJECT_MAPS = (*MAP_NAMES, SEEN)
 PERCPU_TYPES = {5, 6, 10}   # BPF_MAP_TYPE_PERCPU_HASH, _PERCPU_ARRAY, _LRU_PERCPU_HASH
 FiveTuple = tuple[int, str, str, int, int]   # (ipproto, src, dst, sport, dport)
 
@@ -29,20 +33,49 @@ def _v6(addr: str) -> bytes:
     return (b"\0" * 10 + b"\xff\xff" + a.packed) if a.version == 4 else a.packed
 
 
+@functools.lru_cache(maxsize=4096)
+def _addr_text(raw: bytes) -> str:
+    """A 16-byte key address as conntrack.py writes it (IPv4-mapped as IPv4)."""
+    a = ipaddress.IPv6Address(raw)
+    return str(a.ipv4_mapped or a)
+
+
 class ClassifierMaps:
     """The layouts of one classifier object's maps."""
 
     def __init__(self, btf: Btf) -> None:
         maps = btf.maps()
-        missing = [name for name in MAP_NAMES if name not in maps]
+        missing = [name for name in OBJECT_MAPS if name not in maps]
         if missing:
             raise BtfError(f"maps {', '.join(missing)} not in the object")
-        self.defs: dict[str, MapDef] = {name: maps[name] for name in MAP_NAMES}
+        self.defs: dict[str, MapDef] = {name: maps[name] for name in OBJECT_MAPS}
         self.flow_key_layout = self._struct(FLOWS, "key")
         self.config_layout = self._struct(CONFIG, "value")
         self.flow_state_layout = self._struct(FLOWS, "value")
         self.ports_layout = self._struct(PORTS, "value")
         self.stats_layout = self._struct(STATS, "value")
+        self.seen_key_layout = self._struct(SEEN, "key")
+        self.seen_layout = self._struct(SEEN, "value")
+        self._seen_key, self._seen_counts = self._seen_structs()
+
+    def _seen_structs(self) -> tuple[struct.Struct, struct.Struct]:
+        """Fixed-offset readers of a voipqos_seen key (address, far port, near port) and
+        of its value's counters (rtp out, in; stun out, in): the daemon reads the whole
+        map every poll, which a field-by-field unpack would make cost milliseconds."""
+        k = self.seen_key_layout.fields
+        if k["far_addr"].size * k["far_addr"].count != 16 or \
+                (k["far_port"].offset, k["near_port"].offset) != (16, 18):
+            raise BtfError("struct seen_key: not (far_addr[16], far_port, near_port)")
+        d = self.seen_layout.fields["dir"]
+        rtp, stun = (d.layout.fields[n].offset for n in ("rtp", "stun"))
+        offsets = [i * d.size + f for f in (rtp, stun) for i in (0, 1)]
+        order = "<" if self.seen_layout.byteorder == "little" else ">"
+        fmt, at = order, 0
+        for off in sorted(offsets):
+            fmt, at = fmt + f"{off - at}xI", off + 4
+        # HeaderCounts' field i is the value at offsets[i]: its rank among the offsets
+        self._seen_order = [sorted(offsets).index(off) for off in offsets]
+        return struct.Struct("!16sHH"), struct.Struct(fmt)
 
     def _struct(self, name: str, part: str) -> Layout:
         t = getattr(self.defs[name], part)
@@ -102,9 +135,24 @@ class ClassifierMaps:
         k = self.flow_key_layout.unpack(key)
         addrs = []
         for raw in (key[:16], key[16:32]):
-            a = ipaddress.IPv6Address(raw)
-            addrs.append(str(a.ipv4_mapped or a))
+            addrs.append(_addr_text(raw))
         return (k["proto"], addrs[0], addrs[1], k["sport"], k["dport"])
+
+    def seen_key(self, key: HeaderKey) -> bytes:
+        """voipqos_seen key of (far address, far port, near port)."""
+        addr, far_port, near_port = key
+        try:
+            return self.seen_key_layout.pack({"far_addr": _v6(addr), "far_port": far_port,
+                                              "near_port": near_port})
+        except (ValueError, OverflowError) as e:
+            raise LayoutError(f"bad header key {key!r}: {e}") from None
+
+    def seen_item(self, key: bytes, value: bytes) -> tuple[HeaderKey, HeaderCounts]:
+        """One voipqos_seen entry as the detector takes it."""
+        addr, far_port, near_port = self._seen_key.unpack_from(key)
+        counts = self._seen_counts.unpack_from(value)
+        return (_addr_text(addr), far_port, near_port), \
+            HeaderCounts(*(counts[i] for i in self._seen_order))
 
     def flow_directions(self, value: bytes) -> list[dict[str, int]]:
         """The unpacked `struct rtp_dir`s of a voipqos_flows value, in DIR_* order."""
