@@ -86,6 +86,11 @@ def _mount_bpffs(path: Path) -> None:
         raise BpfError(f"mount bpffs on {path}: {res.stderr.strip()}")
 
 
+# (netns, device) where one of our programs added the clsact: whichever of them leaves it
+# empty deletes it (the classifier and the observer share it, and either may go first)
+_OWN_CLSACT: set[tuple[str | None, str]] = set()
+
+
 class TcProgram:
     """One of the object's programs on one or more (device, hook) pairs, its maps pinned
     by name in pin_dir. Subclasses say which filter slot, sections and maps are theirs."""
@@ -101,7 +106,6 @@ class TcProgram:
         self.obj = obj
         self.netns = netns
         self.attached: set[tuple[str, str]] = set()
-        self._own_clsact: set[str] = set()
         self._mounted = self._made_dir = False
         self._fds: dict[str, int] = {}
         if netns and self.pin_dir.resolve().is_relative_to("/sys"):
@@ -226,7 +230,7 @@ class TcProgram:
                 self._tc("qdisc", "del", "dev", dev, "clsact", check=False)
             raise
         if created:
-            self._own_clsact.add(dev)
+            _OWN_CLSACT.add((self.netns, dev))
         self.attached.add((dev, hook))
 
     def _pinned(self) -> set[str]:
@@ -263,10 +267,10 @@ class TcProgram:
             if self._our_filter(dev, where):
                 self._tc("filter", "del", "dev", dev, *where, "pref", str(self.pref),
                          "handle", str(self.handle), "bpf")
-            if dev in self._own_clsact and not any(
+            if (self.netns, dev) in _OWN_CLSACT and not any(
                     self._json("filter", "show", "dev", dev, h) for h in HOOKS):
                 self._tc("qdisc", "del", "dev", dev, "clsact")
-                self._own_clsact.discard(dev)
+                _OWN_CLSACT.discard((self.netns, dev))
         except BpfError:
             if self._link(dev) is not None:
                 raise

@@ -92,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         from .backends import make_profile as factory
     try:
-        d = daemon.Daemon(cfg, args.config, factory)
+        d = daemon.Daemon(cfg, args.config, factory, observer_factory=_observer)
     except (hostinfo.DeviceError, ProfileError) as exc:
         raise CliError(str(exc), 2) from None
     if not args.foreground:
@@ -103,6 +103,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         return service.run(d)
     except (service.AlreadyRunning, EndpointError) as exc:
         raise CliError(str(exc)) from None
+
+
+def _observer() -> Any:
+    """The header-evidence observer, on the profiles' pin directory (dry runs too: it
+    only observes)."""
+    from .htb import DEFAULT_PIN_DIR
+    from .observer import Observer
+
+    return Observer(DEFAULT_PIN_DIR)
+
+
+def _remove_observer(device: str) -> None:
+    from .htb import DEFAULT_PIN_DIR
+
+    try:
+        from .bpf import BpfError
+        from .observer import remove
+    except ImportError:  # no ctypes: no observer could have run
+        return
+    try:
+        remove(DEFAULT_PIN_DIR, device)
+    except BpfError as exc:
+        raise CliError(f"remove failed: observer: {exc}") from None
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -118,11 +141,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     try:
         with pid_lock(cfg.run_dir, getattr(args, "wait", 0.0)):
-            prof = make_profile(cfg, hostinfo.resolve_device(cfg.interface))
+            device = hostinfo.resolve_device(cfg.interface)
+            prof = make_profile(cfg, device)
             if args.command == "apply":
                 prof.apply()
             else:
                 prof.remove()
+                _remove_observer(device)
     except AlreadyRunning as exc:
         raise CliError(f"{exc}: it switches the profile itself (voipqos on|off|auto), and "
                        "removes it when stopped (/etc/init.d/voipqos stop)") from None

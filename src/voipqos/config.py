@@ -221,6 +221,10 @@ OPTIONS: tuple[Option, ...] = (
             "50000-50059"),
            "UDP ports documented as call media (STUN/TURN, Teams, Zoom, FaceTime, Meet): "
            "flows on them need less evidence.", "detection", "portrange"),
+    Option("header_evidence", _bool, "1",
+           "Count RTP and STUN headers of UDP flows with an observe-only tc-BPF program on "
+           "the WAN device (also while the profile is off), as evidence of a call.",
+           "detection", "bool"),
     Option("on_polls", _int(1, 60), "2",
            "Consecutive polls that must see a call before the profile goes on.", "detection",
            "and(uinteger,range(1,60))"),
@@ -285,6 +289,7 @@ class Config:
     max_size: int
     both_directions: bool
     media_ports: tuple[PortRange, ...]
+    header_evidence: bool
     on_polls: int
     off_hold: float
     min_on: float

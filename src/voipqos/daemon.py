@@ -24,6 +24,7 @@ from .callquality import CallQualities, log_line
 from .config import Config, ConfigError, load, to_dict
 from .detect import Call, DetectConfig, Detection, Detector, Sides
 from .documents import call_doc, flows_document
+from .headerwatch import HeaderWatch, ObserverFactory
 from .hysteresis import Hysteresis, HysteresisConfig, Mode
 from .profile import Profile, ProfileError
 from .switching import Action, Kind, Switch, SwitchConfig, call_tuples
@@ -48,7 +49,10 @@ class Daemon:
 
     def __init__(self, cfg: Config, config_path: str, profile_factory: ProfileFactory,
                  system: System | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 observer_factory: ObserverFactory | None = None) -> None:
+        """`observer_factory` makes the header-evidence observer (observer.Observer);
+        None: this run has none (tests, `analyze`), the detector gets headers=None."""
         self.config_path = config_path
         self.profile_factory = profile_factory
         self.system = system or System()
@@ -73,6 +77,7 @@ class Daemon:
         self.tuples: frozenset = frozenset()  # what the calls put in the classifier
         self.unchecked = False  # kernel events not yet followed by a check
         self.checked_at = float("-inf")
+        self.headers = HeaderWatch(observer_factory)
         self._configure(cfg)
 
     # -- configuration -------------------------------------------------------------------
@@ -94,6 +99,7 @@ class Daemon:
         self.detector.cfg = dcfg
         self.hyst.cfg = HysteresisConfig.from_config(cfg)
         self.sides_at = -SIDES_REFRESH
+        self.headers.configure(cfg.header_evidence, device)
         self._check_accounting()
 
     def _check_accounting(self) -> None:
@@ -143,8 +149,10 @@ class Daemon:
             self.sides = self.system.sides(self.device)
             self.sides_at = now
         snap = self._read(now)
+        headers = self.headers.read()
+        self._note_headers()
         if snap is not None:
-            self.detection = self.detector.update(snap, self.sides)
+            self.detection = self.detector.update(snap, self.sides, headers=headers)
             self.tuples = call_tuples(self.detection)
             self._note_offload(snap)
         self._check_accounting()
@@ -172,6 +180,8 @@ class Daemon:
         """Between polls too: restore a profile the kernel lost, retry what is due."""
         events = self.system.kernel_events()
         self.unchecked |= events.seen
+        if events.seen:
+            self.headers.kernel_changed(self.device in events.links)
         if self.device in events.links:
             self.switch.kick()  # e.g. the device a failed apply needed is back
         if self.switch.active and self.unchecked and now - self.checked_at >= CHECK_INTERVAL:
@@ -208,6 +218,13 @@ class Daemon:
         else:
             self.alerts.pop("conntrack_reader", None)
         return snap
+
+    def _note_headers(self) -> None:
+        alert = self.headers.alert()
+        if alert is None:
+            self.alerts.pop("observer", None)
+        else:
+            self.alerts["observer"] = alert
 
     def _note_offload(self, snap: conntrack.Snapshot) -> None:
         if any(e.offloaded for e in snap.entries.values()):
@@ -285,6 +302,7 @@ class Daemon:
         """Remove what we applied (also what a crashed predecessor left)."""
         self.switch.done(Action(Kind.REMOVE), self._execute(Action(Kind.REMOVE), self.profile),
                          self.clock())
+        self.headers.stop()  # at start-up nothing yet: the first poll attaches it
         self._publish()
 
     def _publish(self) -> None:
@@ -314,6 +332,7 @@ class Daemon:
             "profile": {**{k: v for k, v in prof.items() if k != "warnings"},
                         "applied": self.switch.active},
             "traffic": self.system.traffic(self.device),
+            "observer": self.headers.status(),
             "warnings": [*(a.as_dict() for a in self.alerts.values()), *prof["warnings"]],
             "metrics": {
                 "cpu_percent": self.cpu_percent,

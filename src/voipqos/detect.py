@@ -19,11 +19,13 @@ download from the same far host) does not. SIP is only a hint: WebRTC calls show
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from .config import Config, PortRange
 from .conntrack import Entry, Key, Snapshot
+from .header_evidence import HeaderCounts, HeaderKey
 
 SIGNALLING, MEDIA, OTHER = "signalling", "media", "other"
 UDP, TCP = 17, 6
@@ -345,9 +347,10 @@ class Detector:
         # did they last
         self.probed: dict[tuple[str, int], float] = {}
 
-    def update(self, snap: Snapshot, sides: Sides = Sides(),
-               interval: float | None = None) -> Detection:
-        """Account one snapshot (taken after the previous one) and decide on it."""
+    def update(self, snap: Snapshot, sides: Sides = Sides(), interval: float | None = None,
+               headers: Mapping[HeaderKey, HeaderCounts] | None = None) -> Detection:
+        """Account one snapshot (taken after the previous one) and decide on it.
+        `headers`: the observer's counters (not used yet; None when it is off)."""
         prev = self.prev
         if interval is None and prev is not None:
             interval = snap.taken_at - prev.taken_at

@@ -53,3 +53,12 @@ class Observer(TcProgram):
         except OSError as e:
             raise BpfError(f"{SEEN} read: {e.strerror}") from None
         return dict(maps.seen_item(k, v) for k, v in items)
+
+
+def remove(pin_dir: str, device: str) -> None:
+    """`voipqos remove`: the observer's filters on device and its pinned map, also what
+    a killed daemon left (found by pref and program name, no state needed)."""
+    o = Observer(pin_dir)
+    for hook in HOOKS:
+        o.detach(device, hook)
+    o.close()

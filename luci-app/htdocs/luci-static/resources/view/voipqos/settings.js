@@ -139,6 +139,11 @@ return view.extend({
 		o.datatype = 'portrange';
 		o.default = [ '3478-3481', '8801-8810', '16384-16387', '16393-16402', '19302-19309', '50000-50059' ];
 
+		o = s.taboption('detection', form.Flag, 'header_evidence', _('Header evidence'),
+			_('Count RTP and STUN headers of UDP flows with an observe-only tc-BPF program on the WAN device (also while the profile is off), as evidence of a call.'));
+		o.default = '1';
+		o.rmempty = false;
+
 		o = s.taboption('detection', form.Value, 'on_polls', _('Polls to switch on'),
 			_('Consecutive polls that must see a call before the profile goes on.'));
 		o.datatype = 'and(uinteger,range(1,60))';
