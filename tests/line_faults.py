@@ -128,7 +128,8 @@ class Router:
         return f"to device {IFB})" in out and self.ifb()
 
     def classifier(self, dev: str = WAN) -> bool:
-        return all("voipqos" in self.sh(f"tc filter show dev {dev} {hook}", check=False)
+        """The classifier's filter on both hooks (the observer's, voipqos_obs_*, is not it)."""
+        return all("voipqos_eth" in self.sh(f"tc filter show dev {dev} {hook}", check=False)
                    for hook in ("egress", "ingress"))
 
     def shaped(self) -> bool:

@@ -117,7 +117,7 @@ class TcProgram:
         try:
             return for_object(self.obj or find_object())
         except BtfError as e:
-            raise BpfError(f"classifier object: {e}") from None
+            raise BpfError(f"BPF object: {e}") from None
 
     @property
     def globals_dir(self) -> Path:
@@ -274,6 +274,16 @@ class TcProgram:
         except BpfError:
             if self._link(dev) is not None:
                 raise
+
+    def remove_from(self, dev: str) -> None:
+        """Detach from both hooks, and delete the clsact if that left it empty: what a
+        killed run left, of which no record says the clsact was ours."""
+        _OWN_CLSACT.add((self.netns, dev))
+        try:
+            for hook in HOOKS:
+                self.detach(dev, hook)
+        finally:
+            _OWN_CLSACT.discard((self.netns, dev))
 
     def prog_id(self, dev: str, hook: str) -> int:
         """Kernel id of our program on (dev, hook), for bpftool and BPF_PROG_TEST_RUN."""

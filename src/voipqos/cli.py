@@ -146,8 +146,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
             if args.command == "apply":
                 prof.apply()
             else:
+                _remove_observer(device)  # first: its filter keeps a clsact the profile made
                 prof.remove()
-                _remove_observer(device)
     except AlreadyRunning as exc:
         raise CliError(f"{exc}: it switches the profile itself (voipqos on|off|auto), and "
                        "removes it when stopped (/etc/init.d/voipqos stop)") from None

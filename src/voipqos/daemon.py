@@ -99,7 +99,7 @@ class Daemon:
         self.detector.cfg = dcfg
         self.hyst.cfg = HysteresisConfig.from_config(cfg)
         self.sides_at = -SIDES_REFRESH
-        self.headers.configure(cfg.header_evidence, device)
+        self.headers.configure(cfg.enabled and cfg.header_evidence, device)  # 0: idle
         self._check_accounting()
 
     def _check_accounting(self) -> None:

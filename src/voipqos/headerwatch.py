@@ -67,7 +67,7 @@ class HeaderWatch:
         try:
             headers = self.obs.read()
         except BpfError as exc:
-            self._fail(str(exc))
+            self.stop(str(exc))  # the `observer` warning logs it once
             return None
         self.read_ms = (time.perf_counter() - start) * 1000
         self.flows = len(headers)
@@ -86,21 +86,18 @@ class HeaderWatch:
                     self.obs.attach(self.device, hook)
             self.obs.ensure(self.device)
         except (ImportError, OSError, RuntimeError) as exc:  # BpfError is a RuntimeError
-            self._fail(str(exc))
+            self.stop(str(exc))  # the `observer` warning logs it once
             return
         if self.reason:
             log.info("header evidence on: observer attached on %s", self.device)
         self.reason = ""
 
-    def _fail(self, why: str) -> None:
-        if why != self.reason:
-            log.warning("header evidence off (the detector goes on without it): %s", why)
-        self.stop(why)
-
-    def stop(self, reason: str = "stopped") -> None:
+    def stop(self, reason: str | None = None) -> None:
         """Detach and unpin the observer; nothing is left on the device."""
         obs, self.obs = self.obs, None
-        self.reason, self.flows = reason, 0
+        self.flows = 0
+        self.reason = reason or (OFF_BY_CONFIG if not self.wanted else
+                                 "not attached yet" if self.due else "stopped")
         if obs is None:
             return
         try:

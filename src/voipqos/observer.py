@@ -59,6 +59,5 @@ def remove(pin_dir: str, device: str) -> None:
     """`voipqos remove`: the observer's filters on device and its pinned map, also what
     a killed daemon left (found by pref and program name, no state needed)."""
     o = Observer(pin_dir)
-    for hook in HOOKS:
-        o.detach(device, hook)
+    o.remove_from(device)
     o.close()
