@@ -3,9 +3,10 @@ the observer only observes, so a dry run has it too).
 
 With `header_evidence` on the daemon attaches the observer on wan0 at its first poll
 (profile off), reads it every poll (status `observer.flows` counts the call's entry),
-and leaves no filter after SIGTERM; after a kill -9, `voipqos remove` deletes what it
-left. Off, nothing is attached. An object that cannot load turns header evidence off
-with the cause in status, and the daemon goes on.
+attaches it again when the device is re-created, and leaves no filter after SIGTERM;
+after a kill -9, `voipqos remove` deletes what it left. Off, nothing is attached. An
+object that cannot load turns header evidence off with the cause in status, and the
+daemon goes on.
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ def test_daemon_attaches_reads_and_removes_the_observer(lab, tmp_path):
     lab.exec("lan", [sys.executable, "-c", RTP_SEND, netns.LAN_HOST4, "40000",
                      netns.WAN_HOST4, "5004", "50", "99"])
     wait_for(lambda d: d["observer"]["flows"] >= 1, 5, conf)
+    # a PPPoE reconnect: the device goes and comes back (new index, no filters)
+    lab.exec("router", f"ip link del {WAN}")
+    wait_for(lambda d: d["observer"]["state"] == "off", 5, conf)
+    lab.link("router", WAN, "wan", "eth0")
+    wait_for(lambda d: d["observer"]["state"] == "on", 5, conf)
+    assert ours(lab).count("voipqos_obs_eth") == 2
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(10) == 0
     assert ours(lab) == "" and "clsact" not in lab.exec("router", f"tc qdisc show dev {WAN}").stdout

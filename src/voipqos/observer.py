@@ -12,6 +12,10 @@ each poll.
 
 from __future__ import annotations
 
+import json
+import subprocess
+from typing import Any
+
 from .bpf import HOOKS, BpfError, TcProgram
 from .bpf_syscall import map_items
 from .classifier_maps import SEEN
@@ -29,18 +33,46 @@ class Observer(TcProgram):
     prog_names = ("voipqos_obs_eth", "voipqos_obs_l3")  # kernel names: 15 characters at most
     own_maps = (SEEN,)
 
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._index: dict[str, int] = {}  # ifindex of each device at attach
+
+    def attach(self, dev: str, hook: str) -> None:
+        super().attach(dev, hook)
+        link = self._link(dev)
+        if link is not None:
+            self._index[dev] = link["ifindex"]
+
+    def _now_named(self, dev: str) -> str | None:
+        """The name the device we attached as `dev` has now (renamed), None if gone."""
+        index = self._index.get(dev)
+        cmd = ["ip", *(["-n", self.netns] if self.netns else []), "-j", "link", "show"]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        links = json.loads(res.stdout or "[]") if res.returncode == 0 else []
+        return next((x["ifname"] for x in links if x.get("ifindex") == index), None)
+
     def ensure(self, dev: str) -> None:
         """Attached on both hooks of dev, as the kernel says (a qdisc replaced under it,
-        e.g. by sqm, takes its filter along), and nowhere else."""
-        for other, hook in sorted(self.attached):
-            if other != dev:
-                self.detach(other, hook)
+        e.g. by sqm, takes its filter along), and nowhere else: not on the previous WAN
+        device, nor on the old one renamed (a PPPoE device re-created takes its name)."""
+        for old in sorted({d for d, _ in self.attached}):
+            now = self._now_named(old)
+            if now != dev or old != dev:
+                self.attached -= {(old, hook) for hook in HOOKS}
+                if now is not None:
+                    self.remove_from(now)
         for hook in HOOKS:
             try:
                 self.prog_id(dev, hook)
             except BpfError:
                 self.attach(dev, hook)
             self.attached.add((dev, hook))
+
+    def close(self) -> None:
+        """Detach (from a renamed device too), unpin voipqos_seen."""
+        self.attached = {(now, hook) for dev, hook in self.attached
+                         if (now := self._now_named(dev)) is not None}
+        super().close()
 
     def read(self) -> dict[HeaderKey, HeaderCounts]:
         """Every flow's cumulative counters, keyed (far address, far port, near port):
