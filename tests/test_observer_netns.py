@@ -20,10 +20,13 @@ from pathlib import Path
 import pytest
 
 from test_bpf_netns import RTP_ANSWER, RTP_SEND, obj, topo  # noqa: F401  (fixtures)
-from voipqos import bpf, conntrack
+from test_sqm import KERNEL_RUN_SH, SQM_CONF, tree  # noqa: F401  (tree: a fixture)
+from voipqos import bpf, config, conntrack
 from voipqos.header_evidence import IN, OUT, FlowHeaders
+from voipqos.headerwatch import HeaderWatch
 from voipqos.lab import netns
 from voipqos.observer import Observer
+from voipqos.sqm import SqmProfile
 
 pytestmark = pytest.mark.kernel
 
@@ -116,3 +119,35 @@ def test_classifier_and_observer_come_and_go_independently(topo, obj, tmp_path, 
         assert filters(t, hook) == ""
     assert "clsact" not in t.exec("router", "tc qdisc show dev wan0").stdout
     assert str(pin) not in Path("/proc/self/mounts").read_text()
+
+
+def test_observer_makes_way_for_sqm_and_sits_on_its_qdiscs(topo, obj, tree):  # noqa: F811
+    """sqm-scripts adds a plain `ingress` qdisc, which the kernel refuses next to the
+    observer's clsact ("Exclusivity flag on"): the daemon's HeaderWatch steps aside before
+    sqm starts, then attaches on sqm's ingress qdisc and root; after sqm stops (its
+    qdiscs and the filters on them gone) it comes back on a clsact."""
+    t = topo
+    (tree / "sqm").write_text(SQM_CONF.replace("'eth1'", "'wan0'"))
+    (tree / "run.sh").write_text(KERNEL_RUN_SH.format(ns=t.ns("router"), state=tree / "state"))
+    prof = SqmProfile(config.from_options({"backend": "sqm"}), "wan0", str(tree / "bpffs"),
+                      config_path=str(tree / "sqm"), run_sh=str(tree / "run.sh"),
+                      state_dir=str(tree / "state"), netns=t.ns("router"))
+    watch = HeaderWatch(lambda: Observer(str(tree / "bpffs"), obj, netns=t.ns("router")))
+    watch.configure(True, "wan0")
+    try:
+        assert watch.read() == {} and "voipqos_obs_eth" in filters(t, "ingress")
+        watch.step_aside()
+        prof.apply()
+        assert "qdisc ingress ffff:" in t.exec("router", "tc qdisc show dev wan0").stdout
+        assert watch.read() == {} and watch.status()["state"] == "on"
+        assert "voipqos_obs_eth" in filters(t, "ingress")
+        assert "voipqos_obs_eth" in t.exec("router", "tc filter show dev wan0 parent 1:").stdout
+        prof.remove()
+        watch.kernel_changed(device_announced=False)
+        assert watch.read() == {} and "voipqos_obs_eth" in filters(t, "egress")
+        assert "clsact" in t.exec("router", "tc qdisc show dev wan0").stdout
+    finally:
+        watch.stop()
+        prof.remove()
+    assert filters(t, "egress") == "" and filters(t, "ingress") == ""
+    assert "clsact" not in t.exec("router", "tc qdisc show dev wan0").stdout

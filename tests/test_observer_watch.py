@@ -40,6 +40,9 @@ class Replay:
             raise BpfError(self.fail_read)
         return READ
 
+    def remove_from(self, dev: str) -> None:
+        self.log.append(f"remove_from {dev}")
+
     def close(self) -> None:
         self.log.append("close")
 
@@ -131,3 +134,17 @@ def test_a_read_error_turns_it_off_and_the_poll_goes_on(tmp_path) -> None:
     assert got == [READ, None, None] and log[-1] == "close"
     assert d.status()["observer"]["reason"] == "voipqos_seen read: Bad file descriptor"
     assert d.polls == 3
+
+
+def test_with_sqm_it_makes_way_before_the_profile_goes_on(tmp_path) -> None:
+    """sqm's `ingress` qdisc cannot be added next to the observer's clsact (the kernel
+    test test_observer_netns shows both): off before the switch-on, back at the next poll."""
+    for backend, steps_aside in (("sqm", True), ("htb", False)):
+        made, log = [], []
+        d, _, got = daemon(tmp_path, made, log, backend=backend)
+        poll(d)
+        d.set_mode({"mode": "on"})
+        assert (log[-2:] == ["remove_from wan0", "close"]) == steps_aside
+        assert (d.status()["observer"]["state"] == "off") == steps_aside
+        poll(d)
+        assert got[-1] == READ and d.status()["observer"]["state"] == "on"

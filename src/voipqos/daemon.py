@@ -277,6 +277,8 @@ class Daemon:
         """Run one action; a failure becomes a status warning (logged once by the ledger)
         and the line stays as the profile's rollback left it."""
         code = "flow_table" if action.kind is Kind.FLOWS else "profile_error"
+        if action.kind is Kind.APPLY and self.cfg.backend == "sqm":
+            self.headers.step_aside()
         try:
             if action.kind in (Kind.APPLY, Kind.RATES):
                 profile.apply(action.scale)

@@ -92,6 +92,18 @@ class HeaderWatch:
             log.info("header evidence on: observer attached on %s", self.device)
         self.reason = ""
 
+    def step_aside(self) -> None:
+        """Off until the next read, clsact included: sqm-scripts adds a plain `ingress`
+        qdisc for its download shaping, which the kernel refuses next to a clsact. The
+        next read attaches again, on sqm's qdiscs."""
+        if self.obs is not None:
+            try:
+                self.obs.remove_from(self.device)
+            except RuntimeError as exc:
+                log.warning("observer removal: %s", exc)
+        self.stop("making way for sqm")
+        self.due = self.wanted
+
     def stop(self, reason: str | None = None) -> None:
         """Detach and unpin the observer; nothing is left on the device."""
         obs, self.obs = self.obs, None
