@@ -19,22 +19,18 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import struct
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-from bpf_classifier import frame, load_empty_prog, machine, ns_per_packet
+from bpf_classifier import bench_namespace, frame, load_empty_prog, machine, ns_per_packet
 
 from voipqos import bpf_syscall
 from voipqos.classifier_maps import SEEN
 from voipqos.observer import Observer
 
 NS = "vqo-bench"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def udp(sport: int, payload: bytes) -> bytes:
@@ -73,66 +69,54 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1_000_000)
     ap.add_argument("--singles", type=int, default=3000)
     args = ap.parse_args()
-    subprocess.run(["make", "-s", "-C", str(ROOT / "bpf"), f"OUT={ROOT / 'build' / 'bpf'}"],
-                   check=True)
-    subprocess.run(["ip", "netns", "del", NS], capture_output=True)
-    subprocess.run(["ip", "netns", "add", NS], check=True)
-    pin = Path(tempfile.mkdtemp(prefix="vqo-bench-")) / "bpffs"
-    o = Observer(str(pin), netns=NS)
-    fds: list[int] = []
-    try:
-        subprocess.run(["ip", "-n", NS, "link", "add", "d0", "type", "veth", "peer", "name",
-                        "d1"], check=True)
-        o.attach("d0", "egress")
-        fds += [bpf_syscall.prog_fd_by_id(o.prog_id("d0", "egress")), load_empty_prog()]
-        prog, empty = fds
-        seen = o._fd(SEEN)
-        size = o.maps.defs[SEEN].max_entries
-        bpf_syscall.prog_test_run(prog, udp(40000, RTP))  # the RTP flow's entry
+    with bench_namespace(NS) as (pin, fds):
+        o = Observer(str(pin), netns=NS)
+        try:
+            o.attach("d0", "egress")
+            fds += [bpf_syscall.prog_fd_by_id(o.prog_id("d0", "egress")), load_empty_prog()]
+            prog, empty = fds
+            seen = o._fd(SEEN)
+            size = o.maps.defs[SEEN].max_entries
+            bpf_syscall.prog_test_run(prog, udp(40000, RTP))  # the RTP flow's entry
 
-        print(f"machine: {machine()}")
-        print(f"BPF_PROG_TEST_RUN, {args.repeat} repetitions, 202-byte UDP/IPv4 frames "
-              "unless said, best of 5 (ns/packet):")
-        rows = [("empty tc program (baseline)", empty, frame(40000)),
-                ("observer, TCP (1514 B)", prog, frame(50000, 6, 443)),
-                ("observer, UDP QUIC-like (no entry)", prog, udp(50000, QUIC)),
-                ("observer, UDP RTP, flow in the map", prog, udp(40000, RTP)),
-                ("empty tc program again (baseline)", empty, frame(40000))]
-        for label, fd, data in rows:
-            print(f"  {label:42s} {ns_per_packet(fd, data, args.repeat):7.1f}")
+            print(f"machine: {machine()}")
+            print(f"BPF_PROG_TEST_RUN, {args.repeat} repetitions, 202-byte UDP/IPv4 frames "
+                  "unless said, best of 5 (ns/packet):")
+            rows = [("empty tc program (baseline)", empty, frame(40000)),
+                    ("observer, TCP (1514 B)", prog, frame(50000, 6, 443)),
+                    ("observer, UDP QUIC-like (no entry)", prog, udp(50000, QUIC)),
+                    ("observer, UDP RTP, flow in the map", prog, udp(40000, RTP)),
+                    ("empty tc program again (baseline)", empty, frame(40000))]
+            for label, fd, data in rows:
+                print(f"  {label:42s} {ns_per_packet(fd, data, args.repeat):7.1f}")
 
-        n = args.singles
-        print(f"one repetition per run, median of {n} runs (ns/packet, timer reads included):")
-        print(f"  {'empty tc program (baseline)':42s} "
-              f"{single_runs(empty, [frame(40000)] * n):7.1f}")
-        print(f"  {'observer, UDP RTP, flow in the map':42s} "
-              f"{single_runs(prog, [udp(40000, RTP)] * n):7.1f}")
-        print(f"  {'observer, UDP RTP, new flow, map empty':42s} "
-              f"{single_runs(prog, [udp(1024 + i, RTP) for i in range(n)]):7.1f}")
-        for i in range(size):  # fill it: every further new flow evicts one
-            bpf_syscall.prog_test_run(prog, udp(10000 + i, RTP))
-        print(f"  {'observer, UDP RTP, new flow, map full':42s} "
-              f"{single_runs(prog, [udp(20000 + i, RTP) for i in range(n)]):7.1f}")
+            n = args.singles
+            print(f"one repetition per run, median of {n} runs (ns/packet, timer reads included):")
+            print(f"  {'empty tc program (baseline)':42s} "
+                  f"{single_runs(empty, [frame(40000)] * n):7.1f}")
+            print(f"  {'observer, UDP RTP, flow in the map':42s} "
+                  f"{single_runs(prog, [udp(40000, RTP)] * n):7.1f}")
+            print(f"  {'observer, UDP RTP, new flow, map empty':42s} "
+                  f"{single_runs(prog, [udp(1024 + i, RTP) for i in range(n)]):7.1f}")
+            for i in range(size):  # fill it: every further new flow evicts one
+                bpf_syscall.prog_test_run(prog, udp(10000 + i, RTP))
+            print(f"  {'observer, UDP RTP, new flow, map full':42s} "
+                  f"{single_runs(prog, [udp(20000 + i, RTP) for i in range(n)]):7.1f}")
 
-        key, value = o.maps.size(SEEN, "key"), o.maps.size(SEEN, "value")
-        print(f"map {SEEN}: LRU hash, {size} entries of key {key} + value {value} B = "
-              f"{size * (key + value) / 1024:.0f} KiB; kernel memlock (fdinfo) "
-              f"{memlock(seen) / 1024:.0f} KiB, allocated when the map is created")
+            key, value = o.maps.size(SEEN, "key"), o.maps.size(SEEN, "value")
+            print(f"map {SEEN}: LRU hash, {size} entries of key {key} + value {value} B = "
+                  f"{size * (key + value) / 1024:.0f} KiB; kernel memlock (fdinfo) "
+                  f"{memlock(seen) / 1024:.0f} KiB, allocated when the map is created")
 
-        full = len(o.read())
-        full_ms = read_ms(o)
-        for k in list(o.read())[10:]:
-            bpf_syscall.map_delete(seen, o.maps.seen_key(k))
-        print(f"Observer.read() (one batch lookup + unpack), best of 50: "
-              f"{len(o.read())} entries {read_ms(o):.3f} ms; {full} entries (full) "
-              f"{full_ms:.3f} ms")
-    finally:
-        for fd in fds:
-            os.close(fd)
-        o.close()
-        if pin.parent.exists():
-            os.rmdir(pin.parent)
-        subprocess.run(["ip", "netns", "del", NS], capture_output=True)
+            full = len(o.read())
+            full_ms = read_ms(o)
+            for k in list(o.read())[10:]:
+                bpf_syscall.map_delete(seen, o.maps.seen_key(k))
+            print(f"Observer.read() (one batch lookup + unpack), best of 50: "
+                  f"{len(o.read())} entries {read_ms(o):.3f} ms; {full} entries (full) "
+                  f"{full_ms:.3f} ms")
+        finally:
+            o.close()
 
 
 if __name__ == "__main__":

@@ -7,12 +7,15 @@ and the rewritten bytes back.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import struct
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -98,25 +101,34 @@ def tos_of(frame: bytes, l3: int = 14) -> int:
 
 # --- the loaded program ----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def loaded(objects: Path, tmp_path_factory: pytest.TempPathFactory):
-    run(["ip", "netns", "del", NS], check=False)
-    run(["ip", "netns", "add", NS])
-    c = bpf.Classifier(str(tmp_path_factory.mktemp("pin") / "bpffs"),
-                       objects / "voipqos-bpfel.o", netns=NS)
+@contextlib.contextmanager
+def on_test_devices(prog: bpf.TcProgram) -> Iterator[tuple[Any, int, int]]:
+    """`prog` (made with netns=its namespace) on the egress of a veth (Ethernet section)
+    and of a tun (L3 section) there: (prog, fd of each program for test runs)."""
+    ns = prog.netns
+    assert ns is not None
+    run(["ip", "netns", "del", ns], check=False)
+    run(["ip", "netns", "add", ns])
     fds: list[int] = []
     try:
-        run(["ip", "-n", NS, "link", "add", "d0", "type", "veth", "peer", "name", "d1"])
-        run(["ip", "-n", NS, "tuntap", "add", "dev", "t0", "mode", "tun"])
-        c.attach("d0", "egress")
-        c.attach("t0", "egress")
-        fds += [bpf_syscall.prog_fd_by_id(c.prog_id(dev, "egress")) for dev in ("d0", "t0")]
-        yield c, fds[0], fds[1]
+        run(["ip", "-n", ns, "link", "add", "d0", "type", "veth", "peer", "name", "d1"])
+        run(["ip", "-n", ns, "tuntap", "add", "dev", "t0", "mode", "tun"])
+        prog.attach("d0", "egress")
+        prog.attach("t0", "egress")
+        fds += [bpf_syscall.prog_fd_by_id(prog.prog_id(dev, "egress")) for dev in ("d0", "t0")]
+        yield prog, fds[0], fds[1]
     finally:
         for fd in fds:
             os.close(fd)
-        c.close()
-        run(["ip", "netns", "del", NS], check=False)
+        prog.close()
+        run(["ip", "netns", "del", ns], check=False)
+
+
+@pytest.fixture(scope="module")
+def loaded(objects: Path, tmp_path_factory: pytest.TempPathFactory):
+    with on_test_devices(bpf.Classifier(str(tmp_path_factory.mktemp("pin") / "bpffs"),
+                                        objects / "voipqos-bpfel.o", netns=NS)) as x:
+        yield x
 
 
 @pytest.fixture

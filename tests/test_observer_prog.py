@@ -7,7 +7,6 @@ entry (TCP, QUIC-like, fragments), and the program never changes a packet.
 from __future__ import annotations
 
 import itertools
-import os
 import struct
 from pathlib import Path
 
@@ -15,7 +14,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from test_bpf_prog import TCP, UDP, eth, ipv4, ipv6, l4, objects  # noqa: F401  (a fixture)
+from test_bpf_prog import (  # noqa: F401  (objects: a fixture)
+    TCP,
+    UDP,
+    eth,
+    ipv4,
+    ipv6,
+    l4,
+    objects,
+    on_test_devices,
+)
 from voipqos import bpf_syscall
 from voipqos.header_evidence import (
     IN,
@@ -25,7 +33,6 @@ from voipqos.header_evidence import (
     HeaderCounts,
     worth_tracking,
 )
-from voipqos.lab.netns import run
 from voipqos.observer import Observer
 
 NS = "vqo-prog"
@@ -45,23 +52,9 @@ _ports = itertools.count(20000)
 @pytest.fixture(scope="module")
 def prog(objects: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
     """(observer, fd of its Ethernet program, fd of its L3 program on a tun device)."""
-    run(["ip", "netns", "del", NS], check=False)
-    run(["ip", "netns", "add", NS])
-    o = Observer(str(tmp_path_factory.mktemp("pin") / "bpffs"), objects / "voipqos-bpfel.o",
-                 netns=NS)
-    fds: list[int] = []
-    try:
-        run(["ip", "-n", NS, "link", "add", "d0", "type", "veth", "peer", "name", "d1"])
-        run(["ip", "-n", NS, "tuntap", "add", "dev", "t0", "mode", "tun"])
-        o.attach("d0", "egress")
-        o.attach("t0", "egress")
-        fds += [bpf_syscall.prog_fd_by_id(o.prog_id(dev, "egress")) for dev in ("d0", "t0")]
-        yield o, fds[0], fds[1]
-    finally:
-        for fd in fds:
-            os.close(fd)
-        o.close()
-        run(["ip", "netns", "del", NS], check=False)
+    with on_test_devices(Observer(str(tmp_path_factory.mktemp("pin") / "bpffs"),
+                                  objects / "voipqos-bpfel.o", netns=NS)) as x:
+        yield x
 
 
 def frame(direction: int, near_port: int, payload: bytes, proto: int = UDP, v6: bool = False,
