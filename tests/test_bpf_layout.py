@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from voipqos import bpf, bpf_syscall, btf, classifier_maps
+from voipqos.header_evidence import HeaderCounts
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "build" / "bpf"
@@ -195,3 +196,19 @@ def test_bad_hook_is_refused(tmp_path: Path) -> None:
 def test_netns_pin_dir_under_sys_is_refused() -> None:
     with pytest.raises(bpf.BpfError, match="under /sys"):
         bpf.Classifier("/sys/fs/bpf/voipqos", netns="x")
+
+
+@pytest.mark.parametrize("addr", ["192.0.2.1", "2001:db8::7"])
+def test_observer_key_and_counters_in_both_byte_orders(maps, maps_be, addr: str) -> None:
+    """voipqos_seen: key in network order (IPv4 v4-mapped), counters read at the offsets
+    the object's BTF gives, whatever the byte order."""
+    for m in (maps, maps_be):
+        key = m.seen_key((addr, 3478, 40000))
+        assert key[:16] == classifier_maps._v6(addr) and key[16:] == struct.pack("!HH", 3478,
+                                                                                 40000)
+        value = m.seen_layout.pack({"dir": [{"rtp": 1, "stun": 3, "ssrc": [9, 9]},
+                                            {"rtp": 2, "stun": 2**32 - 1, "seq": [5, 6]}]})
+        assert m.seen_item(key, value) == ((addr, 3478, 40000),
+                                           HeaderCounts(1, 2, 3, 2**32 - 1))
+    with pytest.raises(classifier_maps.LayoutError, match="bad header key"):
+        maps.seen_key(("192.0.2.1", 70000, 1))
