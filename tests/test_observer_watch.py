@@ -85,7 +85,7 @@ def test_detector_gets_each_polls_read(tmp_path) -> None:
     assert d.status()["observer"]["state"] == "off" and not log  # nothing before a poll
     poll(d, 3)
     assert got == [READ] * 3
-    assert log == ["attach wan0 egress", "attach wan0 ingress", "ensure wan0"]
+    assert log == ["attach wan0 egress", "attach wan0 ingress"]
     assert d.status()["observer"] | {"read_ms": 0} == {
         "state": "on", "reason": None, "device": "wan0", "flows": 1, "read_ms": 0}
     d.shutdown()
@@ -148,3 +148,16 @@ def test_with_sqm_it_makes_way_before_the_profile_goes_on(tmp_path) -> None:
         assert (d.status()["observer"]["state"] == "off") == steps_aside
         poll(d)
         assert got[-1] == READ and d.status()["observer"]["state"] == "on"
+
+
+def test_status_text_says_whether_header_evidence_is_on(tmp_path) -> None:
+    from voipqos.cli import format_status
+
+    made, log = [], []
+    d, _, _ = daemon(tmp_path, made, log)
+    assert "  header evidence off: not attached yet\n" in format_status(d.status())
+    poll(d)
+    assert "  header evidence: observer on, 1 flow(s)\n" in format_status(d.status())
+    doc = d.status()
+    del doc["observer"]  # an older router's status: no line
+    assert "header evidence" not in format_status(doc)

@@ -330,6 +330,10 @@ def format_status(doc: dict[str, Any]) -> str:
     ]
     if doc.get("mode_expires"):
         out.append(f"  override ends at {_clock(doc['mode_expires'])}")
+    obs = doc.get("observer")  # absent from an older router's status
+    if obs:
+        out.append(f"  header evidence: observer on, {obs['flows']} flow(s)"
+                   if obs["state"] == "on" else f"  header evidence off: {obs['reason']}")
     out.append(f"calls: {len(doc['calls'])}")
     for c in doc["calls"]:
         out.append(f"  {c['lan_host']} <-> {c['far_host']}  {c['flows']} flow(s)  "

@@ -84,7 +84,8 @@ class HeaderWatch:
                 self.obs = self.factory()
                 for hook in HOOKS:
                     self.obs.attach(self.device, hook)
-            self.obs.ensure(self.device)
+            else:
+                self.obs.ensure(self.device)
         except (ImportError, OSError, RuntimeError) as exc:  # BpfError is a RuntimeError
             self.stop(str(exc))  # the `observer` warning logs it once
             return
