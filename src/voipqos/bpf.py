@@ -269,7 +269,9 @@ class TcProgram:
                          "handle", str(self.handle), "bpf")
             if (self.netns, dev) in _OWN_CLSACT and not any(
                     self._json("filter", "show", "dev", dev, h) for h in HOOKS):
-                self._tc("qdisc", "del", "dev", dev, "clsact")
+                if any(q.get("kind") == "clsact"
+                       for q in self._json("qdisc", "show", "dev", dev)):
+                    self._tc("qdisc", "del", "dev", dev, "clsact")
                 _OWN_CLSACT.discard((self.netns, dev))
         except BpfError:
             if self._link(dev) is not None:
