@@ -8,9 +8,9 @@ with a payload that starts with the captured payload's first 12 bytes (its RTP/S
 header, for the tc-BPF observer) and keeps the IP packet length the router counts (an
 IPv6 datagram is replayed over IPv4 with 20 more payload bytes). The far side answers to
 the NAT address it learnt from the LAN side's packets; a far-end packet before any LAN
-packet of its flow is dropped (a NAT router would drop it too). Idle gaps longer than `max_gap` (captures merged
-from several sessions) are shortened. The router's /proc/net/nf_conntrack is read once a
-second into a snapshot sequence.
+packet of its flow is dropped (a NAT router would drop it too). Idle gaps longer than
+`max_gap` (captures merged from several sessions) are shortened. The router's
+/proc/net/nf_conntrack is read once a second into a snapshot sequence.
 
 One process sends for both sides: sockets are opened inside each namespace with setns(2)
 and keep their namespace afterwards, so the timing of both directions comes from one
