@@ -111,6 +111,7 @@ class Flow:
     lan_side: str | None = None  # "orig" or "reply": which tuple the LAN host sent
     call: str | None = None
     pending: bool = False  # media for one interval only: counted, not yet classified
+    rtp: bool = False  # media this interval by the observer's RTP headers
 
     @property
     def hosts(self) -> tuple[str, str]:
@@ -143,6 +144,7 @@ class Call:
     sip: bool
     lan_known: bool
     tuples: frozenset[FiveTuple] = field(default_factory=frozenset)
+    rtp: bool = False  # one of its flows carried RTP headers this interval: a sure call
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +156,12 @@ class Detection:
     @property
     def tuples(self) -> frozenset[FiveTuple]:
         return frozenset().union(*(c.tuples for c in self.calls))
+
+    @property
+    def sure(self) -> bool:
+        """A call's media carried RTP headers this interval (the observer saw them):
+        `Hysteresis.step(..., sure=True)` switches on without waiting for more polls."""
+        return any(c.rtp for c in self.calls)
 
 
 @lru_cache(maxsize=16)
@@ -491,7 +499,7 @@ class Detector:
                     t.codes[-2:-1] in (*CALL_SHAPED, ONE_WAY) and steady)
                 f = Flow(e, MEDIA, (why, *detail, *(["documented media port"] if prior else []),
                                     *([PENDING] if pending else [])),
-                         f.out, f.inb, f.lan_side, pending=pending)
+                         f.out, f.inb, f.lan_side, pending=pending, rtp=code == RTP)
             elif t.codes[-2:-1] not in CALL_SHAPED and (code in (PRIOR, ICE) or (
                     code == WEAK and _socket(f) in self.probed and _socket(f) not in probing)):
                 f = Flow(e, MEDIA, (WEAK_FIRST, *detail, PENDING), f.out, f.inb, f.lan_side,
@@ -600,7 +608,7 @@ def _group(flows: list[Flow], interval: float | None, cfg: DetectConfig) -> Dete
             root = find(("h", *f.hosts))
             lan, far = root[1], root[2]
             f = Flow(f.entry, f.verdict, f.reasons, f.out, f.inb, f.lan_side,
-                     call=f"{lan}>{far}", pending=f.pending)
+                     call=f"{lan}>{far}", pending=f.pending, rtp=f.rtp)
             members.setdefault(root, []).append(f)
         result.append(f)
     calls = []
@@ -612,7 +620,7 @@ def _group(flows: list[Flow], interval: float | None, cfg: DetectConfig) -> Dete
             flows=tuple(f.entry.key for f in group), out=out, inb=inb,
             sip=lan in sip_hosts, lan_known=all(f.lan_side for f in group),
             tuples=frozenset(t for f in group if not f.pending for t in f.tuples()),
-        ))
+            rtp=any(f.rtp for f in group)))
     return Detection(tuple(result), tuple(calls), interval)
 
 

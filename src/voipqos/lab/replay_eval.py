@@ -151,7 +151,7 @@ def score(cap: dict, directory: Path, cfg: config.Config, headers: bool = False)
         snap = parse(lines, cfg.sip_ports, taken_at=t)
         d = det.update(snap, LAB_SIDES,
                        headers=header_map(snap, counts[n]) if headers else None)
-        if hyst.step(t, len(d.calls)) and hyst.active:
+        if hyst.step(t, len(d.calls), d.sure) and hyst.active:
             s.switch_ons += 1
         s.on_seconds += hyst.active
         for f in d.flows:
