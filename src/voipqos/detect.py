@@ -344,12 +344,27 @@ def _header_code(code: str, h: HeaderCounts, out: Direction, inb: Direction, dt:
     return code, None
 
 
-def _header_notes(h: HeaderCounts | None) -> tuple[str, ...]:
+RESET = 1 << 31  # a "delta" this large is a counter that went back (observer reloaded)
+
+
+def _since(now: HeaderCounts, before: HeaderCounts | None) -> HeaderCounts:
+    """Packets counted since the last read; counters that went back (the observer was
+    reloaded, its map entry evicted and re-added) count from zero, never as billions."""
+    d = now.since(before)
+    return now if max(d.rtp_out, d.rtp_in, d.stun_out, d.stun_in) >= RESET else d
+
+
+def _header_notes(h: HeaderCounts | None, inb: Direction, cfg: DetectConfig
+                  ) -> tuple[str, ...]:
     """What the observer counted, for the reasons (nothing when it counted nothing)."""
     if h is None or not (h.rtp_out or h.rtp_in or h.stun_out or h.stun_in):
         return ()
-    return (f"headers this interval: RTP {h.rtp_out} out / {h.rtp_in} in, "
+    seen = (f"headers this interval: RTP {h.rtp_out} out / {h.rtp_in} in, "
             f"STUN {h.stun_out} out / {h.stun_in} in",)
+    if h.rtp_in >= RTP_MIN and h.rtp_out < RTP_MIN and inb.mean_size > cfg.max_size:
+        return (*seen, "RTP coming in only, at video sizes: a stream (cloud gaming, TV), "
+                "not a call")
+    return seen
 
 
 def _evidence(codes: str, cfg: DetectConfig, steady: bool, socket_before: str) -> str | None:
@@ -408,7 +423,7 @@ class Detector:
             interval = snap.taken_at - prev.taken_at
         seen = None
         if headers is not None and self.headers is not None:  # deltas need a previous read
-            seen = {k: c.since(self.headers.get(k)) for k, c in headers.items()}
+            seen = {k: _since(c, self.headers.get(k)) for k, c in headers.items()}
         det = self._decide(prev, snap, sides, interval, seen)
         self.prev, self.headers = snap, headers
         return det
@@ -455,7 +470,10 @@ class Detector:
                 code = ALIVE  # weak evidence while the socket probes several peers
             t = self.tracks.get(key)
             if t is None and code in (QUIET, ALIVE, BULK):
-                flows.append(f)  # classify's verdict and reasons stand: no history needed
+                # classify's verdict and reasons stand: no history needed
+                notes = _header_notes(h, f.inb, cfg)
+                flows.append(Flow(e, OTHER, (*f.reasons, *notes), f.out, f.inb, f.lan_side)
+                             if notes else f)
                 continue
             if t is None:
                 if len(tracks) >= MAX_TRACKED:  # bounded: a huge table cannot grow it
@@ -489,7 +507,7 @@ class Detector:
                 tracks[key] = t  # history only while the flow can still become a call
             if code in CALL_SHAPED and RANK[code] >= RANK[sockets.get(_socket(f), ("-",))[0]]:
                 sockets[_socket(f)] = (code, (f.out.pps, f.inb.pps))
-            detail = (_describe(f.out, f.inb), *_header_notes(h), *_notes(e))
+            detail = (_describe(f.out, f.inb), *_header_notes(h, f.inb, cfg), *_notes(e))
             if code == ONE_WAY:  # a half of a call on two entries? decided below
                 for k in (("socket", *_socket(f)), ("hosts", *f.hosts)):
                     legs.setdefault(k, []).append(len(flows) * 2 + (f.out.pps >= f.inb.pps))
