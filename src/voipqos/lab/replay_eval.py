@@ -149,9 +149,11 @@ def score(cap: dict, directory: Path, cfg: config.Config, headers: bool = False)
     on: dict[int, float] = {}  # run index -> first poll with the profile on in it
     for n, (t, lines) in enumerate(snaps):
         snap = parse(lines, cfg.sip_ports, taken_at=t)
-        d = det.update(snap, LAB_SIDES,
-                       headers=header_map(snap, counts[n]) if headers else None)
-        if hyst.step(t, len(d.calls), d.sure) and hyst.active:
+        # conntrack only: as detectors from before header evidence are called (bench)
+        d = det.update(snap, LAB_SIDES, headers=header_map(snap, counts[n])) if headers \
+            else det.update(snap, LAB_SIDES)
+        # getattr: the bench scores detectors from before header evidence too
+        if hyst.step(t, len(d.calls), getattr(d, "sure", False)) and hyst.active:
             s.switch_ons += 1
         s.on_seconds += hyst.active
         for f in d.flows:
