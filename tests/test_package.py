@@ -237,6 +237,9 @@ def test_feed_makefile_declares_what_the_code_imports():
         mk.vars["PYTHON3_EMAIL"]
     assert "$(BPF_DEPENDS)" in pkg["DEPENDS"]
     assert mk.vars["PKG_LICENSE"] == "GPL-2.0-only"
+    # the license text ships in the build dir, where PKG_LICENSE_FILES names it
+    assert mk.vars["PKG_LICENSE_FILES"] == "LICENSE" and (ROOT / "LICENSE").is_file()
+    assert "$(VOIPQOS_TREE)/LICENSE $(PKG_BUILD_DIR)/" in mk.defines["Build/Prepare"]
     assert mk.defines["Package/voipqos/conffiles"].strip() == "/etc/config/voipqos"
     # bpf.mk's CompileBPF for the target, unchanged, and the object named by its byte
     # order; so the package is per target, not PKGARCH:=all

@@ -156,7 +156,25 @@ def test_remote_not_an_endpoint(tcp):
     client = RemoteClient(f"http://{tcp.listen}/cgi-bin/luci", "root", SECRET)
     with pytest.raises(RpcError) as exc:
         client.call("status")
-    assert "HTTP 404" in one_line(exc)
+    assert "HTTP 404" in one_line(exc) and "not a /ubus endpoint?" in one_line(exc)
+
+
+def test_remote_server_error_names_the_likely_cause():
+    """uhttpd answers 5xx when it cannot reach ubus/rpcd: not "not a /ubus endpoint"."""
+    class Busy(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_error(503)
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy) as srv:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        with pytest.raises(RpcError) as exc:
+            RemoteClient(f"http://127.0.0.1:{srv.server_address[1]}", "root", "x").call("status")
+        srv.shutdown()
+    assert "HTTP 503" in one_line(exc) and "is rpcd running?" in one_line(exc)
+    assert "not a /ubus" not in one_line(exc)
 
 
 def test_remote_unreachable_and_timeout():

@@ -29,6 +29,16 @@ if TYPE_CHECKING:  # imported where used: http.client loads ssl and email (8 MiB
 PASSWORD_ENV = "VOIPQOS_PASSWORD"
 
 
+def _http_hint(status: int) -> str:
+    """What an HTTP error from a would-be /ubus URL most likely means (uhttpd answers 404
+    where no ubus prefix is configured, 5xx when ubusd or rpcd is down or overloaded)."""
+    if status == 404:
+        return " (not a /ubus endpoint?)"
+    if status >= 500:
+        return " (the router's web server could not reach ubus/rpcd: is rpcd running?)"
+    return ""
+
+
 class RpcError(Exception):
     """One line for the user."""
 
@@ -184,8 +194,8 @@ class SessionClient:
         finally:
             conn.close()
         if resp.status != 200:
-            raise RpcError(f"{self.where}: HTTP {resp.status} {resp.reason} (not a /ubus "
-                           "endpoint?)")
+            raise RpcError(f"{self.where}: HTTP {resp.status} {resp.reason}"
+                           + _http_hint(resp.status))
         try:
             return json.loads(data)
         except (ValueError, UnicodeDecodeError):
