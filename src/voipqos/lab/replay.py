@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..header_evidence import HEAD_LEN
-from .netns import LAN_HOST4, WAN_HOST4, three_hosts
+from .netns import LAN_HOST4, ROUTER_WAN_DEV, WAN_HOST4, three_hosts
 from .replay_pcap import Datagram, read_udp
 
 FAR_NET = "100.64.0.0/10"  # lab addresses of the capture's far hosts (on the wan host)
@@ -134,16 +134,53 @@ def _udp(bind: Endpoint) -> socket.socket:
     return s
 
 
+# a UDP datagram as the router's WAN device saw it: (leaving?, src, sport, dst, dport,
+# the payload's first HEAD_LEN bytes)
+Wire = tuple[bool, str, int, str, int, bytes]
+
+
 @dataclass
 class Result:
     snapshots: list[tuple[float, list[str]]]
     sent: int
     dropped: int  # far-end packets with no NAT mapping learnt yet
+    wan: list[Wire] = field(default_factory=list)  # with tap=True
 
 
-def replay(p: Plan, prefix: str, speed: float = 1.0, tail: float = 3.0) -> Result:
+def _tap() -> socket.socket:
+    """A packet socket on the router's WAN device (opened inside its namespace): every
+    IPv4 frame leaving or arriving, where the tc-BPF observer sits."""
+    # ETH_P_ALL: only those taps see frames leaving (ETH_P_IP ones get arriving only)
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    s.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE: hold a whole replay
+    s.bind((ROUTER_WAN_DEV, 3))
+    s.setblocking(False)
+    return s
+
+
+def _tapped(s: socket.socket) -> list[Wire]:
+    out: list[Wire] = []
+    while True:
+        try:
+            frame, addr = s.recvfrom(65535)
+        except (BlockingIOError, InterruptedError):
+            return out
+        ip = frame[14:]  # veth: Ethernet
+        if frame[12:14] != b"\x08\x00" or len(ip) < 28 or ip[9] != 17:
+            continue
+        udp = (ip[0] & 15) * 4
+        out.append((addr[2] == socket.PACKET_OUTGOING,
+                    str(ipaddress.IPv4Address(ip[12:16])), int.from_bytes(ip[udp:udp + 2], "big"),
+                    str(ipaddress.IPv4Address(ip[16:20])),
+                    int.from_bytes(ip[udp + 2:udp + 4], "big"),
+                    bytes(ip[udp + 8:udp + 8 + HEAD_LEN])))
+
+
+def replay(p: Plan, prefix: str, speed: float = 1.0, tail: float = 3.0,
+           tap: bool = False) -> Result:
     """Send the plan through a fresh lan-router-wan topology; snapshot conntrack each
-    second (t=0 before the first packet, up to `tail` s after the last)."""
+    second (t=0 before the first packet, up to `tail` s after the last); with `tap`, also
+    every UDP datagram the router's WAN device carried (`Result.wan`)."""
     topo = three_hosts(prefix)
     try:
         topo.route("router", f"{FAR_NET} via {WAN_HOST4}")
@@ -160,7 +197,11 @@ def replay(p: Plan, prefix: str, speed: float = 1.0, tail: float = 3.0) -> Resul
         home = os.open(own, os.O_RDONLY)
         lan_socks: dict[int, socket.socket] = {}
         far_socks: dict[Endpoint, socket.socket] = {}
+        wan = None
         try:
+            if tap:
+                _setns(f"/run/netns/{topo.ns('router')}")
+                wan = _tap()
             _setns(f"/run/netns/{topo.ns('lan')}")
             for port in sorted({s[2] for s in p.sends}):
                 lan_socks[port] = _udp((LAN_HOST4, port))
@@ -170,7 +211,11 @@ def replay(p: Plan, prefix: str, speed: float = 1.0, tail: float = 3.0) -> Resul
         finally:
             _libc.setns(home, CLONE_NEWNET)
             os.close(home)
-        return _run(p, lan_socks, far_socks, ct_path, speed, tail)
+        res = _run(p, lan_socks, far_socks, ct_path, speed, tail)
+        if wan is not None:
+            res.wan = _tapped(wan)
+            wan.close()
+        return res
     finally:
         topo.close()
 
