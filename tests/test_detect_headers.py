@@ -144,3 +144,25 @@ def test_a_sure_call_switches_on_at_once_and_only_with_a_call():
     assert not h.step(1, 0, sure=True) and not h.active
     assert h.step(2, 1, sure=True) and h.active
     assert h.reason == "call confirmed by RTP headers"
+
+
+def test_a_bulk_flow_to_the_far_host_of_an_rtp_call_stays_out_of_the_voice_class():
+    d = Detector(CFG)
+    call = [entry(pkts=(n, n), size=(160, 160)) for n in (0, 20, 40)]
+    bulk = [entry(sport=40001, dport=443, pkts=(n, 30 * n), size=(80, 1200)) for n in (0, 20, 40)]
+    key = (FAR, 20000, 40000)
+    dets = [d.update(snap(c, b, at=float(t)), ROUTER, headers={key: rtp(18 * t, 18 * t)})
+            for t, (c, b) in enumerate(zip(call, bulk, strict=True))]
+    [call_flow] = [f for f in dets[-1].flows if f.entry.orig.sport == 40000]
+    [bulk_flow] = [f for f in dets[-1].flows if f.entry.orig.sport == 40001]
+    assert call_flow.verdict == MEDIA and bulk_flow.verdict != MEDIA
+    assert "kept out of the voice class" in bulk_flow.reasons[-1]
+    assert all(t[3] != 40001 and t[4] != 40001 for t in dets[-1].tuples)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(601, 3000), st.integers(0, 3000), st.integers(0, 3000))
+def test_no_header_count_makes_bulk_media(pps, rtp_out, rtp_in):
+    """Above VIDEO_MAX_PPS a flow is bulk whatever its headers say."""
+    dets = feed([(pps, pps)] * 2, [HeaderCounts(rtp_out, rtp_in, 5, 5)] * 2, size=(1000, 1000))
+    assert not any(d.calls for d in dets)
