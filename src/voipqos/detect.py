@@ -14,6 +14,10 @@ interval (a call moving to another relay). A socket talking to many peers at onc
 game or P2P mesh, never a call. Media flows of one LAN socket or one LAN/far host pair
 make one call; slow small flows between the same hosts (RTCP) join it, anything else (a
 download from the same far host) does not. SIP is only a hint: WebRTC calls show none.
+With the tc-BPF observer's header counters (`headers`, header_evidence.py) chained RTP
+makes a flow media at once, whatever its rate (both ways, ours going out, or coming in at
+voice size: not cloud gaming's video), and voice-sized traffic beside STUN checks both
+ways (an ICE path) after 2 intervals; without them the verdicts are conntrack's alone.
 """
 
 from __future__ import annotations
