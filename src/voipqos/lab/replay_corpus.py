@@ -34,10 +34,19 @@ def load_manifest(directory: Path = CORPUS) -> list[dict]:
     return json.loads((directory / "corpus.json").read_text())["captures"]
 
 
+def corpus_file(directory: Path, name: str) -> Path:
+    """A corpus file for a sequence directory: its own, its parent's (a shifted replay
+    of a corpus lives in a subdirectory of it), else the committed corpus'."""
+    for d in (directory, directory.parent, CORPUS):
+        if (d / name).exists():
+            return d / name
+    return CORPUS / name
+
+
 def run_one(cap: dict, pcaps: Path | None, out: Path, prefix: str, shift: float = 0.0,
-            plans_only: bool = False) -> str:
-    if pcaps is None:  # the committed plan, shifted
-        p = read_plan(CORPUS / f"{cap['name']}.plan.gz")
+            plans_only: bool = False, corpus: Path = CORPUS) -> str:
+    if pcaps is None:  # the corpus' plan, shifted
+        p = read_plan(corpus / f"{cap['name']}.plan.gz")
         p = Plan(p.lan_host, [(t + shift, *rest) for t, *rest in p.sends], p.far_map,
                  p.skipped, p.duration + shift, p.heads)
     else:
@@ -59,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pcaps", help="directory holding the corpus' capture files")
     ap.add_argument("--shift", type=float, help="replay the committed plans this many "
                     "seconds later instead (no pcaps)")
+    ap.add_argument("--corpus", default=str(CORPUS),
+                    help="directory with the corpus.json to replay, and with --shift its plans "
+                    "(default: the committed corpus; your own captures: see docs/detection.md)")
     ap.add_argument("--out", default=str(CORPUS))
     ap.add_argument("--only", nargs="*", help="capture names (default: all)")
     ap.add_argument("--jobs", type=int, default=2)
@@ -73,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         print("voipqos-replay-corpus: needs root (network namespaces)", file=sys.stderr)
         return 2
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    caps = [c for c in load_manifest() if not a.only or c["name"] in a.only]
+    caps = [c for c in load_manifest(Path(a.corpus)) if not a.only or c["name"] in a.only]
     with ProcessPoolExecutor(a.jobs) as pool:
         futs = [pool.submit(run_one, c, a.pcaps and Path(a.pcaps), Path(a.out),
-                            f"vqr{os.getpid()}x{i}-", a.shift or 0.0, a.plans_only)
+                            f"vqr{os.getpid()}x{i}-", a.shift or 0.0, a.plans_only,
+                            Path(a.corpus))
                 for i, c in enumerate(caps)]
         for f in futs:
             print(f.result(), flush=True)

@@ -27,7 +27,7 @@ from ..header_evidence import IN, OUT, FlowHeaders, HeaderCounts, HeaderKey, wor
 from ..hysteresis import Hysteresis, HysteresisConfig
 from .netns import LAN_HOST4, LAN_NET4, ROUTER_WAN4
 from .replay import Endpoint, Plan, read_plan, read_snapshots
-from .replay_corpus import CORPUS, load_manifest
+from .replay_corpus import CORPUS, corpus_file, load_manifest
 
 # what hostinfo.sides() gives the daemon on the lab router
 LAB_SIDES = Sides(frozenset({ROUTER_WAN4}), (ipaddress.ip_network(LAN_NET4),))
@@ -137,7 +137,7 @@ def score(cap: dict, directory: Path, cfg: config.Config, headers: bool = False)
     snaps = read_snapshots(directory / f"{cap['name']}.ct")
     counts: list[dict[tuple[int, Endpoint], HeaderCounts]] = []
     if headers:
-        p = read_plan(CORPUS / f"{cap['name']}.plan.gz")
+        p = read_plan(corpus_file(directory, f"{cap['name']}.plan.gz"))
         # a shifted sequence replayed the committed plan later: its truth says how much
         counts = observed(p, round(truth["duration"] - p.duration, 3), [t for t, _ in snaps])
     runs = call_runs({int(k): v for k, v in truth["media"].items()})
@@ -183,7 +183,7 @@ def score(cap: dict, directory: Path, cfg: config.Config, headers: bool = False)
 def evaluate(directory: Path = CORPUS, cfg: config.Config | None = None,
              names: list[str] | None = None, headers: bool = False) -> list[Score]:
     cfg = cfg or config.defaults()
-    manifest = load_manifest(directory if (directory / "corpus.json").exists() else CORPUS)
+    manifest = load_manifest(corpus_file(directory, "corpus.json").parent)
     return [score(c, directory, cfg, headers) for c in manifest
             if (not names or c["name"] in names) and (directory / f"{c['name']}.ct").exists()]
 
