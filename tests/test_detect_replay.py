@@ -136,3 +136,19 @@ def test_plan_and_snapshot_files_round_trip(tmp_path):
     snaps = [(0.0, []), (1.0, ["line a", "line b"])]
     write_snapshots(tmp_path / "x.ct", snaps)
     assert read_snapshots(tmp_path / "x.ct") == snaps
+
+
+def test_own_corpus_files_are_found_before_the_committed_ones(tmp_path):
+    """`replay_corpus --corpus MYDIR` / `replay_eval --dir MYDIR[/shift-0.5]`: a user's
+    manifest and plans are taken from their directory (or its parent for a shifted
+    replay), the committed corpus only for what is not there."""
+    from voipqos.lab.replay_corpus import CORPUS, corpus_file, load_manifest
+
+    shifted = tmp_path / "shift-0.5"
+    shifted.mkdir()
+    (tmp_path / "corpus.json").write_text('{"captures": [{"name": "mine"}]}')
+    assert corpus_file(shifted, "corpus.json") == tmp_path / "corpus.json"
+    assert load_manifest(corpus_file(shifted, "corpus.json").parent) == [{"name": "mine"}]
+    (shifted / "mine.plan.gz").write_bytes(b"")
+    assert corpus_file(shifted, "mine.plan.gz") == shifted / "mine.plan.gz"
+    assert corpus_file(shifted, "kakaotalk.plan.gz") == CORPUS / "kakaotalk.plan.gz"
