@@ -138,6 +138,7 @@ def test_two_and_twelve_snapshots_of_a_call(tmp_path, capsys):
     assert {k: doc[k] for k in fl} == fl and doc["profile"]["on"] is active is True
     _, text, _ = analyze(tmp_path, capsys, *paths)
     assert text.startswith("12 snapshots, 11 s of history; profile on")
+    assert "no packet-header evidence" in text.splitlines()[1]  # offline: conntrack only
 
 
 def test_bad_files_are_one_line_errors_exit_2(tmp_path, capsys):

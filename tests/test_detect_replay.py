@@ -3,6 +3,7 @@ IPv6), mapping a capture onto the lab (addresses, ports, gaps, sizes), its files
 
 from __future__ import annotations
 
+import gzip
 import ipaddress
 import struct
 
@@ -17,10 +18,10 @@ from voipqos.lab.replay import (
 from voipqos.lab.replay_pcap import Datagram, read_udp
 
 
-def udp4(src: str, dst: str, sport: int, dport: int, payload: int) -> bytes:
+def udp4(src: str, dst: str, sport: int, dport: int, payload: int, data: bytes = b"") -> bytes:
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + payload, 0, 0, 64, 17, 0,
                      ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
-    return ip + struct.pack("!HHHH", sport, dport, 8 + payload, 0) + bytes(payload)
+    return ip + struct.pack("!HHHH", sport, dport, 8 + payload, 0) + data.ljust(payload, b"\0")
 
 
 def udp6(src: str, dst: str, sport: int, dport: int, payload: int) -> bytes:
@@ -70,11 +71,22 @@ def test_pcap_and_pcapng_give_the_same_datagrams(tmp_path):
     da, skipped = read_udp(a)
     db, _ = read_udp(b)
     assert skipped == 1
-    assert da == [Datagram(100.0, "192.168.1.5", "203.0.113.7", 4000, 3478, 188, 4),
-                  Datagram(100.02, "203.0.113.7", "192.168.1.5", 3478, 4000, 148, 4),
-                  Datagram(100.5, "fd00::5", "2001:db8::9", 5000, 443, 1248, 6)]
+    z = bytes(12)
+    assert da == [Datagram(100.0, "192.168.1.5", "203.0.113.7", 4000, 3478, 188, 4, z),
+                  Datagram(100.02, "203.0.113.7", "192.168.1.5", 3478, 4000, 148, 4, z),
+                  Datagram(100.5, "fd00::5", "2001:db8::9", 5000, 443, 1248, 6, z)]
     assert [(d.src, d.ip_len) for d in db] == [(d.src, d.ip_len) for d in da]
     assert all(abs(x.ts - y.ts) < 1e-6 for x, y in zip(da, db, strict=True))
+
+
+def test_head_is_the_payload_start_never_the_frame_padding(tmp_path):
+    rtp = bytes.fromhex("80 00 1234 00000001 deadbeef") + b"voice"
+    f = tmp_path / "h.pcap"
+    # an Ethernet frame pads a short packet to 60 bytes: the padding is not payload
+    f.write_bytes(pcap([(0.0, ether(udp4("10.0.0.2", "198.51.100.9", 1, 2, 17, rtp))),
+                        (0.1, ether(udp4("10.0.0.2", "198.51.100.9", 1, 2, 3)) + b"\xff" * 20)]))
+    [d, e], _ = read_udp(f)
+    assert (d.head, e.head) == (rtp[:12], bytes(3))
 
 
 def test_linux_cooked_capture(tmp_path):
@@ -109,11 +121,34 @@ def test_ipv6_capture_keeps_the_counted_length_over_ipv4():
 
 
 def test_plan_and_snapshot_files_round_trip(tmp_path):
-    p = plan([Datagram(0.0, "10.0.0.2", "203.0.113.7", 1, 2, 100, 4),
-              Datagram(0.25, "203.0.113.7", "10.0.0.2", 2, 1, 90, 4)], "10.0.0.2")
+    p = plan([Datagram(0.0, "10.0.0.2", "203.0.113.7", 1, 2, 100, 4, b"\x80" * 12),
+              Datagram(0.25, "203.0.113.7", "10.0.0.2", 2, 1, 30, 4, b"")], "10.0.0.2")
     write_plan(tmp_path / "x.plan.gz", p)
     q = read_plan(tmp_path / "x.plan.gz")
     assert (q.lan_host, q.far_map, q.sends, q.skipped) == (p.lan_host, p.far_map, p.sends, 0)
+    assert q.heads == [b"\x80" * 12, b""]
+    # a plan written before heads were kept still loads: no heads, zeros are sent
+    old = "lan 10.0.0.2\nskipped 0\nduration 0\nfar 1.2.3.4 100.64.0.4\n" \
+          "0.000000 out 1 100.64.0.4 2 72\n"
+    (tmp_path / "old.plan.gz").write_bytes(gzip.compress(old.encode()))
+    o = read_plan(tmp_path / "old.plan.gz")
+    assert (o.sends, o.heads, o.head(0)) == ([(0.0, True, 1, ("100.64.0.4", 2), 72)], [], b"")
     snaps = [(0.0, []), (1.0, ["line a", "line b"])]
     write_snapshots(tmp_path / "x.ct", snaps)
     assert read_snapshots(tmp_path / "x.ct") == snaps
+
+
+def test_own_corpus_files_are_found_before_the_committed_ones(tmp_path):
+    """`replay_corpus --corpus MYDIR` / `replay_eval --dir MYDIR[/shift-0.5]`: a user's
+    manifest and plans are taken from their directory (or its parent for a shifted
+    replay), the committed corpus only for what is not there."""
+    from voipqos.lab.replay_corpus import CORPUS, corpus_file, load_manifest
+
+    shifted = tmp_path / "shift-0.5"
+    shifted.mkdir()
+    (tmp_path / "corpus.json").write_text('{"captures": [{"name": "mine"}]}')
+    assert corpus_file(shifted, "corpus.json") == tmp_path / "corpus.json"
+    assert load_manifest(corpus_file(shifted, "corpus.json").parent) == [{"name": "mine"}]
+    (shifted / "mine.plan.gz").write_bytes(b"")
+    assert corpus_file(shifted, "mine.plan.gz") == shifted / "mine.plan.gz"
+    assert corpus_file(shifted, "kakaotalk.plan.gz") == CORPUS / "kakaotalk.plan.gz"

@@ -217,10 +217,16 @@ def _print_json_rows(doc: dict[str, Any], key: str) -> None:
     out.write("\n]}\n")
 
 
+NO_HEADERS = ("offline snapshots carry no packet-header evidence: verdicts from conntrack "
+              "counters only (the router's observer can confirm a call by its RTP/STUN "
+              "headers sooner)")
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Feed the saved tables to the daemon's own Detector and Hysteresis, one poll per
     file, `--interval` apart: the verdicts are those the service would give at the last
-    one. Only two snapshots are held at a time."""
+    one without its packet-header observer (a saved table holds no RTP/STUN header
+    counts). Only two snapshots are held at a time."""
     from .documents import flows_document
 
     path = Path(args.config)
@@ -253,6 +259,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         print(f"{doc['snapshots']} snapshots, {doc['history_s']:g} s of history; profile "
               f"{'on' if hyst.active else 'off'} ({hyst.reason})")
+        print(NO_HEADERS)
         print(format_flows(doc))
     return 0
 
@@ -448,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=cmd_mode)
 
     s = sub.add_parser("analyze", parents=[common],
-                       help="offline: saved copies of /proc/net/nf_conntrack, in time order")
+                       help="offline: saved copies of /proc/net/nf_conntrack, in time order "
+                       "(conntrack counters only: no packet-header evidence)")
     s.add_argument("snapshots", nargs="+", metavar="SNAPSHOT",
                    help="two or more copies taken --interval seconds apart, oldest first")
     s.add_argument("--interval", type=float, default=1.0,

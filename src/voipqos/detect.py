@@ -14,6 +14,10 @@ interval (a call moving to another relay). A socket talking to many peers at onc
 game or P2P mesh, never a call. Media flows of one LAN socket or one LAN/far host pair
 make one call; slow small flows between the same hosts (RTCP) join it, anything else (a
 download from the same far host) does not. SIP is only a hint: WebRTC calls show none.
+With the tc-BPF observer's header counters (`headers`, header_evidence.py) chained RTP
+makes a flow media at once, whatever its rate (both ways, ours going out, or coming in at
+voice size: not cloud gaming's video), and voice-sized traffic beside STUN checks both
+ways (an ICE path) after 2 intervals; without them the verdicts are conntrack's alone.
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ class Flow:
     lan_side: str | None = None  # "orig" or "reply": which tuple the LAN host sent
     call: str | None = None
     pending: bool = False  # media for one interval only: counted, not yet classified
+    rtp: bool = False  # media this interval by the observer's RTP headers
 
     @property
     def hosts(self) -> tuple[str, str]:
@@ -143,6 +148,7 @@ class Call:
     sip: bool
     lan_known: bool
     tuples: frozenset[FiveTuple] = field(default_factory=frozenset)
+    rtp: bool = False  # one of its flows carried RTP headers this interval: a sure call
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +160,12 @@ class Detection:
     @property
     def tuples(self) -> frozenset[FiveTuple]:
         return frozenset().union(*(c.tuples for c in self.calls))
+
+    @property
+    def sure(self) -> bool:
+        """A call's media carried RTP headers this interval (the observer saw them):
+        `Hysteresis.step(..., sure=True)` switches on without waiting for more polls."""
+        return any(c.rtp for c in self.calls)
 
 
 @lru_cache(maxsize=16)
@@ -245,8 +257,10 @@ STRONG, WEAK, VIDEO, ONE_WAY, ALIVE, QUIET, BULK = "S", "W", "V", "O", "A", "-",
 TALK = "T"  # one side voice-sized at >= WEAK_PPS, the other a trickle or tiny frames (DTX,
 # muted, comfort noise, keepalives)
 PRIOR = "P"  # on a documented media port: weak voice or video sizes, both ways
-CALL_SHAPED = (STRONG, WEAK, PRIOR, VIDEO)
-RANK = {STRONG: 4, PRIOR: 3, WEAK: 2, VIDEO: 1, "-": 0}
+RTP = "R"  # the observer saw RTP streams chain (header_evidence): both ways, or ours up
+ICE = "I"  # voice-sized both ways beside STUN checks both ways lately (an ICE media path)
+CALL_SHAPED = (RTP, STRONG, WEAK, PRIOR, ICE, VIDEO)
+RANK = {RTP: 5, STRONG: 4, PRIOR: 3, ICE: 3, WEAK: 2, VIDEO: 1, "-": 0}
 KEEP = frozenset((*CALL_SHAPED, ONE_WAY, TALK))
 PENDING = "1 interval so far: counts toward switching on, not in the voice class yet"
 WEAK_FIRST = "weak voice, first interval: a call if the next one keeps the rate"
@@ -306,10 +320,63 @@ def _code(out: Direction, inb: Direction, cfg: DetectConfig, prior: bool) -> str
     return ALIVE
 
 
+RTP_MIN = 2  # chained RTP packets a direction needs in an interval (a game's bytes chain
+# by chance once in a while: 1 in the corpus' Epic Games capture)
+ICE_RECENT = 10.0  # s a flow's STUN checks both ways mark it an ICE path (WebRTC repeats
+# them every few seconds on the path in use: consent freshness, RFC 7675)
+
+
+def _header_code(code: str, h: HeaderCounts, out: Direction, inb: Direction, dt: float,
+                 cfg: DetectConfig, ice: bool) -> tuple[str, str | None]:
+    """The interval's code with the observer's header counts `h` (deltas) and whether
+    the flow checked STUN both ways lately; and the rule that changed it, if one did.
+    RTP needs its own stream going out (our side talks or films) or both ways: a stream
+    coming in alone is a call only at voice sizes (cloud gaming's video is RTP too)."""
+    if code == BULK:
+        return code, None
+    few = max(RTP_MIN, WEAK_PPS * dt)
+    if h.rtp_out >= RTP_MIN and h.rtp_in >= RTP_MIN:
+        return RTP, f"RTP headers both ways: {h.rtp_out} out / {h.rtp_in} in this interval"
+    if h.rtp_out >= few and (inb.pps >= ALIVE_PPS or _voice(out, cfg, WEAK_PPS)):
+        return RTP, (f"RTP headers out: {h.rtp_out} this interval, "
+                     + ("return flowing" if inb.pps >= ALIVE_PPS else "voice-sized"))
+    if h.rtp_in >= few and out.pps >= ALIVE_PPS and _voice(inb, cfg, WEAK_PPS):
+        return RTP, f"RTP headers in: {h.rtp_in} this interval at voice size, return flowing"
+    if ice and code in (ALIVE, WEAK, TALK) and min(out.pps, inb.pps) * dt >= max(
+            h.stun_out, h.stun_in) + 1 and max(out.mean_size, inb.mean_size) <= cfg.max_size:
+        return ICE, None  # media packets both ways beside the checks, voice-sized
+    return code, None
+
+
+RESET = 1 << 31  # a "delta" this large is a counter that went back (observer reloaded)
+
+
+def _since(now: HeaderCounts, before: HeaderCounts | None) -> HeaderCounts:
+    """Packets counted since the last read; counters that went back (the observer was
+    reloaded, its map entry evicted and re-added) count from zero, never as billions."""
+    d = now.since(before)
+    return now if max(d.rtp_out, d.rtp_in, d.stun_out, d.stun_in) >= RESET else d
+
+
+def _header_notes(h: HeaderCounts | None, inb: Direction, cfg: DetectConfig
+                  ) -> tuple[str, ...]:
+    """What the observer counted, for the reasons (nothing when it counted nothing)."""
+    if h is None or not (h.rtp_out or h.rtp_in or h.stun_out or h.stun_in):
+        return ()
+    seen = (f"headers this interval: RTP {h.rtp_out} out / {h.rtp_in} in, "
+            f"STUN {h.stun_out} out / {h.stun_in} in",)
+    if h.rtp_in >= RTP_MIN and h.rtp_out < RTP_MIN and inb.mean_size > cfg.max_size:
+        return (*seen, "RTP coming in only, at video sizes: a stream (cloud gaming, TV), "
+                "not a call")
+    return seen
+
+
 def _evidence(codes: str, cfg: DetectConfig, steady: bool, socket_before: str) -> str | None:
     """Why the flow's recent intervals make it call media now, or None; socket_before:
     the best code of the LAN socket's flows in the previous interval."""
     now = codes[-1:]
+    if now == ICE and codes[-2:-1] in CALL_SHAPED:
+        return "voice-sized both ways on an ICE path (STUN checks both ways) for 2 intervals"
     if now == STRONG:
         return "voice-sized both ways"
     if now == WEAK and PRIOR in (codes[-2:-1], socket_before):
@@ -346,20 +413,28 @@ class Detector:
         # LAN sockets that probed several peers at once lately (ICE, relay races): when
         # did they last
         self.probed: dict[tuple[str, int], float] = {}
+        self.headers: Mapping[HeaderKey, HeaderCounts] | None = None  # the last poll's
+        self.ice: dict[Key, float] = {}  # flows with STUN checks both ways: when last
 
     def update(self, snap: Snapshot, sides: Sides = Sides(), interval: float | None = None,
                headers: Mapping[HeaderKey, HeaderCounts] | None = None) -> Detection:
         """Account one snapshot (taken after the previous one) and decide on it.
-        `headers`: the observer's counters (not used yet; None when it is off)."""
+
+        `headers`: the tc-BPF observer's cumulative RTP/STUN counters read with the
+        snapshot (None: no observer; then the verdicts are conntrack's alone)."""
         prev = self.prev
         if interval is None and prev is not None:
             interval = snap.taken_at - prev.taken_at
-        det = self._decide(prev, snap, sides, interval)
-        self.prev = snap
+        seen = None
+        if headers is not None and self.headers is not None:  # deltas need a previous read
+            seen = {k: _since(c, self.headers.get(k)) for k, c in headers.items()}
+        det = self._decide(prev, snap, sides, interval, seen)
+        self.prev, self.headers = snap, headers
         return det
 
     def _decide(self, prev: Snapshot | None, cur: Snapshot, sides: Sides,
-                dt: float | None) -> Detection:
+                dt: float | None,
+                seen: Mapping[HeaderKey, HeaderCounts] | None = None) -> Detection:
         cfg = self.cfg
         before = prev.entries if prev is not None else {}
         now = cur.taken_at
@@ -372,6 +447,7 @@ class Detector:
         probing = _fan_out(rated, WEAK_PPS, both=True)
         self.probed = {s: at for s, at in self.probed.items() if now - at <= PROBED_RECENT}
         self.probed.update((s, now) for s in probing)
+        self.ice = {k: at for k, at in self.ice.items() if now - at <= ICE_RECENT}
         for f in rated:
             e, key = f.entry, f.entry.key
             if f.out is None or f.verdict != OTHER:
@@ -386,11 +462,22 @@ class Detector:
             prior = _in_ranges(e.orig.sport, cfg.media_ports) or \
                 _in_ranges(e.orig.dport, cfg.media_ports)
             code = _code(f.out, f.inb, cfg, prior)
-            if code in (WEAK, PRIOR) and _socket(f) in probing:
+            h = seen.get(_far_key(f)) if seen is not None else None
+            rule = None
+            if h is not None:
+                if h.stun_out and h.stun_in and (key in self.ice or
+                                                 len(self.ice) < MAX_TRACKED):
+                    self.ice[key] = now
+                code, rule = _header_code(code, h, f.out, f.inb, dt or 1.0, cfg,
+                                          key in self.ice)
+            if code in (WEAK, PRIOR, ICE) and _socket(f) in probing:
                 code = ALIVE  # weak evidence while the socket probes several peers
             t = self.tracks.get(key)
             if t is None and code in (QUIET, ALIVE, BULK):
-                flows.append(f)  # classify's verdict and reasons stand: no history needed
+                # classify's verdict and reasons stand: no history needed
+                notes = _header_notes(h, f.inb, cfg)
+                flows.append(Flow(e, OTHER, (*f.reasons, *notes), f.out, f.inb, f.lan_side)
+                             if notes else f)
                 continue
             if t is None:
                 if len(tracks) >= MAX_TRACKED:  # bounded: a huge table cannot grow it
@@ -402,7 +489,8 @@ class Detector:
                 t = _Track(code0, rates=rates0)
             t.codes = (t.codes + code)[-HISTORY:]
             steady = _steady(t.rates, f.out, f.inb)
-            why = _evidence(t.codes, cfg, steady, self.sockets.get(_socket(f), ("",))[0])
+            why = rule or _evidence(t.codes, cfg, steady,
+                                    self.sockets.get(_socket(f), ("",))[0])
             t.rates = (f.out.pps, f.inb.pps)
             if code == BULK:
                 t.media_at, t.runs = None, 0
@@ -423,18 +511,18 @@ class Detector:
                 tracks[key] = t  # history only while the flow can still become a call
             if code in CALL_SHAPED and RANK[code] >= RANK[sockets.get(_socket(f), ("-",))[0]]:
                 sockets[_socket(f)] = (code, (f.out.pps, f.inb.pps))
-            detail = (_describe(f.out, f.inb), *_notes(e))
+            detail = (_describe(f.out, f.inb), *_header_notes(h, f.inb, cfg), *_notes(e))
             if code == ONE_WAY:  # a half of a call on two entries? decided below
                 for k in (("socket", *_socket(f)), ("hosts", *f.hosts)):
                     legs.setdefault(k, []).append(len(flows) * 2 + (f.out.pps >= f.inb.pps))
             if why:
                 # confirmed by a second interval: media before, or call-shaped at this rate
-                pending = t.runs == 1 and not (t.codes[-2:-1] in (*CALL_SHAPED, ONE_WAY)
-                                               and steady)
+                pending = t.runs == 1 and code != RTP and not (
+                    t.codes[-2:-1] in (*CALL_SHAPED, ONE_WAY) and steady)
                 f = Flow(e, MEDIA, (why, *detail, *(["documented media port"] if prior else []),
                                     *([PENDING] if pending else [])),
-                         f.out, f.inb, f.lan_side, pending=pending)
-            elif t.codes[-2:-1] not in CALL_SHAPED and (code == PRIOR or (
+                         f.out, f.inb, f.lan_side, pending=pending, rtp=code == RTP)
+            elif t.codes[-2:-1] not in CALL_SHAPED and (code in (PRIOR, ICE) or (
                     code == WEAK and _socket(f) in self.probed and _socket(f) not in probing)):
                 f = Flow(e, MEDIA, (WEAK_FIRST, *detail, PENDING), f.out, f.inb, f.lan_side,
                          pending=True)
@@ -468,6 +556,14 @@ class Detector:
 
 
 FAN_OUT = 3  # far peers one LAN socket exchanges >= min_pps with at once: not a 1:1 call
+
+
+def _far_key(f: Flow) -> HeaderKey:
+    """How the observer keys the flow: a packet arriving at the WAN device (far address,
+    far port, the router's port): the reply tuple's source side of an outbound entry, the
+    original's of a port-forwarded one."""
+    t = f.entry.orig if f.lan_side == "reply" else f.entry.reply
+    return (t.src, t.sport, t.dport)
 
 
 def _socket(f: Flow) -> tuple[str, int]:
@@ -534,7 +630,7 @@ def _group(flows: list[Flow], interval: float | None, cfg: DetectConfig) -> Dete
             root = find(("h", *f.hosts))
             lan, far = root[1], root[2]
             f = Flow(f.entry, f.verdict, f.reasons, f.out, f.inb, f.lan_side,
-                     call=f"{lan}>{far}", pending=f.pending)
+                     call=f"{lan}>{far}", pending=f.pending, rtp=f.rtp)
             members.setdefault(root, []).append(f)
         result.append(f)
     calls = []
@@ -546,7 +642,7 @@ def _group(flows: list[Flow], interval: float | None, cfg: DetectConfig) -> Dete
             flows=tuple(f.entry.key for f in group), out=out, inb=inb,
             sip=lan in sip_hosts, lan_known=all(f.lan_side for f in group),
             tuples=frozenset(t for f in group if not f.pending for t in f.tuples()),
-        ))
+            rtp=any(f.rtp for f in group)))
     return Detection(tuple(result), tuple(calls), interval)
 
 

@@ -1,7 +1,8 @@
 """The on/off state machine: when the shaping profile should be applied. No I/O, no clock.
 
-Auto mode switches on after `on_polls` consecutive polls that saw a call, and off once
-no call has been seen for `off_hold` seconds and the profile has been on for `min_on`.
+Auto mode switches on after `on_polls` consecutive polls that saw a call (at once for a
+call whose packets carried RTP headers: the detector is sure), and off once no call has
+been seen for `off_hold` seconds and the profile has been on for `min_on`.
 A manual override (on/off, optionally expiring) wins over detection. Every change of
 state is recorded with its time and reason.
 """
@@ -90,8 +91,9 @@ class Hysteresis:
         self.active = active
         self._record(now, reason)
 
-    def step(self, now: float, calls: int) -> bool:
-        """Account one poll that saw `calls` active calls; True if `active` changed."""
+    def step(self, now: float, calls: int, sure: bool = False) -> bool:
+        """Account one poll that saw `calls` active calls, `sure` if RTP headers confirm
+        one (Detection.sure); True if `active` changed."""
         was = self.active
         if self.expires is not None and now >= self.expires:
             self.set_mode(Mode.AUTO, now, reason=f"override {self.mode} expired")
@@ -102,7 +104,9 @@ class Hysteresis:
             self.streak = 0
         if self.mode is not Mode.AUTO:
             return self.active != was
-        if not self.active and self.streak >= self.cfg.on_polls:
+        if not self.active and calls and sure:
+            self._set(now, True, "call confirmed by RTP headers")
+        elif not self.active and self.streak >= self.cfg.on_polls:
             self._set(now, True, f"call detected in {self.streak} polls in a row")
         elif self.active and not calls:
             quiet = now - (self.last_call if self.last_call is not None else self.on_since)

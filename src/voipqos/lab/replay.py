@@ -4,12 +4,13 @@ lan -- router -- wan (`netns.three_hosts`: fw4-like rules, masquerade, acct=1). 
 capture's LAN host becomes the lab's LAN host (same ports); every other address becomes
 a lab address on the wan host that keeps the capture's /24 grouping (relays on nearby
 addresses stay nearby). Each datagram is sent at its capture time from the matching side
-with a payload that keeps the IP packet length the router counts (an IPv6 datagram is
-replayed over IPv4 with 20 more payload bytes). The far side answers to the NAT address it
-learnt from the LAN side's packets; a far-end packet before any LAN packet of its flow is
-dropped (a NAT router would drop it too). Idle gaps longer than `max_gap` (captures merged
-from several sessions) are shortened. The router's /proc/net/nf_conntrack is read once a
-second into a snapshot sequence.
+with a payload that starts with the captured payload's first 12 bytes (its RTP/STUN
+header, for the tc-BPF observer) and keeps the IP packet length the router counts (an
+IPv6 datagram is replayed over IPv4 with 20 more payload bytes). The far side answers to
+the NAT address it learnt from the LAN side's packets; a far-end packet before any LAN
+packet of its flow is dropped (a NAT router would drop it too). Idle gaps longer than
+`max_gap` (captures merged from several sessions) are shortened. The router's
+/proc/net/nf_conntrack is read once a second into a snapshot sequence.
 
 One process sends for both sides: sockets are opened inside each namespace with setns(2)
 and keep their namespace afterwards, so the timing of both directions comes from one
@@ -32,7 +33,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .netns import LAN_HOST4, WAN_HOST4, three_hosts
+from ..header_evidence import HEAD_LEN
+from .netns import LAN_HOST4, ROUTER_WAN_DEV, WAN_HOST4, three_hosts
 from .replay_pcap import Datagram, read_udp
 
 FAR_NET = "100.64.0.0/10"  # lab addresses of the capture's far hosts (on the wan host)
@@ -53,13 +55,19 @@ def _skip_addr(addr: str) -> bool:
 
 @dataclass
 class Plan:
-    """What is replayed: (time from start, from LAN?, LAN endpoint, far endpoint, payload)."""
+    """What is replayed: (time from start, from LAN?, LAN port, far endpoint, payload
+    length) per datagram, and the first HEAD_LEN bytes of each payload in `heads` (empty
+    for a plan written before heads were kept: then zeros are sent)."""
 
     lan_host: str
     sends: list[tuple[float, bool, int, Endpoint, int]] = field(default_factory=list)
     far_map: dict[str, str] = field(default_factory=dict)  # capture address -> lab address
     skipped: int = 0  # datagrams not between the LAN host and a far host
     duration: float = 0.0
+    heads: list[bytes] = field(default_factory=list)  # one per send, or none at all
+
+    def head(self, i: int) -> bytes:
+        return self.heads[i] if self.heads else b""
 
 
 def plan(datagrams: Iterable[Datagram], lan_host: str, max_gap: float = 10.0,
@@ -103,6 +111,7 @@ def plan(datagrams: Iterable[Datagram], lan_host: str, max_gap: float = 10.0,
             p.far_map[far] = lab
         payload = max(0, d.ip_len - 28)
         p.sends.append((clock, out, lan_port, (p.far_map[far], far_port), payload))
+        p.heads.append(d.head)
     p.duration = clock
     return p
 
@@ -125,16 +134,53 @@ def _udp(bind: Endpoint) -> socket.socket:
     return s
 
 
+# a UDP datagram as the router's WAN device saw it: (leaving?, src, sport, dst, dport,
+# the payload's first HEAD_LEN bytes)
+Wire = tuple[bool, str, int, str, int, bytes]
+
+
 @dataclass
 class Result:
     snapshots: list[tuple[float, list[str]]]
     sent: int
     dropped: int  # far-end packets with no NAT mapping learnt yet
+    wan: list[Wire] = field(default_factory=list)  # with tap=True
 
 
-def replay(p: Plan, prefix: str, speed: float = 1.0, tail: float = 3.0) -> Result:
+def _tap() -> socket.socket:
+    """A packet socket on the router's WAN device (opened inside its namespace): every
+    IPv4 frame leaving or arriving, where the tc-BPF observer sits."""
+    # ETH_P_ALL: only those taps see frames leaving (ETH_P_IP ones get arriving only)
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    s.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE: hold a whole replay
+    s.bind((ROUTER_WAN_DEV, 3))
+    s.setblocking(False)
+    return s
+
+
+def _tapped(s: socket.socket) -> list[Wire]:
+    out: list[Wire] = []
+    while True:
+        try:
+            frame, addr = s.recvfrom(65535)
+        except (BlockingIOError, InterruptedError):
+            return out
+        ip = frame[14:]  # veth: Ethernet
+        if frame[12:14] != b"\x08\x00" or len(ip) < 28 or ip[9] != 17:
+            continue
+        udp = (ip[0] & 15) * 4
+        out.append((addr[2] == socket.PACKET_OUTGOING,
+                    str(ipaddress.IPv4Address(ip[12:16])), int.from_bytes(ip[udp:udp + 2], "big"),
+                    str(ipaddress.IPv4Address(ip[16:20])),
+                    int.from_bytes(ip[udp + 2:udp + 4], "big"),
+                    bytes(ip[udp + 8:udp + 8 + HEAD_LEN])))
+
+
+def replay(p: Plan, prefix: str, speed: float = 1.0, tail: float = 3.0,
+           tap: bool = False) -> Result:
     """Send the plan through a fresh lan-router-wan topology; snapshot conntrack each
-    second (t=0 before the first packet, up to `tail` s after the last)."""
+    second (t=0 before the first packet, up to `tail` s after the last); with `tap`, also
+    every UDP datagram the router's WAN device carried (`Result.wan`)."""
     topo = three_hosts(prefix)
     try:
         topo.route("router", f"{FAR_NET} via {WAN_HOST4}")
@@ -151,7 +197,11 @@ def replay(p: Plan, prefix: str, speed: float = 1.0, tail: float = 3.0) -> Resul
         home = os.open(own, os.O_RDONLY)
         lan_socks: dict[int, socket.socket] = {}
         far_socks: dict[Endpoint, socket.socket] = {}
+        wan = None
         try:
+            if tap:
+                _setns(f"/run/netns/{topo.ns('router')}")
+                wan = _tap()
             _setns(f"/run/netns/{topo.ns('lan')}")
             for port in sorted({s[2] for s in p.sends}):
                 lan_socks[port] = _udp((LAN_HOST4, port))
@@ -161,7 +211,11 @@ def replay(p: Plan, prefix: str, speed: float = 1.0, tail: float = 3.0) -> Resul
         finally:
             _libc.setns(home, CLONE_NEWNET)
             os.close(home)
-        return _run(p, lan_socks, far_socks, ct_path, speed, tail)
+        res = _run(p, lan_socks, far_socks, ct_path, speed, tail)
+        if wan is not None:
+            res.wan = _tapped(wan)
+            wan.close()
+        return res
     finally:
         topo.close()
 
@@ -188,8 +242,8 @@ def _run(p: Plan, lan_socks: dict[int, socket.socket], far_socks: dict[Endpoint,
                     data, src = s.recvfrom(65535)
                 except (BlockingIOError, InterruptedError):
                     break
-                if len(data) >= 2:
-                    learnt[(ep, int.from_bytes(data[:2], "big"))] = src
+                if len(data) >= HEAD_LEN + 2:
+                    learnt[(ep, int.from_bytes(data[HEAD_LEN:HEAD_LEN + 2], "big"))] = src
                 else:
                     learnt.setdefault((ep, -1), src)
 
@@ -203,9 +257,8 @@ def _run(p: Plan, lan_socks: dict[int, socket.socket], far_socks: dict[Endpoint,
             continue
         if i < len(p.sends) and p.sends[i][0] <= now:
             _, out, lan_port, far, size = p.sends[i]
+            payload = _payload(p.head(i), lan_port, size)
             i += 1
-            payload = lan_port.to_bytes(2, "big") + bytes(max(0, size - 2)) \
-                if size >= 2 else bytes(size)
             try:
                 if out:
                     lan_socks[lan_port].sendto(payload, far)
@@ -227,14 +280,23 @@ def _run(p: Plan, lan_socks: dict[int, socket.socket], far_socks: dict[Endpoint,
     return Result(snaps, sent, dropped)
 
 
+def _payload(head: bytes, lan_port: int, size: int) -> bytes:
+    """`size` bytes: the captured head (zeros if unknown), then the LAN port, which tells
+    the far side which NAT mapping answers to which LAN socket, then zeros."""
+    return (head[:HEAD_LEN].ljust(HEAD_LEN, b"\0") + lan_port.to_bytes(2, "big")
+            + bytes(max(0, size - HEAD_LEN - 2)))[:size]
+
+
 def write_plan(path: Path, p: Plan) -> None:
     """The plan as gzip'd text (`lan HOST`, `far CAPTURE LAB`, then one send a line:
-    `SECONDS out|in LANPORT FARADDR FARPORT PAYLOAD`): the capture's timing and sizes
-    without its payloads, enough to replay it again without the pcap."""
+    `SECONDS out|in LANPORT FARADDR FARPORT PAYLOAD HEAD`): the capture's timing and sizes
+    and each payload's first 12 bytes in hex (`-`: empty) without the rest of the
+    payload, enough to replay it again without the pcap."""
     lines = [f"lan {p.lan_host}", f"skipped {p.skipped}", f"duration {p.duration:.6f}",
              *(f"far {a} {b}" for a, b in p.far_map.items()),
              *(f"{t:.6f} {'out' if out else 'in'} {lp} {far[0]} {far[1]} {size}"
-               for t, out, lp, far, size in p.sends)]
+               + (f" {p.heads[i].hex() or '-'}" if p.heads else "")
+               for i, (t, out, lp, far, size) in enumerate(p.sends))]
     path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode(), mtime=0))
 
 
@@ -253,6 +315,10 @@ def read_plan(path: Path) -> Plan:
         else:
             p.sends.append((float(w[0]), w[1] == "out", int(w[2]), (w[3], int(w[4])),
                             int(w[5])))
+            if len(w) > 6:  # plans written before heads were kept have none
+                p.heads.append(b"" if w[6] == "-" else bytes.fromhex(w[6]))
+    if p.heads and len(p.heads) != len(p.sends):
+        raise ValueError(f"{path}: heads on {len(p.heads)} of {len(p.sends)} sends")
     return p
 
 

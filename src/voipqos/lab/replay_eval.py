@@ -5,6 +5,11 @@ Per call capture: was the call found, the share of its active seconds (seconds i
 its labelled media flowed) with the profile on, the delay from the first media packet to
 the profile switching on, and the flows called media that are not the call's. Per
 non-call capture: the seconds the profile would be on and how often it would switch on.
+
+`headers=True` also hands the detector what the tc-BPF observer would have counted
+(header_evidence.FlowHeaders over each datagram's captured first 12 bytes, from the
+committed plan) at every snapshot, keyed as the daemon keys it: without it the detector
+sees what `voipqos analyze` sees, conntrack only.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import config
-from ..conntrack import parse
+from ..conntrack import Snapshot, parse
 from ..detect import MEDIA, DetectConfig, Detector, Sides
+from ..header_evidence import IN, OUT, FlowHeaders, HeaderCounts, HeaderKey, worth_tracking
 from ..hysteresis import Hysteresis, HysteresisConfig
 from .netns import LAN_HOST4, LAN_NET4, ROUTER_WAN4
-from .replay import read_snapshots
-from .replay_corpus import CORPUS, load_manifest
+from .replay import Endpoint, Plan, read_plan, read_snapshots
+from .replay_corpus import CORPUS, corpus_file, load_manifest
 
 # what hostinfo.sides() gives the daemon on the lab router
 LAB_SIDES = Sides(frozenset({ROUTER_WAN4}), (ipaddress.ip_network(LAN_NET4),))
@@ -87,9 +93,53 @@ def call_runs(counts: dict[int, int]) -> list[range]:
     return [range(r[0], r[-1] + 1) for r in runs if len(r) >= 3]
 
 
-def score(cap: dict, directory: Path, cfg: config.Config) -> Score:
+def observed(p: Plan, shift: float, times: list[float]
+             ) -> list[dict[tuple[int, Endpoint], HeaderCounts]]:
+    """Per snapshot time: the observer's cumulative counters per flow (LAN port, far
+    endpoint) over the datagrams sent before it, the plan replayed `shift` s later. A
+    far-end datagram before any LAN datagram of its flow is not sent (the replay drops it,
+    as a NAT router would); a flow enters the map with its first RTP- or STUN-like head."""
+    flows: dict[tuple[int, Endpoint], FlowHeaders] = {}
+    opened: set[tuple[int, Endpoint]] = set()
+    out: list[dict[tuple[int, Endpoint], HeaderCounts]] = []
+    i = 0
+    for t in times:
+        while i < len(p.sends) and p.sends[i][0] + shift < t:
+            _, lan, port, far, _ = p.sends[i]
+            head = p.head(i)
+            i += 1
+            key = (port, far)
+            if lan:
+                opened.add(key)
+            elif key not in opened:
+                continue
+            if key in flows or worth_tracking(head):
+                flows.setdefault(key, FlowHeaders()).packet(OUT if lan else IN, head)
+        out.append({k: f.counts() for k, f in flows.items()})
+    return out
+
+
+def header_map(snap: Snapshot, counts: dict[tuple[int, Endpoint], HeaderCounts]
+               ) -> dict[HeaderKey, HeaderCounts]:
+    """The counters keyed as the daemon passes them: by each conntrack entry's reply tuple
+    (far address, far port, the router's port), whatever NAT made of the LAN port."""
+    heads: dict[HeaderKey, HeaderCounts] = {}
+    for e in snap.entries.values():
+        o, r = e.orig, e.reply
+        c = counts.get((o.sport, (o.dst, o.dport))) if o.src == LAN_HOST4 else None
+        if c is not None:
+            heads[(r.src, r.sport, r.dport)] = c
+    return heads
+
+
+def score(cap: dict, directory: Path, cfg: config.Config, headers: bool = False) -> Score:
     truth = json.loads((directory / f"{cap['name']}.truth.json").read_text())
     snaps = read_snapshots(directory / f"{cap['name']}.ct")
+    counts: list[dict[tuple[int, Endpoint], HeaderCounts]] = []
+    if headers:
+        p = read_plan(corpus_file(directory, f"{cap['name']}.plan.gz"))
+        # a shifted sequence replayed the committed plan later: its truth says how much
+        counts = observed(p, round(truth["duration"] - p.duration, 3), [t for t, _ in snaps])
     runs = call_runs({int(k): v for k, v in truth["media"].items()})
     call_keys = _call_keys([*cap["call_flows"], *cap.get("app_flows", [])], truth["far_map"])
     s = Score(cap["name"], cap["kind"], cap["app"], len(runs))
@@ -97,9 +147,13 @@ def score(cap: dict, directory: Path, cfg: config.Config) -> Score:
     hyst = Hysteresis(HysteresisConfig.from_config(cfg), 0.0)
     seen: dict[int, float] = {}  # run index -> first poll with a call in it
     on: dict[int, float] = {}  # run index -> first poll with the profile on in it
-    for t, lines in snaps:
-        d = det.update(parse(lines, cfg.sip_ports, taken_at=t), LAB_SIDES)
-        if hyst.step(t, len(d.calls)) and hyst.active:
+    for n, (t, lines) in enumerate(snaps):
+        snap = parse(lines, cfg.sip_ports, taken_at=t)
+        # conntrack only: as detectors from before header evidence are called (bench)
+        d = det.update(snap, LAB_SIDES, headers=header_map(snap, counts[n])) if headers \
+            else det.update(snap, LAB_SIDES)
+        # getattr: the bench scores detectors from before header evidence too
+        if hyst.step(t, len(d.calls), getattr(d, "sure", False)) and hyst.active:
             s.switch_ons += 1
         s.on_seconds += hyst.active
         for f in d.flows:
@@ -127,10 +181,10 @@ def score(cap: dict, directory: Path, cfg: config.Config) -> Score:
 
 
 def evaluate(directory: Path = CORPUS, cfg: config.Config | None = None,
-             names: list[str] | None = None) -> list[Score]:
+             names: list[str] | None = None, headers: bool = False) -> list[Score]:
     cfg = cfg or config.defaults()
-    manifest = load_manifest(directory if (directory / "corpus.json").exists() else CORPUS)
-    return [score(c, directory, cfg) for c in manifest
+    manifest = load_manifest(corpus_file(directory, "corpus.json").parent)
+    return [score(c, directory, cfg, headers) for c in manifest
             if (not names or c["name"] in names) and (directory / f"{c['name']}.ct").exists()]
 
 
@@ -177,10 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", help="UCI config (default: built-in defaults)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--headers", action="store_true",
+                    help="with the tc-BPF observer's header counters (from the plans)")
     ap.add_argument("names", nargs="*")
     a = ap.parse_args(argv)
     cfg = config.load(a.config) if a.config else config.defaults()
-    scores = evaluate(Path(a.dir), cfg, a.names)
+    scores = evaluate(Path(a.dir), cfg, a.names, a.headers)
     if a.json:
         print(json.dumps([s.row() for s in scores], indent=1))
     else:

@@ -1,8 +1,10 @@
 """Read the UDP datagrams of a packet capture (pcap or pcapng), no dependencies.
 
-The replay only needs, per UDP datagram: when, between which endpoints, and how long
-the IP packet was (what conntrack counts). Link types: Ethernet (with VLAN tags),
-Linux cooked (SLL, SLL2), raw IP and BSD loopback; anything else is skipped and counted.
+The replay only needs, per UDP datagram: when, between which endpoints, how long the IP
+packet was (what conntrack counts) and the first 12 bytes of its payload (the RTP/STUN
+header the tc-BPF observer reads; no payload content beyond it). Link types: Ethernet
+(with VLAN tags), Linux cooked (SLL, SLL2), raw IP and BSD loopback; anything else is
+skipped and counted.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..header_evidence import HEAD_LEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +27,7 @@ class Datagram:
     dport: int
     ip_len: int  # the IP packet's length as captured in its header (v4 total, v6 40+payload)
     version: int
+    head: bytes = b""  # the UDP payload's first HEAD_LEN bytes (fewer if shorter)
 
 
 class CaptureError(ValueError):
@@ -55,7 +60,8 @@ def _ip(data: bytes, off: int) -> Datagram | None:
     if len(data) < udp + 4:
         return None
     sport, dport = struct.unpack_from("!HH", data, udp)
-    return Datagram(0.0, src, dst, sport, dport, total, ver)
+    head = data[udp + 8:min(udp + 8 + HEAD_LEN, off + total)]  # not the frame's padding
+    return Datagram(0.0, src, dst, sport, dport, total, ver, head)
 
 
 def _link_offset(linktype: int, data: bytes) -> int | None:
@@ -142,5 +148,5 @@ def read_udp(path: str | Path) -> tuple[list[Datagram], int]:
         if d is None:
             skipped += 1
             continue
-        out.append(Datagram(ts, d.src, d.dst, d.sport, d.dport, d.ip_len, d.version))
+        out.append(Datagram(ts, d.src, d.dst, d.sport, d.dport, d.ip_len, d.version, d.head))
     return out, skipped
