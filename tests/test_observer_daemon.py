@@ -2,7 +2,8 @@
 the observer only observes, so a dry run has it too).
 
 With `header_evidence` on the daemon attaches the observer on wan0 at its first poll
-(profile off), reads it every poll (status `observer.flows` counts the call's entry),
+(profile off), reads it every poll into the detector (status `observer.flows` counts
+the call's entry, the call flow's reasons cite its RTP headers),
 attaches it again when the device is re-created, and leaves no filter after SIGTERM;
 after a kill -9, `voipqos remove` deletes what it left. Off, nothing is attached. An
 object that cannot load turns header evidence off with the cause in status, and the
@@ -11,15 +12,17 @@ daemon goes on.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from line_faults import wait_for, write_config
+from line_faults import cli, wait_for, write_config
 from test_bpf_netns import RTP_ANSWER, RTP_SEND
 from voipqos.lab import netns
 
@@ -42,6 +45,10 @@ def start(lab: netns.Topology, conf: Path, log: Path, **env: str) -> subprocess.
     return p
 
 
+def flows(conf: Path) -> list[dict]:
+    return json.loads(cli("flows", "--json", "--all", "--config", str(conf)).stdout)["flows"]
+
+
 def ours(lab: netns.Topology) -> str:
     """The observer's filters on wan0, both hooks."""
     return "".join(line for hook in ("egress", "ingress") for line in
@@ -55,12 +62,19 @@ def test_daemon_attaches_reads_and_removes_the_observer(lab, tmp_path):
     doc, _ = wait_for(lambda d: d["observer"]["state"] == "on", 5, conf)
     assert doc["observer"]["device"] == WAN and doc["state"] == "watching"
     assert ours(lab).count("voipqos_obs_eth") == 2  # egress and ingress, profile off
-    sink = lab.popen("wan", [sys.executable, "-c", RTP_ANSWER, "5004", "50", "99"],
+    sink = lab.popen("wan", [sys.executable, "-c", RTP_ANSWER, "5004", "200", "999"],
                      stdout=subprocess.PIPE, text=True)
     assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
-    lab.exec("lan", [sys.executable, "-c", RTP_SEND, netns.LAN_HOST4, "40000",
-                     netns.WAN_HOST4, "5004", "50", "99"])
+    call = lab.popen("lan", [sys.executable, "-c", RTP_SEND, netns.LAN_HOST4, "40000",
+                             netns.WAN_HOST4, "5004", "200", "999"])  # 4 s both ways
     wait_for(lambda d: d["observer"]["flows"] >= 1, 5, conf)
+    # the detector got the headers: its reasons for the call's flow cite them
+    deadline = time.monotonic() + 4
+    while not any("RTP headers" in r for f in flows(conf) if f["dport"] == 5004
+                  for r in f["reasons"]):
+        assert time.monotonic() < deadline, flows(conf)
+        time.sleep(0.25)
+    assert call.wait(10) == 0
     # a PPPoE reconnect: the device goes and comes back (new index, no filters)
     lab.exec("router", f"ip link del {WAN}")
     wait_for(lambda d: d["observer"]["state"] == "off", 5, conf)
