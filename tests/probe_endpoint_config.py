@@ -83,8 +83,10 @@ class Daemon:
         self.tmp = tmp
         self.port = free_port()
         self.conf = tmp / "voipqos"
+        # header_evidence 0: a daemon on the host must not attach BPF to its lo
         self.good = (f"config voipqos 'main'\n\toption interface 'lo'\n"
-                     f"\toption conntrack_acct '0'\n\toption run_dir '{tmp}/run'\n"
+                     f"\toption conntrack_acct '0'\n\toption header_evidence '0'\n"
+                     f"\toption run_dir '{tmp}/run'\n"
                      f"\toption rpc_listen '127.0.0.1:{self.port}'\n{options}")
         self.conf.write_text(self.good)
         self.log = tmp / "daemon.log"

@@ -62,11 +62,13 @@ def test_analyze_json(tmp_path, capsys):
 
 @pytest.fixture
 def daemon(tmp_path):
+    """A dry-run daemon on the host's lo (header_evidence 0: no BPF on the host)."""
     run_dir = tmp_path / "run"
     conf = tmp_path / "voipqos"
     conf.write_text(f"""config voipqos 'main'
 \toption interface 'lo'
 \toption conntrack_acct '0'
+\toption header_evidence '0'
 \toption run_dir '{run_dir}'
 \toption rpc_listen 'unix:{run_dir}/rpc.sock'
 """)
