@@ -3,7 +3,8 @@ the observer only observes, so a dry run has it too).
 
 With `header_evidence` on the daemon attaches the observer on wan0 at its first poll
 (profile off), reads it every poll into the detector (status `observer.flows` counts
-the call's entry, the call flow's reasons cite its RTP headers),
+the call's entry, the call flow's reasons cite its RTP headers, which switch the profile
+on at once),
 attaches it again when the device is re-created, and leaves no filter after SIGTERM;
 after a kill -9, `voipqos remove` deletes what it left. Off, nothing is attached. An
 object that cannot load turns header evidence off with the cause in status, and the
@@ -74,6 +75,10 @@ def test_daemon_attaches_reads_and_removes_the_observer(lab, tmp_path):
                   for r in f["reasons"]):
         assert time.monotonic() < deadline, flows(conf)
         time.sleep(0.25)
+    # and RTP headers make the call sure: on at the first poll that sees it, not after
+    # on_polls (2) polls in a row
+    doc, _ = wait_for(lambda d: d["state"] == "on", 4, conf)
+    assert doc["reason"] == "call confirmed by RTP headers", doc["transitions"]
     assert call.wait(10) == 0
     # a PPPoE reconnect: the device goes and comes back (new index, no filters)
     lab.exec("router", f"ip link del {WAN}")

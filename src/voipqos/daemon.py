@@ -163,7 +163,9 @@ class Daemon:
             self._measure(calls, now)
         self._track_calls(calls, now)
         was = self.hyst.active
-        self.hyst.step(now, len(calls))
+        # RTP headers confirm a call at once; a stale detection (failed read) is never sure
+        self.hyst.step(now, len(calls), snap is not None and self.detection is not None
+                       and self.detection.sure)
         self.tend(now)
         if self.hyst.active != was:
             self._announce()
