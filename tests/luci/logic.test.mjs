@@ -180,3 +180,12 @@ test('replies tell not running from a failed call', () => {
 	assert.equal(logic.classifyReply(null, new Error('RPC call to voipqos/status failed with error -32002: Access denied')).kind, 'failed');
 	assert.equal(logic.classifyReply(undefined).kind, 'failed');
 });
+
+test('detection line: headers on, off with the reason, status without the field', () => {
+	assert.equal(logic.detectionLine({ state: 'on', device: 'wan', flows: 3 }),
+		'Call detection: conntrack rates and RTP/STUN packet headers (3 flows with headers on wan)');
+	assert.equal(logic.detectionLine({ state: 'off', reason: 'header_evidence is 0' }),
+		'Call detection: conntrack rates only (packet headers off: header_evidence is 0)');
+	assert.equal(logic.detectionLine(undefined),
+		'Call detection: conntrack rates only (packet headers off: unknown)');
+});

@@ -284,6 +284,16 @@ return baseclass.extend({
 		});
 	},
 
+	/* How calls are being found: status.observer (the tc-BPF header observer) as one
+	 * line; without it detection runs on conntrack rates alone. */
+	detectionLine: function(observer) {
+		if (observer && observer.state == 'on')
+			return _('Call detection: conntrack rates and RTP/STUN packet headers (%d flows with headers on %s)')
+				.format(observer.flows || 0, observer.device || '?');
+		return _('Call detection: conntrack rates only (packet headers off: %s)')
+			.format((observer && observer.reason) || _('unknown'));
+	},
+
 	/* set_mode arguments for the Force on / Force off / Auto buttons. */
 	modeArgs: function(mode) {
 		if (mode != 'on' && mode != 'off' && mode != 'auto')

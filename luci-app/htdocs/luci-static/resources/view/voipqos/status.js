@@ -83,6 +83,7 @@ return view.extend({
 		this.badge = E('span', { 'class': 'vq-badge', 'id': 'vq-badge' });
 		this.since = E('span', { 'id': 'vq-since' });
 		this.reason = E('div', { 'id': 'vq-reason' });
+		this.detection = E('div', { 'id': 'vq-detection', 'class': 'cbi-value-description' });
 		this.warnings = E('div', { 'id': 'vq-warnings' });
 		this.calls = new ui.Table(
 			[ _('LAN host'), _('Far end'), _('Flows'), _('pps out / in'), _('Rate out / in'), _('Duration'), _('Quality') ],
@@ -110,6 +111,7 @@ return view.extend({
 				E('h3', {}, _('State')),
 				E('p', {}, [ this.badge, ' ', this.since ]),
 				this.reason,
+				this.detection,
 				E('div', { 'class': 'cbi-page-actions', 'style': 'text-align:left' }, [
 					E('button', {
 						'class': 'btn cbi-button cbi-button-positive', 'id': 'vq-force-on',
@@ -182,6 +184,7 @@ return view.extend({
 		dom.content(this.badge, [ badge.label ]);
 		dom.content(this.since, [ logic.formatSince(st.since, now) ]);
 		dom.content(this.reason, [ st.reason ? _('Why: %s').format(st.reason) : '' ]);
+		dom.content(this.detection, [ logic.detectionLine(st.observer) ]);
 
 		this.updateWarnings(st.warnings);
 		var calls = Array.isArray(st.calls) ? st.calls : [],
