@@ -631,6 +631,8 @@ int voipqos_l3(struct __sk_buff *skb)
 
 /* --- the observer: header evidence while the profile is off (voipqos.h) ------------- */
 
+#define DNS_PORT		53	/* header_evidence.DNS_PORT: never an entry */
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -710,6 +712,8 @@ static __always_inline void observe(struct __sk_buff *skb, __u32 l3, __u16 proto
 	}
 	if (load(skb, l4, udp, sizeof(udp)))
 		return;
+	if ((udp[0] == 0 && udp[1] == DNS_PORT) || (udp[2] == 0 && udp[3] == DNS_PORT))
+		return;		/* DNS: random IDs look like RTP a quarter of the time */
 	len = (__u32)udp[4] << 8 | udp[5];	/* UDP length: Ethernet padding is not payload */
 	if (len > skb->len - l4)
 		len = skb->len - l4;

@@ -70,7 +70,7 @@ def check(o: Observer, fd: int, raw: bytes, lan: str) -> tuple[bool, str]:
         ethertype = 0x0800 if ip[0] >> 4 == 4 else 0x86DD
         frame = b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02" + struct.pack("!H", ethertype) + ip
         bpf_syscall.prog_test_run(fd, frame, ingress=direction == IN)
-        if key in tracked or worth_tracking(payload):
+        if key in tracked or worth_tracking(payload, key[1:]):
             tracked.add(key)
             model.setdefault(key, FlowHeaders()).packet(direction, payload)
         n += 1

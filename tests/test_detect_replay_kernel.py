@@ -73,7 +73,7 @@ def test_the_observers_counts_in_the_scoring_are_what_the_wan_device_carries():
     wire: dict[tuple[str, int, int], FlowHeaders] = {}
     for out, src, sport, dst, dport, head in res.wan:
         key = (dst, dport, sport) if out else (src, sport, dport)
-        if key in wire or worth_tracking(head):
+        if key in wire or worth_tracking(head, key[1:]):
             wire.setdefault(key, FlowHeaders()).packet(OUT if out else IN, head)
     [final] = observed(plan, 0.0, [float("inf")])
     modelled = {}

@@ -7,6 +7,7 @@ entry (TCP, QUIC-like, fragments), and the program never changes a packet.
 from __future__ import annotations
 
 import itertools
+import os
 import struct
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from test_bpf_prog import (  # noqa: F401  (objects: a fixture)
 )
 from voipqos import bpf_syscall
 from voipqos.header_evidence import (
+    DNS_PORT,
     IN,
     OUT,
     STUN_COOKIE,
@@ -35,7 +37,7 @@ from voipqos.header_evidence import (
 )
 from voipqos.observer import Observer
 
-NS = "vqo-prog"
+NS = f"vqo-prog{os.getpid()}"
 UNSPEC = -1
 NEAR4, FAR4 = "192.0.2.10", "198.51.100.20"
 NEAR6, FAR6 = "2001:db8::10", "2001:db8:1::20"
@@ -58,12 +60,12 @@ def prog(objects: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
 
 
 def frame(direction: int, near_port: int, payload: bytes, proto: int = UDP, v6: bool = False,
-          frag: int = 0, link: bool = True) -> bytes:
+          frag: int = 0, link: bool = True, far_port: int = FAR_PORT) -> bytes:
     """A packet of the flow (near, near_port) <-> (far, FAR_PORT) as the WAN device sees
     it leaving (OUT) or arriving (IN)."""
     near, far = far_of(v6, link, near=True), far_of(v6, link)
-    src, dst, sport, dport = ((near, far, near_port, FAR_PORT) if direction == OUT
-                              else (far, near, FAR_PORT, near_port))
+    src, dst, sport, dport = ((near, far, near_port, far_port) if direction == OUT
+                              else (far, near, far_port, near_port))
     body = l4(proto, sport, dport, payload)
     if v6:
         return (eth(0x86DD) if link else b"") + ipv6(src, dst, proto, body)
@@ -97,8 +99,8 @@ def feed(prog, packets: list[tuple[int, bytes]], **kw) -> tuple[HeaderCounts | N
                                         ingress=direction == IN)
         assert res.retval == UNSPEC and res.data == data  # observe only
         ref.packet(direction, payload)
-    return o.read().get((far_of(kw.get("v6", False), kw.get("link", True)), FAR_PORT, port)), \
-        ref.counts()
+    return o.read().get((far_of(kw.get("v6", False), kw.get("link", True)),
+                         kw.get("far_port", FAR_PORT), port)), ref.counts()
 
 
 def both_ways(payloads: list[bytes]) -> list[tuple[int, bytes]]:
@@ -146,6 +148,15 @@ def test_rtp_counts_per_direction(prog) -> None:
 def test_neither_rtp_nor_stun_takes_no_entry(prog) -> None:
     assert feed(prog, both_ways([b"\xc3\x00\x00\x00\x01" + bytes(60)] * 3))[0] is None
     assert feed(prog, both_ways([rtp(1, 7, pt=200 & 0x7F, marker=True)]))[0] is None
+
+
+def test_dns_takes_no_entry(prog) -> None:
+    """A query ID of 0x8xxx makes a DNS header look like RTP; the router's resolver asks
+    from a new port each time: DNS must not fill the map (header_evidence.DNS_PORT)."""
+    queries = both_ways([rtp(s, 7) for s in range(5)])
+    assert not worth_tracking(queries[0][1], (40000, DNS_PORT))
+    assert feed(prog, queries, far_port=DNS_PORT)[0] is None
+    assert feed(prog, queries, far_port=DNS_PORT, v6=True)[0] is None
 
 
 def test_tcp_and_fragments_take_no_entry(prog) -> None:

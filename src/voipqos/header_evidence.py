@@ -27,6 +27,7 @@ STUN_COOKIE = b"\x21\x12\xa4\x42"
 RTCP_TYPES = range(72, 77)  # RTCP SR..APP (200-204) seen as RTP's marker bit + 7-bit PT
 HEAD_LEN = 12  # bytes of UDP payload the observer reads: the fixed RTP header
 COUNTER_MOD = 1 << 32
+DNS_PORT = 53  # the observer skips it (worth_tracking)
 
 OUT, IN = 0, 1  # leaving through the WAN device / arriving through it
 
@@ -105,7 +106,10 @@ class FlowHeaders:
         return HeaderCounts(o.rtp, i.rtp, o.stun, i.stun)
 
 
-def worth_tracking(head: bytes) -> bool:
+def worth_tracking(head: bytes, ports: tuple[int, ...] = ()) -> bool:
     """Whether a packet makes the observer add its flow to the map: only packets that
-    could be RTP or STUN do, so QUIC, tunnels and games never take a map entry."""
-    return is_stun(head) or rtp_fields(head) is not None
+    could be RTP or STUN do, so QUIC, tunnels and games never take a map entry. DNS never
+    does (`ports`: the datagram's UDP ports): a quarter of its random query IDs start
+    with RTP's version bits, and the router's own resolver sends every query from a new
+    port, which would fill the map with flows that are never calls."""
+    return DNS_PORT not in ports and (is_stun(head) or rtp_fields(head) is not None)

@@ -113,7 +113,7 @@ def observed(p: Plan, shift: float, times: list[float]
                 opened.add(key)
             elif key not in opened:
                 continue
-            if key in flows or worth_tracking(head):
+            if key in flows or worth_tracking(head, (port, far[1])):
                 flows.setdefault(key, FlowHeaders()).packet(OUT if lan else IN, head)
         out.append({k: f.counts() for k, f in flows.items()})
     return out
