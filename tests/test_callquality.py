@@ -68,6 +68,20 @@ def test_an_ended_call_is_measured_with_the_tuples_it_had() -> None:
     assert log_line(s).endswith("losing 4 % on the Wi-Fi/LAN side")
 
 
+def test_a_pending_only_call_is_not_reported() -> None:
+    """One pending interval (a game's or a VPN handshake's burst): it counted toward
+    switching on, never reached the voice class; when it goes it is no call to log or
+    list. A call confirmed at any poll is reported, even if its last poll was pending."""
+    q = CallQualities()
+    q.update([call(tuples=())], 0.0, None, wall)
+    assert q.update([], 1.0, None, wall) == [] and not q.history
+    q.update([call(tuples=())], 2.0, None, wall)
+    q.update([call()], 3.0, None, wall)
+    q.update([call(tuples=())], 4.0, None, wall)
+    [ended] = q.update([], 5.0, None, wall)
+    assert ended["duration"] == 3.0 and list(q.history) == [ended]
+
+
 def test_quality_is_kept_when_the_table_no_longer_holds_the_call() -> None:
     """A profile switched off (table gone) leaves the last measured quality, not zeros."""
     cq = CallQualities()

@@ -111,7 +111,9 @@ def test_classifier_and_observer_come_and_go_independently(topo, obj, tmp_path, 
             assert "voipqos_obs_eth" in filters(t, "egress")
         else:
             clf.set_flows([(17, netns.LAN_HOST4, netns.WAN_HOST4, 40000, 5004)])
-            assert clf.counters()["other"]["packets"] == 0
+            # its maps still work: readable, nothing in the voice class (the router's own
+            # IPv6 ND/MLD packets may count as "other" at any moment: not asserted)
+            assert clf.counters()["voice"]["packets"] == 0
     finally:
         for prog in order:
             prog.close()

@@ -44,6 +44,7 @@ class Tracked:
     call: Call
     started: float  # monotonic
     quality: CallQuality | None = None
+    confirmed: bool = False  # media beyond a pending first interval at some poll
 
 
 class CallQualities:
@@ -74,10 +75,15 @@ class CallQualities:
         ended = []
         for cid in [cid for cid in self.calls if cid not in current]:
             t = self.calls.pop(cid)
+            if not t.confirmed:
+                continue  # one pending interval (a burst a game or a VPN handshake made
+                # call-shaped): never in the voice class, not a call to report
             ended.append(summary(t, now, wall))
             self.history.appendleft(ended[-1])
         for c in calls:
-            self.calls[c.id].call = c
+            t = self.calls[c.id]
+            t.call = c
+            t.confirmed |= bool(c.tuples)
         return ended
 
     def quality(self, call_id: str) -> dict[str, Any]:

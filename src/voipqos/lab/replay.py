@@ -29,12 +29,13 @@ import socket
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..header_evidence import HEAD_LEN
-from .netns import LAN_HOST4, ROUTER_WAN_DEV, WAN_HOST4, three_hosts
+from .netns import LAN_HOST4, ROUTER_WAN_DEV, WAN_HOST4, Topology, three_hosts
 from .replay_pcap import Datagram, read_udp
 
 FAR_NET = "100.64.0.0/10"  # lab addresses of the capture's far hosts (on the wan host)
@@ -177,10 +178,14 @@ def _tapped(s: socket.socket) -> list[Wire]:
 
 
 def replay(p: Plan, prefix: str, speed: float = 1.0, tail: float = 3.0,
-           tap: bool = False) -> Result:
+           tap: bool = False,
+           during: Callable[[Topology], AbstractContextManager[object]] | None = None
+           ) -> Result:
     """Send the plan through a fresh lan-router-wan topology; snapshot conntrack each
     second (t=0 before the first packet, up to `tail` s after the last); with `tap`, also
-    every UDP datagram the router's WAN device carried (`Result.wan`)."""
+    every UDP datagram the router's WAN device carried (`Result.wan`). `during(topology)`
+    is entered just before the first datagram and left after the last snapshot: the
+    real daemon running on the lab router while the capture plays."""
     topo = three_hosts(prefix)
     try:
         topo.route("router", f"{FAR_NET} via {WAN_HOST4}")
@@ -211,7 +216,8 @@ def replay(p: Plan, prefix: str, speed: float = 1.0, tail: float = 3.0,
         finally:
             _libc.setns(home, CLONE_NEWNET)
             os.close(home)
-        res = _run(p, lan_socks, far_socks, ct_path, speed, tail)
+        with during(topo) if during is not None else nullcontext():
+            res = _run(p, lan_socks, far_socks, ct_path, speed, tail)
         if wan is not None:
             res.wan = _tapped(wan)
             wan.close()
