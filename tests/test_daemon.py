@@ -79,7 +79,7 @@ class Script(System):
     def enable_accounting(self) -> None:
         raise PermissionError(13, "Permission denied")
 
-    def snapshot(self, cfg: config.Config, now: float) -> Snapshot:
+    def snapshot(self, cfg: config.Config, now: float, *_hints: object) -> Snapshot:
         if self.broken:
             raise FileNotFoundError(2, "No such file or directory")
         if self.talking:

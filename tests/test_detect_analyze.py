@@ -49,7 +49,7 @@ class Replay(System):
     def accounting(self) -> bool:
         return True
 
-    def snapshot(self, cfg: config.Config, now: float) -> Snapshot:
+    def snapshot(self, cfg: config.Config, now: float, *_hints: object) -> Snapshot:
         snap = read_proc(str(self.paths[self.i]), cfg.sip_ports, taken_at=now)
         self.i += 1
         return snap

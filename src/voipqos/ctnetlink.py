@@ -18,10 +18,12 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import lru_cache
+from typing import TypeVar
 
 from .conntrack import TCP, UDP, Entry, Snapshot, Tuple
+from .header_evidence import HeaderCounts, HeaderKey
 
 NETLINK_NETFILTER = 12
 CT_GET = (1 << 8) | 1  # NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET
@@ -251,6 +253,8 @@ SLICE_MIN_S, ONE_POLL_S, SLICE_MAX_S, CYCLE_POLLS = 0.004, 0.010, 0.040, 3
 MAX_WATCHED = 2000  # flows refreshed every poll; more active UDP flows than that: a warning
 GET_CHUNK = 64  # lookups per sendmsg (their answers must fit the socket's buffer)
 CYCLE_WARN_S = 10.0  # a discovery cycle slower than this is reported in the status
+HINTS_PER_POLL = 32  # lookups of observer hints per poll (each ~ one watched flow's)
+HINT_FORGET_S = 30.0  # a hint looked up is not looked up again for this long
 TCP_PER_CYCLE = 2  # of the dumps for TCP on SIP ports (family x port x side), each a
 # walk of the whole table, for a hint (SIP over TCP marks a call as SIP; media is found
 # without it): spread over cycles so every cycle costs about the same
@@ -262,6 +266,46 @@ def _sysctl(name: str, default: int, base: str = SYSCTL_DIR) -> int:
             return int(f.read())
     except (OSError, ValueError):
         return default
+
+
+def reply_hints(headers: Mapping[HeaderKey, HeaderCounts] | None,
+                wan_addrs: Iterable[str]) -> list[Tuple]:
+    """Reply tuples worth a direct lookup: the observer's flows (keyed far address, far
+    port, near port) with RTP counted, once per IPv4 WAN address (behind NAT the reply
+    goes to one of them). STUN-only flows are left out (many, rarely calls yet), and so
+    is IPv6: without NAT the reply goes to the LAN host, which the key does not name;
+    the discovery cycle finds those."""
+    wan4 = sorted(a for a in wan_addrs if ":" not in a)
+    return [Tuple(far, wan, far_port, near_port)
+            for (far, far_port, near_port), c in (headers or {}).items()
+            if (c.rtp_out or c.rtp_in) and ":" not in far for wan in wan4]
+
+
+def lookup(reply: Tuple) -> bytes:
+    """The body of a CT_GET for the IPv4 UDP entry with this reply tuple (ctnetlink
+    finds an entry by either tuple)."""
+    a, nest = _attr, NLA_F_NESTED
+    return struct.pack("=BBH", socket.AF_INET, 0, 0) + a(CTA_TUPLE_REPLY | nest, a(
+        CTA_TUPLE_IP | nest, a(1, socket.inet_aton(reply.src)) + a(2, socket.inet_aton(
+            reply.dst))) + a(CTA_TUPLE_PROTO | nest, a(CTA_PROTO_NUM, bytes([UDP]))
+                             + a(CTA_PROTO_SRC_PORT, _BE16.pack(reply.sport))
+                             + a(CTA_PROTO_DST_PORT, _BE16.pack(reply.dport))))
+
+
+def _keyed(view: memoryview, start: int, end: int) -> tuple[tuple[int, bytes], Entry | None]:
+    """A whole message decoded, with the key a watched flow is looked up by (family, its
+    original tuple as the kernel encodes it). Raises what decode() raises."""
+    e = decode(view, start, end)
+    orig = attr_spans(view, start + 4, end)[CTA_TUPLE_ORIG]
+    return (view[start], bytes(view[orig[0] - 4:orig[1]])), e
+
+
+def _keyed_or_none(_: int, view: memoryview, start: int, end: int
+                   ) -> tuple[tuple[int, bytes], Entry | None] | None:
+    try:
+        return _keyed(view, start, end)
+    except (Malformed, KeyError, IndexError, struct.error):
+        return None
 
 
 def _slice(work: float) -> float:
@@ -279,6 +323,7 @@ class _Watched:
         self.family, self.entry, self.at, self.quiet = family, e, at, 0
 
 
+_T = TypeVar("_T")
 # (CTA_STATUS, CTA_TIMEOUT, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY) payload offsets
 _Layout = tuple[int, int, int, int]
 _COUNTED = (CTA_STATUS, CTA_TIMEOUT, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY)
@@ -299,6 +344,11 @@ class Tracker:
     that only makes the cycle longer, so a new call is found later: `cycle_s` and the
     Snapshot's `note` say so. Unwatched flows cost nothing
     between cycles and no memory. Needs CAP_NET_ADMIN in the router's network namespace.
+
+    Between the two, `hints` (reply tuples, see reply_hints: flows the observer saw RTP
+    in) not watched yet are looked up directly, HINTS_PER_POLL at most, each at most
+    once per HINT_FORGET_S: a new call is then watched in the poll after its first
+    packets however long the cycle is.
     """
 
     def __init__(self, sip_ports: Iterable[int] = (5060, 5061),
@@ -318,6 +368,7 @@ class Tracker:
         self._layouts: dict[int, tuple[int, int]] = {}
         self._buf = bytearray(RECV_SIZE)
         self._timeouts = (30, 120)
+        self._hinted: dict[Tuple, float] = {}  # hint -> when it was looked up
 
     @staticmethod
     def _socket() -> socket.socket:
@@ -331,10 +382,11 @@ class Tracker:
         if self._dump is not None:
             self._dump.close()
 
-    def poll(self, taken_at: float) -> Snapshot:
+    def poll(self, taken_at: float, hints: Iterable[Tuple] = ()) -> Snapshot:
         snap = Snapshot(taken_at=taken_at)
         try:
             self._refresh(snap, taken_at)
+            self._look_up(snap, hints, taken_at)
             self._discover(snap, taken_at)
         except OSError:
             if self._dump is not None:  # its state is unknown: the cycle goes on afresh
@@ -355,27 +407,47 @@ class Tracker:
         items = list(self.watched.items())
         for i in range(0, len(items), GET_CHUNK):
             chunk = items[i:i + GET_CHUNK]
-            first = self._seq + 1
-            self._seq += len(chunk)
-            self._get.send(b"".join(
-                _HDR.pack(_HDR.size + 4 + len(tup) + (8 if w.entry.zone else 0), CT_GET,
-                          NLM_F_REQUEST, first + j, 0)
-                + struct.pack("=BBH", w.family, 0, 0) + tup
-                + (_attr(CTA_ZONE, _BE16.pack(w.entry.zone)) if w.entry.zone else b"")
-                for j, ((_, tup), w) in enumerate(chunk)))
-            answers = self._answers(chunk, first)
-            for j, (key, w) in enumerate(chunk):
-                e = answers.get(first + j)
+            answers = self._get_all(
+                [struct.pack("=BBH", w.family, 0, 0) + tup
+                 + (_attr(CTA_ZONE, _BE16.pack(w.entry.zone)) if w.entry.zone else b"")
+                 for (_, tup), w in chunk],
+                lambda j, view, start, end, c=chunk: self._update(c[j][1].entry, view,
+                                                                  start, end))
+            for (key, w), e in zip(chunk, answers, strict=True):
                 if e is None:  # gone (ENOENT) or undecodable
                     del self.watched[key]
                     continue
                 self._keep(snap, key, w, e, now)
 
-    def _answers(self, chunk: list[tuple[tuple[int, bytes], _Watched]], first: int
-                 ) -> dict[int, Entry | None]:
-        """seq -> Entry for one chunk of lookups (None: the kernel had no such entry)."""
-        count = len(chunk)
-        out: dict[int, Entry | None] = {}
+    def _look_up(self, snap: Snapshot, hints: Iterable[Tuple], now: float) -> None:
+        """The hinted flows not watched yet, as if discovered now; a hint the kernel has
+        no entry for (ENOENT: no NAT to that WAN address, a stale map entry) is silent."""
+        hints = list(hints)
+        if not hints:
+            return
+        self._hinted = {t: at for t, at in self._hinted.items() if now - at < HINT_FORGET_S}
+        known = {e.reply for e in snap.entries.values()}
+        todo = [t for t in dict.fromkeys(hints) if t not in known and t not in self._hinted
+                ][:HINTS_PER_POLL]
+        self._hinted.update(dict.fromkeys(todo, now))
+        for found in self._get_all([lookup(t) for t in todo], _keyed_or_none):
+            key, e = found or (None, None)
+            if key is not None and e is not None:
+                self._watch(snap, key, e, now)
+
+    def _get_all(self, bodies: list[bytes],
+                 answer: Callable[[int, memoryview, int, int], _T | None]) -> list[_T | None]:
+        """One CT_GET per body, in one sendmsg; `answer(index, buffer, start, end)` of
+        each reply in order (None: the kernel had no such entry)."""
+        if not bodies:
+            return []
+        first = self._seq + 1
+        self._seq += len(bodies)
+        self._get.send(b"".join(
+            _HDR.pack(_HDR.size + len(body), CT_GET, NLM_F_REQUEST, first + j, 0) + body
+            for j, body in enumerate(bodies)))
+        count = len(bodies)
+        out: dict[int, _T | None] = {}
         buf, view = self._buf, memoryview(self._buf)
         while len(out) < count:
             n = self._get.recv_into(buf)
@@ -385,10 +457,10 @@ class Tracker:
                 if length < _HDR.size:
                     raise OSError(errno.EBADMSG, "netlink message shorter than its header")
                 if first <= seq < first + count:
-                    out[seq] = None if kind == NLMSG_ERROR else self._update(
-                        chunk[seq - first][1].entry, view, off + _HDR.size, off + length)
+                    out[seq] = None if kind == NLMSG_ERROR else answer(
+                        seq - first, view, off + _HDR.size, off + length)
                 off += (length + 3) & ~3
-        return out
+        return [out[first + j] for j in range(count)]
 
     def _update(self, last: Entry, view: memoryview, start: int, end: int) -> Entry | None:
         """The watched entry with this answer's status, timeout and counters: its tuples
@@ -496,21 +568,23 @@ class Tracker:
             snap.skipped += 1
             return
         try:
-            e = decode(view, start, end)
-            orig = attr_spans(view, start + 4, end)[CTA_TUPLE_ORIG]
+            key, e = _keyed(view, start, end)
         except (Malformed, KeyError, IndexError, struct.error):
             snap.malformed += 1
             return
         if e is None or not _wanted(e, self.ports):
             snap.skipped += 1
             return
-        key = (view[start], bytes(view[orig[0] - 4:orig[1]]))
+        self._watch(snap, key, e, now)
+
+    def _watch(self, snap: Snapshot, key: tuple[int, bytes], e: Entry, now: float) -> None:
+        """A flow that can be a call: watched from now on, and in this poll's Snapshot."""
         if key in self.watched:
             return  # looked up already this poll
         if len(self.watched) >= MAX_WATCHED:
             self.overflow += 1
             return
-        self.watched[key] = _Watched(view[start], e, now)
+        self.watched[key] = _Watched(key[0], e, now)
         snap.entries[e.key] = e
         snap.parsed += 1
 

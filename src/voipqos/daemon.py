@@ -24,7 +24,7 @@ from .callquality import CallQualities, log_line
 from .config import Config, ConfigError, load, to_dict
 from .detect import Call, DetectConfig, Detection, Detector, Sides
 from .documents import call_doc, flows_document
-from .headerwatch import HeaderWatch, ObserverFactory
+from .headerwatch import Headers, HeaderWatch, ObserverFactory
 from .hysteresis import Hysteresis, HysteresisConfig, Mode
 from .profile import Profile, ProfileError
 from .switching import Action, Kind, Switch, SwitchConfig, call_tuples
@@ -148,8 +148,8 @@ class Daemon:
         if now - self.sides_at >= SIDES_REFRESH:
             self.sides = self.system.sides(self.device)
             self.sides_at = now
-        snap = self._read(now)
-        headers = self.headers.read()
+        headers = self.headers.read()  # first: its RTP flows hint the conntrack reader
+        snap = self._read(now, headers)
         self._note_headers()
         if snap is not None:
             self.detection = self.detector.update(snap, self.sides, headers=headers)
@@ -197,10 +197,10 @@ class Daemon:
                 self.switch.lost()
         self._switch(now)
 
-    def _read(self, now: float) -> conntrack.Snapshot | None:
+    def _read(self, now: float, headers: Headers | None) -> conntrack.Snapshot | None:
         """The table now, or None with a `conntrack` warning saying why not."""
         try:
-            snap = self.system.snapshot(self.cfg, now)
+            snap = self.system.snapshot(self.cfg, now, headers, self.sides.wan_addrs)
         except OSError as exc:
             self.alerts["conntrack"] = Alert(
                 "conntrack", f"cannot read the connection table: {exc.strerror}",

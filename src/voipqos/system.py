@@ -5,11 +5,13 @@ daemon's logic never touches the OS itself."""
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterable
 from typing import Any
 
 from . import conntrack, hostinfo
 from .config import Config
 from .detect import Sides
+from .headerwatch import Headers
 from .linkwatch import Events
 
 
@@ -21,11 +23,13 @@ class System:
         self._process: Any = None
         self.tracker: Any = None  # ctnetlink.Tracker: its watched flows carry over polls
 
-    def snapshot(self, cfg: Config, now: float) -> conntrack.Snapshot:
-        """netlink: a cost that grows with the flows that can be calls (ctnetlink.Tracker);
-        /proc when asked for, or when the kernel has no ctnetlink."""
+    def snapshot(self, cfg: Config, now: float, headers: Headers | None = None,
+                 wan_addrs: Iterable[str] = ()) -> conntrack.Snapshot:
+        """netlink: a cost that grows with the flows that can be calls (ctnetlink.Tracker),
+        which looks up the flows the observer saw RTP in (`headers`) at once; /proc (which
+        reads everything anyway) when asked for, or when the kernel has no ctnetlink."""
         if cfg.conntrack_source == "netlink":
-            from .ctnetlink import Tracker
+            from .ctnetlink import Tracker, reply_hints
 
             try:
                 if self.tracker is None or self.tracker.ports != frozenset(cfg.sip_ports):
@@ -33,7 +37,7 @@ class System:
                         self.tracker.close()
                     self.tracker = None
                     self.tracker = Tracker(cfg.sip_ports)
-                return self.tracker.poll(now)
+                return self.tracker.poll(now, reply_hints(headers, wan_addrs))
             except OSError as exc:
                 if self.tracker is not None or exc.errno != errno.EPROTONOSUPPORT:
                     raise
