@@ -13,6 +13,8 @@ import time
 import pytest
 
 from voipqos import ctnetlink as nl
+from voipqos.conntrack import Tuple
+from voipqos.header_evidence import HeaderCounts
 from voipqos.lab import netns
 
 A = nl._attr
@@ -108,6 +110,27 @@ def test_request_is_a_filtered_dump():
     (flags_word,) = struct.unpack_from("=I", req, flt[nl.CTA_FILTER_ORIG_FLAGS][0])
     assert flags_word == nl.FILTER_PROTO_NUM | nl.FILTER_DST_PORT
     assert len(nl.request()) == 4  # unfiltered: nfgenmsg only
+
+
+def test_lookup_asks_for_the_entry_by_its_reply_tuple():
+    req = nl.lookup(Tuple("203.0.113.9", "198.51.100.1", 4000, 20000))
+    assert req[:4] == struct.pack("=BBH", socket.AF_INET, 0, 0)
+    assert req[4:] == tuple_attr(nl.CTA_TUPLE_REPLY, "203.0.113.9", "198.51.100.1", 4000,
+                                 20000)
+    top = nl.attr_spans(memoryview(req), 4, len(req))
+    assert set(top) == {nl.CTA_TUPLE_REPLY}  # no orig tuple, no dump flag: one entry
+
+
+def test_reply_hints_are_rtp_flows_per_ipv4_wan_address():
+    rtp, stun = HeaderCounts(rtp_in=3), HeaderCounts(stun_out=2, stun_in=2)
+    headers = {("203.0.113.9", 4000, 20000): rtp,
+               ("203.0.113.9", 3478, 20001): stun,  # STUN only: discovery's
+               ("2001:db8::9", 4000, 20002): rtp}  # IPv6: the reply goes to a LAN host
+    wans = {"198.51.100.1", "192.0.2.1", "2001:db8:77::1"}
+    assert nl.reply_hints(headers, wans) == [
+        Tuple("203.0.113.9", "192.0.2.1", 4000, 20000),
+        Tuple("203.0.113.9", "198.51.100.1", 4000, 20000)]
+    assert nl.reply_hints(None, wans) == nl.reply_hints(headers, ()) == []
 
 
 # --- the real kernel ------------------------------------------------------------------
