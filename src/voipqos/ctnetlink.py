@@ -302,6 +302,7 @@ def _keyed(view: memoryview, start: int, end: int) -> tuple[tuple[int, bytes], E
 
 def _keyed_or_none(_: int, view: memoryview, start: int, end: int
                    ) -> tuple[tuple[int, bytes], Entry | None] | None:
+    """_keyed for a hint's answer: one undecodable entry is as good as none."""
     try:
         return _keyed(view, start, end)
     except (Malformed, KeyError, IndexError, struct.error):
