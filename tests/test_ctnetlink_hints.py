@@ -1,18 +1,24 @@
 """Observer hints to the conntrack reader against the real kernel: a new UDP flow through
 the lab router's NAT is watched in the poll its reply-tuple hint comes with, even when
 the discovery cycle gets no turn; without the hint it is not; a hint for a flow that does
-not exist costs one lookup and is then remembered; IPv6 hints are not looked up."""
+not exist costs one lookup and is then remembered; IPv6 hints are not looked up; and the
+real observer's key for an RTP call through the NAT is the hint that finds its entry."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 
 import pytest
 
+from test_bpf_netns import RTP_ANSWER, RTP_SEND, obj  # noqa: F401  (obj: a fixture)
+from voipqos.conntrack import Tuple
+from voipqos.ctnetlink import reply_hints
 from voipqos.lab import netns
+from voipqos.observer import Observer
 
 pytestmark = pytest.mark.kernel
 
@@ -72,3 +78,41 @@ def test_hinted_flow_is_watched_at_once_and_a_missing_one_looked_up_once():
                                 [netns.WAN_HOST4, netns.ROUTER_WAN4, 4000, 41999]]
     # then watched (refreshed, not looked up again); the missing one is remembered
     assert out[2] == out[3] == {"keys": [flow], "looked": []}
+
+
+HINTED = """
+import json, sys, time
+from voipqos import ctnetlink
+from voipqos.conntrack import Tuple
+ctnetlink.SLICE_MIN_S = ctnetlink.SLICE_MAX_S = 0.0  # discovery never gets a turn
+t = ctnetlink.Tracker()
+print(json.dumps([sorted(map(list, t.poll(time.monotonic(), [Tuple(*h) for h in hints])
+                                   .entries)) for hints in json.loads(sys.argv[1])]))
+"""
+
+
+def test_the_real_observers_key_finds_the_nat_entry(obj, tmp_path):  # noqa: F811
+    """The chain the daemon runs: an RTP call through the NAT, the observer's map read,
+    reply_hints with the router's WAN addresses, one lookup: the call's entry."""
+    with netns.three_hosts(f"vqh{os.getpid() % 100000}o-") as t:
+        sink = t.popen("wan", [sys.executable, "-c", RTP_ANSWER, "5004", "100", "0"],
+                       stdout=subprocess.PIPE, text=True)
+        assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+        o = Observer(str(tmp_path / "bpffs"), obj, netns=t.ns("router"))
+        try:
+            o.ensure(netns.ROUTER_WAN_DEV)
+            up = t.popen("lan", [sys.executable, "-c", RTP_SEND, netns.LAN_HOST4, "40000",
+                                 netns.WAN_HOST4, "5004", "150", "0"])
+            deadline = time.monotonic() + 10
+            while not (hints := reply_hints(o.read(), {netns.ROUTER_WAN4,
+                                                       netns.ROUTER_WAN6})):
+                assert time.monotonic() < deadline, "no RTP counted by the observer"
+                time.sleep(0.1)
+            polls = json.loads(t.exec("router", [sys.executable, "-c", HINTED, json.dumps(
+                [[], [[h.src, h.dst, h.sport, h.dport] for h in hints]])]).stdout)
+            up.wait(timeout=20)
+            sink.communicate(timeout=10)
+        finally:
+            o.close()
+    assert hints == [Tuple(netns.WAN_HOST4, netns.ROUTER_WAN4, 5004, hints[0].dport)]
+    assert polls == [[], [["udp", netns.LAN_HOST4, netns.WAN_HOST4, 40000, 5004, 0]]]
