@@ -41,9 +41,10 @@ NEEDS: dict[str, tuple[str, str]] = {
     "clsact": ("kmod-sched-core", "the classifier hooks and the download redirect"),
     "u32": ("kmod-sched-core", "the download redirect and the fallback classifier"),
     "mirred": ("kmod-sched-core", "redirecting download traffic to the IFB"),
-    "cls_bpf": ("kmod-sched-bpf", "the BPF call classifier (else u32 fallback)"),
-    "bpffs": ("kernel CONFIG_BPF_SYSCALL", "pinning the classifier's maps"),
-    "tc_bpf": ("tc-bpf (or tc-full)", "loading the classifier's ELF object"),
+    "cls_bpf": ("kmod-sched-bpf", "the BPF call classifier (else u32 fallback) and the "
+                "header-evidence observer (else conntrack rates alone)"),
+    "bpffs": ("kernel CONFIG_BPF_SYSCALL", "pinning the classifier's and observer's maps"),
+    "tc_bpf": ("tc-bpf (or tc-full)", "loading the classifier and the observer (ELF object)"),
     "conntrack_acct": ("kmod-nf-conntrack; sysctl net.netfilter.nf_conntrack_acct=1",
                        "per-flow packet counts for call detection"),
 }
