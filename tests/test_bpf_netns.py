@@ -9,6 +9,7 @@ captured on the far host with tcpdump -v (DSCP, IPv4 header checksum).
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from voipqos import bpf, bpf_syscall, conntrack, quality
 from voipqos.lab import netns
 from voipqos.lab.netns import run
 
-PREFIX = "vqb-"
+PREFIX = f"vqb{os.getpid() % 100000}-"  # unique: a second run at once
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "build" / "bpf"
 VOICE_CLASS = 0x00010010

@@ -26,7 +26,7 @@ from voipqos.lab.netns import run
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "build" / "bpf"
-NS = "vqb-prog"
+NS = f"vqbp{os.getpid() % 100000}"  # unique: a second run at once
 VOICE = 0x00010010  # 1:10
 UNSPEC = -1
 UDP, TCP = 17, 6

@@ -5,6 +5,7 @@ after it ends, in `recent_calls` and the daemon's one log line per finished call
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from line_faults import wait_for, write_config
 from voipqos.lab import netns
 
 pytestmark = pytest.mark.kernel
-PREFIX = "vqcq-"  # not the accuracy bench's vqq-: a bench run beside CI must not delete it
+PREFIX = f"vqcq{os.getpid() % 100000}-"  # unique: a bench or a second run beside CI
 
 # one side of an RTP call: 20 ms PCMU packets, every `every`th one not sent (lost before
 # it reaches the router on the LAN side, or on the internet side for the far end's)

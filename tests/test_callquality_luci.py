@@ -20,7 +20,7 @@ from test_luci_browser import badge, browser, page_errors, screenshot, wait  # n
 from voipqos.lab import netns
 
 pytestmark = pytest.mark.kernel
-PREFIX = "vqql-"
+PREFIX = f"vqql{os.getpid() % 100000}-"
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ def test_sip_rtp_capture_through_the_kernel():
         res = replay(plan, f"{PREFIX}{os.getpid()}-")
     finally:
         leftover = [n for n in netns.run(["ip", "netns", "list"]).stdout.split()
-                    if n.startswith(PREFIX)]
+                    if n.startswith(f"{PREFIX}{os.getpid()}-")]
     assert not leftover, f"namespaces left behind: {leftover}"
     assert res.sent == len(plan.sends) and res.dropped == 0
     last = parse(res.snapshots[-1][1])
@@ -68,7 +68,7 @@ def test_the_observers_counts_in_the_scoring_are_what_the_wan_device_carries():
         res = replay(plan, f"{PREFIX}{os.getpid()}-", speed=2.0, tap=True)
     finally:
         leftover = [n for n in netns.run(["ip", "netns", "list"]).stdout.split()
-                    if n.startswith(PREFIX)]
+                    if n.startswith(f"{PREFIX}{os.getpid()}-")]
     assert not leftover, f"namespaces left behind: {leftover}"
     wire: dict[tuple[str, int, int], FlowHeaders] = {}
     for out, src, sport, dst, dport, head in res.wan:

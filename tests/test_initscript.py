@@ -157,7 +157,7 @@ def test_stopping_the_shaping_daemon_leaves_nothing_and_no_error(tmp_path, how):
         f"config voipqos 'main'\n\toption interface '{netns.ROUTER_WAN_DEV}'\n"
         f"\toption download '20000'\n\toption run_dir '{run_dir}'\n"
         f"\toption rpc_listen 'unix:{run_dir}/rpc.sock'\n")
-    with netns.three_hosts("vqs-") as lab:
+    with netns.three_hosts(f"vqin{os.getpid() % 100000}-") as lab:
         def cli(*args: str) -> subprocess.CompletedProcess[str]:
             return lab.exec("router", [sys.executable, "-m", "voipqos.cli", *args,
                                        "--config", str(conf)], check=False)
@@ -216,7 +216,7 @@ def test_reload_signal_while_the_daemon_starts_does_not_kill_it(tmp_path):
                     f"\toption run_dir '{run_dir}'\n"
                     f"\toption rpc_listen 'unix:{run_dir}/rpc.sock'\n")
     launcher = ROOT / "package/voipqos/files/voipqos"
-    with netns.Topology("vqh-") as t:
+    with netns.Topology(f"vqh{os.getpid() % 100000}-") as t:
         t.add("r")
         daemon = t.popen("r", [sys.executable, str(launcher), "run", "--foreground",
                                "--dry-run", "--config", str(conf)],

@@ -30,7 +30,7 @@ from voipqos.lab import netns
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-PREFIX = "vqe-"
+PREFIX = f"vqe{os.getpid() % 100000}-"
 
 
 @pytest.fixture

@@ -326,7 +326,7 @@ def test_compile_bpf_gives_each_target_its_object(tmp_path, bpf_dir):
     pins.mkdir()
     subprocess.run(["mount", "-t", "bpf", "bpf", str(pins)], check=True)
     try:
-        with netns.Topology("vqb-") as t:
+        with netns.Topology(f"vqpk{os.getpid() % 100000}-") as t:
             t.add("r")
             t.exec("r", "ip link add d0 type veth peer name d1")
             t.exec("r", "tc qdisc add dev d0 clsact")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -142,7 +143,7 @@ def test_real_classifier_marks_both_hooks_next_to_sqm(tree: Path) -> None:
     from voipqos.lab import netns
 
     (tree / "sqm").write_text(SQM_CONF.replace("'eth1'", "'wan0'"))
-    with netns.three_hosts("vqs-") as t:
+    with netns.three_hosts(f"vqs{os.getpid() % 100000}-") as t:
         (tree / "run.sh").write_text(KERNEL_RUN_SH.format(ns=t.ns("router"),
                                                           state=tree / "state"))
         prof = SqmProfile(config.from_options({"backend": "sqm"}), "wan0",

@@ -287,7 +287,7 @@ def test_apply_in_a_fresh_netns_mount_gets_bpf_not_an_error(tmp_path):
 
     conf = tmp_path / "voipqos"
     conf.write_text("config voipqos 'main'\n\toption interface 'wan0'\n\toption download '0'\n")
-    with nn.three_hosts("vqc-sys") as t:
+    with nn.three_hosts(PREFIX + "s") as t:
         cmd = [sys.executable, "-m", "voipqos.cli"]
         res = t.exec("router", [*cmd, "apply", "--config", str(conf)], check=False)
         assert res.returncode == 0, res.stderr
@@ -308,7 +308,7 @@ def test_run_when_disabled_removes_what_a_killed_daemon_left(tmp_path):
     conf = tmp_path / "voipqos"
     base = f"config voipqos 'main'\n\toption interface 'wan0'\n\toption run_dir '{tmp_path}'\n"
     conf.write_text(base)
-    with nn.three_hosts("vqc-dis") as t:
+    with nn.three_hosts(PREFIX + "d") as t:
         cmd = [sys.executable, "-m", "voipqos.cli"]
         res = t.exec("router", [*cmd, "apply", "--config", str(conf)], check=False)
         assert res.returncode == 0, res.stderr
