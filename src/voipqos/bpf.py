@@ -156,13 +156,15 @@ class TcProgram:
         _mount_bpffs(self.pin_dir)
         self._mounted = True
 
+    def _links(self, *which: str) -> list[dict]:
+        """`ip -j link show [which]` in our namespace; [] when ip fails (no such device)."""
+        cmd = ["ip", *(["-n", self.netns] if self.netns else []), "-j", "link", "show", *which]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        return json.loads(res.stdout or "[]") if res.returncode == 0 else []
+
     def _link(self, dev: str) -> dict | None:
         """`ip -j link show dev` of dev, None if there is no such device."""
-        cmd = ["ip", "-j", "link", "show", "dev", dev]
-        if self.netns:
-            cmd[1:1] = ["-n", self.netns]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        return json.loads(res.stdout)[0] if res.returncode == 0 else None
+        return next(iter(self._links("dev", dev)), None)
 
     def _section(self, dev: str) -> str:
         """The Ethernet section, or the L3 one for devices without a link header (PPPoE,

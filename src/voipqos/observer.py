@@ -12,8 +12,6 @@ each poll.
 
 from __future__ import annotations
 
-import json
-import subprocess
 from typing import Any
 
 from .bpf import HOOKS, BpfError, TcProgram
@@ -46,10 +44,7 @@ class Observer(TcProgram):
     def _now_named(self, dev: str) -> str | None:
         """The name the device we attached as `dev` has now (renamed), None if gone."""
         index = self._index.get(dev)
-        cmd = ["ip", *(["-n", self.netns] if self.netns else []), "-j", "link", "show"]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        links = json.loads(res.stdout or "[]") if res.returncode == 0 else []
-        return next((x["ifname"] for x in links if x.get("ifindex") == index), None)
+        return next((x["ifname"] for x in self._links() if x.get("ifindex") == index), None)
 
     def ensure(self, dev: str) -> None:
         """Attached on both hooks of dev, as the kernel says (a qdisc replaced under it,
